@@ -1,0 +1,37 @@
+# The README's two commands: `make demo` and `make test`.
+# Each creates .venv when it is missing and (re)builds the Cython kernels
+# when their source changes.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.minires-installed
+BUILT  := $(VENV)/.minires-built
+
+.PHONY: demo test build venv bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "setuptools>=64" wheel "Cython>=3" "numpy>=1.25" matplotlib tqdm \
+		pytest hypothesis pytest-xdist nbclient nbformat ipykernel
+	touch $@
+
+build: $(BUILT)
+
+$(BUILT): $(STAMP) setup.py minires/_kernels.pyx
+	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+demo: build
+	$(PY) -m minires demo
+
+test: build
+	$(PY) -m pytest -q -n 2
+
+bench: build
+	$(PY) benchmarks/bench.py --quick
+
+clean:
+	rm -rf build *.egg-info minires/_kernels.c minires/*.so $(BUILT)

@@ -1,0 +1,28 @@
+"""Fully connected layer: out = x @ w.T + b."""
+import numpy as np
+
+from ._checks import check_float_array, check_shape
+
+
+def linear_forward(x, w, b=None):
+    """x: (N, D), w: (M, D) as PyTorch stores it, b: (M,) or None -> out: (N, M)."""
+    check_float_array(x, "x", 2, "N, D")
+    check_float_array(w, "w", 2, "M, D", dtype=x.dtype)
+    if w.shape[1] != x.shape[1]:
+        raise ValueError(f"w must have shape (M, D) with D = {x.shape[1]} (x's features), got {w.shape}")
+    if b is not None:
+        check_float_array(b, "b", dtype=x.dtype)
+        check_shape(b, "b", (w.shape[0],), "M")
+    out = x @ w.T                                     # (N, M)
+    if b is not None:
+        out += b
+    return out, (x, w, b is not None)
+
+
+def linear_backward(dout, cache):
+    """dout: (N, M) -> dx: (N, D), dw: (M, D), db: (M,) or None."""
+    x, w, has_bias = cache
+    dx = dout @ w                                     # (N, D)
+    dw = dout.T @ x                                   # (M, D)
+    db = dout.sum(axis=0) if has_bias else None       # (M,)
+    return dx, dw, db

@@ -1,0 +1,41 @@
+"""Pick the kernel backend: the compiled extension, or the NumPy reference.
+
+``MINIRES_PURE=1`` forces the reference kernels (``_kernels_ref``), which
+tests use to compare both paths. Otherwise the compiled extension is
+required: without it training is far too slow, so a missing build is an
+error that says how to fix it, never a silent fallback.
+"""
+import os
+
+from . import _kernels_ref
+
+PURE = os.environ.get("MINIRES_PURE", "0") == "1"
+
+_BUILD_HINT = (
+    "minires: the compiled kernels (minires._kernels) are missing or broken.\n"
+    "Build them with `pip install -e .` (or `make build`) from the project root,\n"
+    "or set MINIRES_PURE=1 to run the slow NumPy reference kernels instead."
+)
+
+if PURE:
+    backend = _kernels_ref
+    name = "reference"
+else:
+    try:
+        from . import _kernels as backend
+    except ImportError as exc:
+        raise ImportError(f"{_BUILD_HINT}\n(import error: {exc})") from exc
+    name = "cython"
+
+im2col = backend.im2col
+col2im = backend.col2im
+max_pool_forward = backend.max_pool_forward
+max_pool_backward = backend.max_pool_backward
+
+
+def set_num_threads(n):
+    """Threads for the compiled loops; the reference kernels ignore it."""
+    if n < 1:
+        raise ValueError(f"num_threads must be >= 1, got {n}")
+    if not PURE:
+        backend.set_num_threads(n)

@@ -1,0 +1,76 @@
+"""The seed article's ResNet of slimmed bottleneck blocks (depth 9n+2).
+
+    conv3x3(3->64) BN ReLU                          32x32
+    stage 1: n bottlenecks, 64 filters              32x32
+    stage 2: n bottlenecks, 128 filters             16x16
+    stage 3: n bottlenecks, 256 filters              8x8
+    global average pool, linear
+
+Each block is 1x1 conv to filters//2, 3x3 conv at filters//2, 1x1 conv
+back to filters, BN after each conv, ReLU after the first two BNs and
+after the add. The article's snippet applies ReLU before BN and adds a
+64-channel branch to the 3-channel input, which cannot run; the stem
+and the conv-BN-ReLU order here fix both.
+"""
+from collections import OrderedDict
+
+from .. import nn
+from ..nn.init import as_generator
+from .common import check_input, conv1x1, conv3x3, init_like_the_papers, projection, scaled
+from .resnet import _blocks_for
+
+
+class Bottleneck(nn.ResidualBlock):
+    """1x1 (in->mid) BN ReLU, 3x3 (mid->mid, stride) BN ReLU, 1x1 (mid->out) BN, add, ReLU."""
+
+    def __init__(self, in_channels, filters, stride=1, rng=None):
+        super().__init__()
+        mid = max(1, filters // 2)
+        self.conv1 = conv1x1(in_channels, mid, 1, rng)
+        self.bn1 = nn.BatchNorm2d(mid)
+        self.relu1 = nn.ReLU()
+        self.conv2 = conv3x3(mid, mid, stride, rng)
+        self.bn2 = nn.BatchNorm2d(mid)
+        self.relu2 = nn.ReLU()
+        self.conv3 = conv1x1(mid, filters, 1, rng)
+        self.bn3 = nn.BatchNorm2d(filters)
+        if in_channels != filters or stride != 1:
+            self.shortcut = projection(in_channels, filters, stride, rng)
+
+    def branch_forward(self, x):
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.relu2(self.bn2(self.conv2(out)))
+        return self.bn3(self.conv3(out))
+
+    def branch_backward(self, dout):
+        d = self.conv3.backward(self.bn3.backward(dout))
+        d = self.conv2.backward(self.bn2.backward(self.relu2.backward(d)))
+        return self.conv1.backward(self.bn1.backward(self.relu1.backward(d)))
+
+
+class BottleneckResNet(nn.Sequential):
+    def __init__(self, blocks_per_stage, num_classes=10, widths=(64, 128, 256), rng=None):
+        rng = as_generator(rng)
+        stages, cin = [], widths[0]
+        for i, filters in enumerate(widths):
+            stride = 1 if i == 0 else 2
+            blocks = [Bottleneck(cin, filters, stride, rng)]
+            blocks += [Bottleneck(filters, filters, 1, rng) for _ in range(blocks_per_stage - 1)]
+            stages.append((f"layer{i + 1}", nn.Sequential(*blocks)))
+            cin = filters
+        super().__init__(OrderedDict(
+            [("conv1", conv3x3(3, widths[0], 1, rng)), ("bn1", nn.BatchNorm2d(widths[0])),
+             ("relu", nn.ReLU())] + stages +
+            [("pool", nn.GlobalAvgPool2d()), ("fc", nn.Linear(widths[-1], num_classes, rng=rng))]))
+        init_like_the_papers(self, rng)
+
+    def forward(self, x):
+        check_input(x, "bottleneck")
+        return super().forward(x)
+
+
+def bottleneck(depth=29, num_classes=10, width_scale=1.0, rng=None):
+    """Slimmed-bottleneck ResNet, depth = 9n+2 (11, 20, 29, ...)."""
+    n = _blocks_for(depth, 9, 2, "bottleneck")
+    widths = tuple(scaled(c, width_scale) for c in (64, 128, 256))
+    return BottleneckResNet(n, num_classes, widths, rng=rng)

@@ -1,0 +1,67 @@
+"""Save and load models as .npz: weights, buffers, and the name and options
+as JSON text, so a file rebuilds its model without code.
+
+Loading uses allow_pickle=False: a model file from a stranger cannot run code.
+"""
+import json
+import os
+import tempfile
+
+import numpy as np
+
+META_KEY = "__minires_meta__"
+
+
+def save(model, path):
+    """Write model to path (.npz) atomically: a temp file, then a rename."""
+    meta = {"name": getattr(model, "name", None), "options": getattr(model, "options", {}),
+            "format": 1}
+    if meta["name"] is None:
+        raise ValueError("save needs a model made by minires.models.build (it records the name)")
+    arrays = dict(model.state_dict())
+    arrays[META_KEY] = np.array(json.dumps(meta))
+    write_npz_atomic(path, arrays)
+
+
+def write_npz_atomic(path, arrays):
+    """np.savez to a temp file in the same folder, then os.replace: a crash
+    never leaves a half-written file under the final name."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp.npz")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def read_meta(npz):
+    if META_KEY not in npz.files:
+        raise ValueError("not a minires model file (no metadata entry)")
+    return json.loads(str(npz[META_KEY]))
+
+
+def load(path, expected_name=None):
+    """Rebuild the model saved at path. expected_name: refuse a different architecture."""
+    from .registry import build
+    with np.load(path, allow_pickle=False) as npz:
+        meta = read_meta(npz)
+        if expected_name is not None and meta["name"] != expected_name:
+            raise ValueError(f"{path} holds a {meta['name']!r} model, not {expected_name!r}")
+        model = build(meta["name"], **meta["options"])
+        state = {k: npz[k] for k in npz.files if k != META_KEY}
+    load_weights(model, state, source=f"{path} ({meta['name']})")
+    return model
+
+
+def load_weights(model, state, source="state"):
+    """load_state_dict with an error that names both architectures."""
+    try:
+        model.load_state_dict(state)
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"cannot load {source} into {getattr(model, 'name', type(model).__name__)}: "
+                         f"{exc}") from None

@@ -1,0 +1,54 @@
+"""Model names (the CLI's --model values) -> builders.
+
+    seed-cnn                 the article's plain CNN
+    resnet-<depth>           He et al. CIFAR ResNet, depth 6n+2
+    bottleneck-<depth>       slimmed bottleneck ResNet, depth 9n+2
+    wrn-<depth>-<k>          Wide ResNet, depth 6n+4, width factor k
+    seed-wide-<depth>        the article's wide block, depth 6n+2
+    imagenet-resnet-18       torchvision's ResNet-18 on 32x32 input
+"""
+import re
+
+from ..nn.init import as_generator
+from .bottleneck import bottleneck
+from .imagenet import imagenet_resnet18
+from .resnet import resnet, seed_wide
+from .seed_cnn import seed_cnn
+from .wide import wide_resnet
+
+_PATTERNS = [
+    (re.compile(r"seed-cnn"), lambda m: (seed_cnn, {})),
+    (re.compile(r"resnet-(\d+)"), lambda m: (resnet, {"depth": int(m[1])})),
+    (re.compile(r"bottleneck-(\d+)"), lambda m: (bottleneck, {"depth": int(m[1])})),
+    (re.compile(r"wrn-(\d+)-(\d+)"), lambda m: (wide_resnet, {"depth": int(m[1]), "k": int(m[2])})),
+    (re.compile(r"seed-wide-(\d+)"), lambda m: (seed_wide, {"depth": int(m[1])})),
+    (re.compile(r"imagenet-resnet-18"), lambda m: (imagenet_resnet18, {})),
+]
+
+
+def available():
+    """The standard names; other depths and widths follow the patterns above."""
+    return ["seed-cnn", "resnet-20", "resnet-56", "resnet-110", "bottleneck-29",
+            "wrn-16-4", "wrn-28-10", "seed-wide-20", "imagenet-resnet-18"]
+
+
+def build(name, num_classes=10, rng=None, **options):
+    """Build a model by name, e.g. build("resnet-20", shortcut="B").
+
+    options go to the family's builder (width_scale, shortcut, dropout, ...).
+    The model remembers name and options, so models.save can reload it.
+    """
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    for pattern, parse in _PATTERNS:
+        m = pattern.fullmatch(name)
+        if m:
+            builder, kwargs = parse(m)
+            try:
+                model = builder(num_classes=num_classes, rng=as_generator(rng), **kwargs, **options)
+            except TypeError as exc:
+                raise TypeError(f"bad option for model {name!r}: {exc}") from None
+            model.name, model.options = name, dict(num_classes=num_classes, **options)
+            return model
+    raise ValueError(f"unknown model {name!r}; expected one of {available()} "
+                     "(or another depth/width of the same family)")

@@ -1,0 +1,102 @@
+"""The reduced-depth ResNet for CIFAR of He et al. 2016 (depth 6n+2), and the
+seed article's wide variant, which shares its layout.
+
+    conv3x3(3->16) BN ReLU                      32x32
+    stage 1: n basic blocks, 16 channels        32x32
+    stage 2: n basic blocks, 32 channels        16x16 (stride 2 in the first block)
+    stage 3: n basic blocks, 64 channels         8x8
+    global average pool, linear
+"""
+from collections import OrderedDict
+
+from .. import nn
+from ..nn.init import as_generator
+from .common import check_input, conv3x3, init_like_the_papers, scaled, shortcut
+
+
+class BasicBlock(nn.ResidualBlock):
+    """conv3x3-BN-ReLU-conv3x3-BN, plus the shortcut, then ReLU.
+
+    widen > 1 makes the first conv widen to widen * out_channels and the
+    second return to out_channels (the seed article's wide block).
+    """
+
+    def __init__(self, in_channels, out_channels, stride=1, shortcut_option="A", widen=1, rng=None):
+        super().__init__()
+        mid = out_channels * widen
+        self.conv1 = conv3x3(in_channels, mid, stride, rng)
+        self.bn1 = nn.BatchNorm2d(mid)
+        self.relu1 = nn.ReLU()
+        self.conv2 = conv3x3(mid, out_channels, 1, rng)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.shortcut = shortcut(in_channels, out_channels, stride, shortcut_option, rng)
+
+    def branch_forward(self, x):
+        out = self.relu1(self.bn1(self.conv1(x)))
+        return self.bn2(self.conv2(out))
+
+    def branch_backward(self, dout):
+        d = self.conv2.backward(self.bn2.backward(dout))
+        return self.conv1.backward(self.bn1.backward(self.relu1.backward(d)))
+
+
+def _stage(blocks, cin, cout, stride, rng, **block_options):
+    layers = [BasicBlock(cin, cout, stride, rng=rng, **block_options)]
+    layers += [BasicBlock(cout, cout, 1, rng=rng, **block_options) for _ in range(blocks - 1)]
+    return nn.Sequential(*layers)
+
+
+class CifarResNet(nn.Sequential):
+    """Stem, three stages of BasicBlocks, global average pool, linear."""
+
+    def __init__(self, blocks_per_stage, num_classes=10, widths=(16, 32, 64),
+                 shortcut_option="A", widen=1, rng=None):
+        rng = as_generator(rng)
+        w1, w2, w3 = widths
+        opts = dict(shortcut_option=shortcut_option, widen=widen)
+        super().__init__(OrderedDict([
+            ("conv1", conv3x3(3, w1, 1, rng)),
+            ("bn1", nn.BatchNorm2d(w1)),
+            ("relu", nn.ReLU()),
+            ("layer1", _stage(blocks_per_stage, w1, w1, 1, rng, **opts)),
+            ("layer2", _stage(blocks_per_stage, w1, w2, 2, rng, **opts)),
+            ("layer3", _stage(blocks_per_stage, w2, w3, 2, rng, **opts)),
+            ("pool", nn.GlobalAvgPool2d()),
+            ("fc", nn.Linear(w3, num_classes, rng=rng)),
+        ]))
+        init_like_the_papers(self, rng)
+
+    def forward(self, x):
+        check_input(x, "resnet")
+        return super().forward(x)
+
+
+def _blocks_for(depth, per_block, offset, family):
+    if depth < per_block + offset or (depth - offset) % per_block:
+        raise ValueError(f"{family} depth must be {per_block}n+{offset} with n >= 1, got {depth}")
+    return (depth - offset) // per_block
+
+
+def resnet(depth=20, num_classes=10, shortcut="A", width_scale=1.0, rng=None):
+    """He et al. 2016's CIFAR ResNet, depth = 6n+2 (8, 14, 20, 32, 44, 56, 110).
+
+    shortcut 'A' (the paper's: subsample and zero-pad, no parameters) or
+    'B' (1x1 conv + BN projection). Convs have no bias.
+    """
+    n = _blocks_for(depth, 6, 2, "resnet")
+    widths = tuple(scaled(c, width_scale) for c in (16, 32, 64))
+    return CifarResNet(n, num_classes, widths, shortcut_option=shortcut, rng=rng)
+
+
+def seed_wide(depth=20, num_classes=10, widen=4, width_scale=1.0, rng=None):
+    """The seed article's wide block in the resnet-6n+2 layout.
+
+    The first 3x3 conv widens to widen * filters, the second returns to
+    filters, BN after each, then the option-A shortcut add and ReLU. The
+    article's snippet puts ReLU before BN and adds a 16-channel branch to
+    the 3-channel input (it cannot run); this uses the stem and the
+    conv-BN-ReLU order of the ResNet paper instead.
+    """
+    n = _blocks_for(depth, 6, 2, "seed-wide")
+    widths = tuple(scaled(c, width_scale) for c in (16, 32, 64))
+    return CifarResNet(n, num_classes, widths, shortcut_option="A", widen=widen, rng=rng)

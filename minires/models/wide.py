@@ -1,0 +1,81 @@
+"""Wide ResNet of Zagoruyko & Komodakis 2016: WRN-depth-k (depth = 6n+4).
+
+    conv3x3(3->16)                                   32x32
+    stage 1: n pre-activation blocks, 16k channels   32x32
+    stage 2: n blocks, 32k channels                  16x16
+    stage 3: n blocks, 64k channels                   8x8
+    BN ReLU, global average pool, linear
+"""
+from collections import OrderedDict
+
+from .. import functional as F
+from .. import nn
+from ..nn.init import as_generator
+from .common import check_input, conv1x1, conv3x3, init_like_the_papers, scaled
+from .resnet import _blocks_for
+
+
+class WideBlock(nn.Module):
+    """Pre-activation block: BN-ReLU-conv3x3-BN-ReLU-[dropout]-conv3x3, plus the shortcut.
+
+    Where the shape changes, the 1x1 projection reads the pre-activated
+    input o1 = relu(bn1(x)), as in the authors' code, so the fork sits
+    after bn1/relu1; otherwise the identity shortcut forks at x itself.
+    """
+
+    def __init__(self, in_channels, out_channels, stride=1, dropout=0.0, rng=None):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_channels)
+        self.relu1 = nn.ReLU()
+        self.conv1 = conv3x3(in_channels, out_channels, stride, rng)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.relu2 = nn.ReLU()
+        self.dropout = nn.Dropout(dropout, rng=rng.spawn(1)[0])
+        self.conv2 = conv3x3(out_channels, out_channels, 1, rng)
+        self.project = in_channels != out_channels or stride != 1
+        if self.project:
+            self.shortcut = conv1x1(in_channels, out_channels, stride, rng)
+
+    def forward(self, x):
+        o1 = self.relu1(self.bn1(x))
+        y = self.conv2(self.dropout(self.relu2(self.bn2(self.conv1(o1)))))
+        out, _ = F.add_forward(y, self.shortcut(o1) if self.project else x)
+        return out
+
+    def backward(self, dout):
+        d_y, d_short = F.add_backward(dout, None)
+        d = self.dropout.backward(self.conv2.backward(d_y))
+        d_o1 = self.conv1.backward(self.bn2.backward(self.relu2.backward(d)))
+        if self.project:
+            d_o1 = d_o1 + self.shortcut.backward(d_short)        # fork at o1
+            return self.bn1.backward(self.relu1.backward(d_o1))
+        return self.bn1.backward(self.relu1.backward(d_o1)) + d_short   # fork at x
+
+
+class WideResNet(nn.Sequential):
+    def __init__(self, blocks_per_stage, k, num_classes=10, dropout=0.0, width_scale=1.0, rng=None):
+        rng = as_generator(rng)
+        stem = scaled(16, width_scale)
+        widths = [scaled(c * k, width_scale) for c in (16, 32, 64)]
+        stages, cin = [], stem
+        for i, w in enumerate(widths):
+            stride = 1 if i == 0 else 2
+            blocks = [WideBlock(cin, w, stride, dropout, rng)]
+            blocks += [WideBlock(w, w, 1, dropout, rng) for _ in range(blocks_per_stage - 1)]
+            stages.append((f"layer{i + 1}", nn.Sequential(*blocks)))
+            cin = w
+        super().__init__(OrderedDict(
+            [("conv1", conv3x3(3, stem, 1, rng))] + stages +
+            [("bn", nn.BatchNorm2d(cin)), ("relu", nn.ReLU()), ("pool", nn.GlobalAvgPool2d()),
+             ("fc", nn.Linear(cin, num_classes, rng=rng))]))
+        init_like_the_papers(self, rng)
+
+    def forward(self, x):
+        check_input(x, "wrn")
+        return super().forward(x)
+
+
+def wide_resnet(depth=16, k=4, num_classes=10, dropout=0.0, width_scale=1.0, rng=None):
+    """WRN-depth-k; depth = 6n+4 (10, 16, 22, 28, 40); dropout inside each block."""
+    n = _blocks_for(depth, 6, 4, "wrn")
+    return WideResNet(n, k, num_classes, dropout, width_scale, rng)

@@ -1,0 +1,40 @@
+"""BatchNorm2d with PyTorch's parameter and buffer names."""
+import numpy as np
+
+from .. import functional as F
+from .module import Module, Parameter, take_cache
+
+
+class BatchNorm2d(Module):
+    """weight (gamma) and bias (beta): (C,); buffers running_mean, running_var: (C,)
+    and num_batches_tracked. x: (N, C, H, W) -> same shape.
+
+    Uses batch statistics when self.training, running statistics otherwise.
+    """
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1):
+        super().__init__()
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.weight = Parameter(np.ones(num_features, dtype=np.float32))
+        self.bias = Parameter(np.zeros(num_features, dtype=np.float32))
+        self.register_buffer("running_mean", np.zeros(num_features, dtype=np.float32))
+        self.register_buffer("running_var", np.ones(num_features, dtype=np.float32))
+        self.register_buffer("num_batches_tracked", np.zeros((), dtype=np.int64))
+        self._cache = None
+
+    def forward(self, x):
+        out, self._cache = F.batchnorm2d_forward(
+            x, self.weight.data, self.bias.data, self.running_mean, self.running_var,
+            self.training, self.momentum, self.eps)
+        if self.training:
+            self.num_batches_tracked += 1
+        return out
+
+    def backward(self, dout):
+        dx, dgamma, dbeta = F.batchnorm2d_backward(dout, take_cache(self))
+        self.weight.grad += dgamma
+        self.bias.grad += dbeta
+        return dx
+
+    def extra_repr(self):
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"

@@ -1,0 +1,39 @@
+"""Conv2d: a thin module over functional.conv2d_forward / conv2d_backward."""
+import numpy as np
+
+from .. import functional as F
+from ..functional._checks import pair
+from .init import as_generator, uniform_fan_in
+from .module import Module, Parameter, take_cache
+
+
+class Conv2d(Module):
+    """weight: (F, C, KH, KW), bias: (F,) or absent. x: (N, C, H, W) -> (N, F, OH, OW)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 bias=True, rng=None):
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size = pair(kernel_size, "kernel_size")
+        self.stride, self.padding = pair(stride, "stride"), pair(padding, "padding")
+        rng = as_generator(rng)
+        fan_in = in_channels * self.kernel_size[0] * self.kernel_size[1]
+        self.weight = Parameter(uniform_fan_in(rng, (out_channels, in_channels) + self.kernel_size, fan_in))
+        self.bias = Parameter(uniform_fan_in(rng, (out_channels,), fan_in)) if bias else None
+        self._cache = None
+
+    def forward(self, x):
+        b = self.bias.data if self.bias is not None else None
+        out, self._cache = F.conv2d_forward(x, self.weight.data, b, self.stride, self.padding)
+        return out
+
+    def backward(self, dout):
+        dx, dw, db = F.conv2d_backward(dout, take_cache(self))
+        self.weight.grad += dw
+        if self.bias is not None:
+            self.bias.grad += db
+        return dx
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, bias={self.bias is not None}")

@@ -1,0 +1,230 @@
+"""Parameter, Module and Sequential: the containers every layer is built on.
+
+There is no autograd tape. Each module caches what its backward needs
+during forward; a composite module runs its children's backward in
+reverse order. Parameter gradients accumulate (+=) until zero_grad().
+"""
+from collections import OrderedDict
+
+import numpy as np
+
+
+class Parameter:
+    """A trainable array and its accumulated gradient (same shape and dtype)."""
+
+    def __init__(self, data):
+        self.data = data
+        self.grad = np.zeros_like(data)
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    def __repr__(self):
+        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+class Module:
+    """Base class. Subclasses define forward(x) and backward(dout) -> dx.
+
+    Assigning a Parameter or a Module to an attribute registers it, so
+    names follow the attribute path exactly as in PyTorch
+    (e.g. ``layer1.0.bn1.running_mean``).
+    """
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise AttributeError(f"{type(self).__name__}.__init__ must call super().__init__() first")
+        if name in self._buffers and isinstance(value, np.ndarray):
+            self._buffers[name] = value  # e.g. `self.num_batches_tracked += 1`
+            return
+        for registry in (self._parameters, self._buffers, self._modules):
+            registry.pop(name, None)
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        else:
+            object.__setattr__(self, name, value)
+
+    def __getattr__(self, name):
+        # Only called when normal lookup fails: look in the registries.
+        for registry in ("_parameters", "_buffers", "_modules"):
+            d = self.__dict__.get(registry)
+            if d is not None and name in d:
+                return d[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    def register_buffer(self, name, array):
+        """A non-trainable array saved in state_dict (e.g. running statistics)."""
+        self._buffers[name] = array
+
+    # ---------------------------------------------------------- computation
+    def forward(self, x):
+        raise NotImplementedError(f"{type(self).__name__}.forward")
+
+    def backward(self, dout):
+        raise NotImplementedError(f"{type(self).__name__}.backward")
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    # ---------------------------------------------------------- traversal
+    def named_modules(self, prefix=""):
+        yield prefix, self
+        for name, child in self._modules.items():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self):
+        return [m for _, m in self.named_modules()]
+
+    def children(self):
+        return list(self._modules.values())
+
+    def named_parameters(self):
+        for prefix, module in self.named_modules():
+            for name, p in module._parameters.items():
+                yield (f"{prefix}.{name}" if prefix else name), p
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def named_buffers(self):
+        for prefix, module in self.named_modules():
+            for name, b in module._buffers.items():
+                yield (f"{prefix}.{name}" if prefix else name), b
+
+    def num_parameters(self):
+        return sum(p.data.size for p in self.parameters())
+
+    # ---------------------------------------------------------- state
+    def zero_grad(self):
+        for p in self.parameters():
+            p.grad[...] = 0
+
+    def train(self, mode=True):
+        """Set training mode on this module and every descendant."""
+        for m in self.modules():
+            object.__setattr__(m, "training", mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def astype(self, dtype):
+        """Cast every floating parameter and buffer (e.g. to float64 for gradient checks)."""
+        for m in self.modules():
+            for p in m._parameters.values():
+                p.data = p.data.astype(dtype)
+                p.grad = np.zeros_like(p.data)
+            for name, b in m._buffers.items():
+                if np.issubdtype(b.dtype, np.floating):
+                    m._buffers[name] = b.astype(dtype)
+        return self
+
+    def state_dict(self):
+        """name -> copy of the array, for every parameter and buffer, in PyTorch's order."""
+        state = OrderedDict()
+        for prefix, module in self.named_modules():
+            dot = f"{prefix}." if prefix else ""
+            for name, p in module._parameters.items():
+                state[dot + name] = p.data.copy()
+            for name, b in module._buffers.items():
+                state[dot + name] = b.copy()
+        return state
+
+    def load_state_dict(self, state):
+        """Copy arrays into this module's parameters and buffers, in place.
+
+        Names and shapes must match exactly: a partial or mismatched load
+        is an error, never a silent half-load.
+        """
+        targets = dict(self.named_parameters())
+        targets.update(self.named_buffers())
+        missing = sorted(set(targets) - set(state))
+        unexpected = sorted(set(state) - set(targets))
+        if missing or unexpected:
+            raise KeyError(f"state_dict does not match {type(self).__name__}: "
+                           f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                           f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+        for name, target in targets.items():
+            value = np.asarray(state[name])
+            array = target.data if isinstance(target, Parameter) else target
+            if value.shape != array.shape:
+                raise ValueError(f"state_dict[{name!r}] has shape {value.shape}, "
+                                 f"the module expects {array.shape}")
+            np.copyto(array, value, casting="unsafe")
+
+    def extra_repr(self):
+        return ""
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        for name, child in self._modules.items():
+            child_repr = repr(child).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {child_repr}")
+        return "\n".join(lines) + ("\n)" if self._modules else ")")
+
+
+class Sequential(Module):
+    """Children run in order; backward runs them in reverse.
+
+    Sequential(a, b, c) names them "0", "1", "2"; Sequential(OrderedDict)
+    uses the dict's names, as PyTorch does.
+    """
+
+    def __init__(self, *modules):
+        super().__init__()
+        if len(modules) == 1 and isinstance(modules[0], OrderedDict):
+            named = list(modules[0].items())
+        else:
+            named = [(str(i), m) for i, m in enumerate(modules)]
+        for name, m in named:
+            if not isinstance(m, Module):
+                raise TypeError(f"Sequential child {name!r} must be a Module, got {type(m).__name__}")
+            setattr(self, name, m)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __getitem__(self, i):
+        return list(self._modules.values())[i]
+
+    def forward(self, x):
+        for m in self:
+            x = m(x)
+        return x
+
+    def backward(self, dout):
+        for m in reversed(list(self)):
+            dout = m.backward(dout)
+        return dout
+
+
+class Identity(Module):
+    """Returns its input; its gradient passes unchanged."""
+
+    def forward(self, x):
+        return x
+
+    def backward(self, dout):
+        return dout
+
+
+def take_cache(module):
+    """Pop the cache saved by the last forward; a clear error if there is none."""
+    cache = module.__dict__.get("_cache")
+    if cache is None:
+        raise RuntimeError(f"{type(module).__name__}.backward called without a forward "
+                           "(or twice for one forward)")
+    module._cache = None
+    return cache

@@ -1,0 +1,43 @@
+"""Pooling modules."""
+from .. import functional as F
+from .module import Module, take_cache
+
+
+class MaxPool2d(Module):
+    """x: (N, C, H, W) -> (N, C, OH, OW); stride defaults to kernel_size."""
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+
+    def forward(self, x):
+        out, self._cache = F.max_pool2d_forward(x, self.kernel_size, self.stride, self.padding)
+        return out
+
+    def backward(self, dout):
+        return F.max_pool2d_backward(dout, take_cache(self))
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class AvgPool2d(MaxPool2d):
+    """x: (N, C, H, W) -> (N, C, OH, OW); zero padding counts in the average."""
+
+    def forward(self, x):
+        out, self._cache = F.avg_pool2d_forward(x, self.kernel_size, self.stride, self.padding)
+        return out
+
+    def backward(self, dout):
+        return F.avg_pool2d_backward(dout, take_cache(self))
+
+
+class GlobalAvgPool2d(Module):
+    """x: (N, C, H, W) -> (N, C), the mean over each channel's H*W values."""
+
+    def forward(self, x):
+        out, self._cache = F.global_avg_pool2d_forward(x)
+        return out
+
+    def backward(self, dout):
+        return F.global_avg_pool2d_backward(dout, take_cache(self))

@@ -1,0 +1,39 @@
+"""The residual block base: out = post(branch(x) + shortcut(x)).
+
+The input x feeds two branches, so in backward its gradient is the sum of
+what each branch sends back: the fork in forward is an add in backward.
+"""
+from .. import functional as F
+from .module import Identity, Module, take_cache
+
+
+class ResidualBlock(Module):
+    """Subclasses build their layers, set self.shortcut (Identity by default)
+    and write branch_forward(x) and branch_backward(dout) explicitly.
+    post_relu says whether a ReLU follows the add (as in He et al. 2016a)."""
+
+    post_relu = True
+
+    def __init__(self):
+        super().__init__()
+        self.shortcut = Identity()
+
+    def branch_forward(self, x):
+        raise NotImplementedError
+
+    def branch_backward(self, dout):
+        raise NotImplementedError
+
+    def forward(self, x):
+        out, _ = F.add_forward(self.branch_forward(x), self.shortcut(x))
+        if self.post_relu:
+            out, relu_cache = F.relu_forward(out)
+            self._cache = ("relu", relu_cache)
+        return out
+
+    def backward(self, dout):
+        if self.post_relu:
+            dout = F.relu_backward(dout, take_cache(self)[1])
+        d_branch, d_shortcut = F.add_backward(dout, None)
+        # The fork: x reached the output along both paths, so its gradients add.
+        return self.branch_backward(d_branch) + self.shortcut.backward(d_shortcut)
