@@ -87,6 +87,8 @@ class GradReport:
                      f"{'PASS' if self.ok() else 'FAIL'}")
         return "\n".join(lines)
 
+    __repr__ = __str__  # pytest shows the table when an assertion fails
+
 
 def _sample(size, max_samples, rng):
     if max_samples is None or size <= max_samples:

@@ -1,0 +1,105 @@
+"""The Cython kernels against the NumPy reference, on generated shapes."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minires import _kernels, _kernels_ref, kernels
+
+
+@st.composite
+def window_case(draw):
+    """A batch, a kernel, a stride and a padding that fit together (non-square allowed)."""
+    n, c = draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    ph, pw = draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2))
+    h = draw(st.integers(max(1, kh - 2 * ph), 9))
+    w = draw(st.integers(max(1, kw - 2 * pw), 9))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    seed = draw(st.integers(0, 2**31))
+    x = np.random.default_rng(seed).standard_normal((n, c, h, w)).astype(dtype)
+    return x, (kh, kw, sh, sw, ph, pw)
+
+
+@settings(max_examples=150, deadline=None)
+@given(window_case())
+def test_im2col_matches_reference(case):
+    x, geo = case
+    got, want = _kernels.im2col(x, *geo), _kernels_ref.im2col(x, *geo)
+    assert got.dtype == x.dtype and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+
+
+@settings(max_examples=150, deadline=None)
+@given(window_case())
+def test_col2im_matches_reference_and_is_the_adjoint(case):
+    x, geo = case
+    n, c, h, w = x.shape
+    cols = _kernels_ref.im2col(x, *geo)
+    y = np.random.default_rng(0).standard_normal(cols.shape).astype(x.dtype)
+    got = _kernels.col2im(y, c, h, w, *geo)
+    want = _kernels_ref.col2im(y, c, h, w, *geo)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    # <im2col(x), y> = <x, col2im(y)>: col2im is the adjoint, not the inverse.
+    lhs = np.sum(cols.astype(np.float64) * y)
+    rhs = np.sum(x.astype(np.float64) * got)
+    assert np.isclose(lhs, rhs, rtol=1e-4, atol=1e-4)
+
+
+@settings(max_examples=150, deadline=None)
+@given(window_case())
+def test_max_pool_matches_reference(case):
+    x, geo = case
+    out, arg = _kernels.max_pool_forward(x, *geo)
+    out_r, arg_r = _kernels_ref.max_pool_forward(x, *geo)
+    np.testing.assert_array_equal(out, out_r)
+    np.testing.assert_array_equal(arg, arg_r)
+    dout = np.random.default_rng(1).standard_normal(out.shape).astype(x.dtype)
+    h, w = x.shape[2:]
+    np.testing.assert_allclose(_kernels.max_pool_backward(dout, arg, h, w, *geo),
+                               _kernels_ref.max_pool_backward(dout, arg_r, h, w, *geo),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_max_pool_ties_pick_the_first():
+    x = np.ones((1, 1, 2, 2), dtype=np.float64)
+    for backend in (_kernels, _kernels_ref):
+        _, arg = backend.max_pool_forward(x, 2, 2, 2, 2, 0, 0)
+        assert arg.item() == 0
+
+
+def test_threads_setting_keeps_results(rng):
+    x = rng.standard_normal((4, 3, 9, 7)).astype(np.float32)
+    before = _kernels.im2col(x, 3, 3, 1, 1, 1, 1)
+    n = _kernels.get_num_threads()
+    try:
+        kernels.set_num_threads(1)
+        np.testing.assert_array_equal(_kernels.im2col(x, 3, 3, 1, 1, 1, 1), before)
+    finally:
+        kernels.set_num_threads(n)
+    with pytest.raises(ValueError, match="num_threads"):
+        kernels.set_num_threads(0)
+
+
+def _run(code, **env):
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, **env})
+
+
+def test_pure_mode_selects_the_reference():
+    r = _run("import minires.kernels as k; print(k.name)", MINIRES_PURE="1")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "reference"
+
+
+def test_missing_extension_says_how_to_build():
+    code = ("import sys; sys.modules['minires._kernels'] = None\n"
+            "import minires.kernels")
+    r = _run(code, MINIRES_PURE="0")
+    assert r.returncode != 0
+    assert "pip install -e ." in r.stderr and "MINIRES_PURE=1" in r.stderr

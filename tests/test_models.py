@@ -1,0 +1,206 @@
+"""Model families: parameter counts, whole-model gradient checks, PyTorch parity."""
+import numpy as np
+import pytest
+
+from minires import models, nn
+from minires.gradcheck import check_module
+from torch_models import build_torch_models
+
+PARAMS = [
+    ("seed-cnn", {}, 10, 202_666),
+    ("resnet-20", {}, 10, 269_722),
+    ("resnet-20", {"shortcut": "B"}, 10, 272_474),
+    ("resnet-56", {}, 10, 853_018),
+    ("bottleneck-29", {}, 10, 869_706),
+    ("wrn-16-4", {}, 10, 2_748_890),
+    ("wrn-28-10", {}, 10, 36_479_194),
+    ("seed-wide-20", {}, 10, 1_073_530),
+    ("imagenet-resnet-18", {}, 10, 11_181_642),
+]
+
+
+@pytest.mark.parametrize("name,options,classes,expected", PARAMS)
+def test_parameter_counts(name, options, classes, expected):
+    assert models.build(name, classes, rng=0, **options).num_parameters() == expected
+
+
+@pytest.mark.parametrize("name,options,classes,expected", PARAMS)
+def test_parameter_counts_100_classes(name, options, classes, expected):
+    # 90 more classes: 90 more rows of the last Linear, weight and bias
+    last_in = {"seed-cnn": 128, "resnet-20": 64, "resnet-56": 64, "bottleneck-29": 256,
+               "wrn-16-4": 256, "wrn-28-10": 640, "seed-wide-20": 64, "imagenet-resnet-18": 512}[name]
+    assert models.build(name, 100, rng=0, **options).num_parameters() == expected + 90 * (last_in + 1)
+
+
+# tiny versions for gradient checks and parity: (name, options, image size)
+TINY = [
+    ("seed-cnn", dict(width_scale=0.25, dropout=0.5), 32),
+    ("resnet-8", dict(width_scale=0.25), 8),
+    ("resnet-8", dict(width_scale=0.25, shortcut="B"), 8),
+    ("bottleneck-11", dict(width_scale=1 / 16), 8),
+    ("wrn-10-1", dict(width_scale=0.25, dropout=0.3), 8),
+    ("seed-wide-8", dict(width_scale=0.25), 8),
+    ("imagenet-resnet-18", dict(width_scale=1 / 16), 32),
+]
+
+
+def _as_if_trained(model, rng):
+    """Random BN affine parameters and running statistics, as after training.
+
+    A fresh BN (beta = 0, running mean 0) maps the exact zeros that a 1x1
+    conv of ReLU outputs often produces at tiny widths onto the next ReLU's
+    kink, where no derivative exists and a numerical check is meaningless.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            c = m.num_features
+            m.weight.data[:] = rng.uniform(0.5, 1.5, c)
+            m.bias.data[:] = rng.normal(0, 0.2, c)
+            m.running_mean[:] = rng.normal(0, 0.2, c)
+            m.running_var[:] = rng.uniform(0.5, 1.5, c)
+    return model
+
+
+@pytest.mark.parametrize("name,options,size", TINY)
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_whole_model_gradient_check(name, options, size, mode):
+    model = models.build(name, rng=0, **options).astype(np.float64)
+    _as_if_trained(model, np.random.default_rng(3))
+    getattr(model, mode)()
+    x = np.random.default_rng(1).standard_normal((3, 3, size, size))
+    report = check_module(model, x, max_samples=4)
+    assert report.ok(1e-6), report
+
+
+def test_whole_model_check_catches_a_broken_block(monkeypatch):
+    """The fork must sum both branches: dropping the shortcut's gradient fails."""
+    from minires.nn.residual import ResidualBlock
+    monkeypatch.setattr(ResidualBlock, "backward",
+                        lambda self, d: self.branch_backward(__import__("minires").functional.relu_backward(d, self._cache[1])))
+    model = models.build("resnet-8", rng=0, width_scale=0.25).astype(np.float64)
+    report = check_module(model, np.random.default_rng(1).standard_normal((2, 3, 8, 8)), max_samples=4)
+    assert not report.ok(1e-6)
+
+
+def _torch_twin(torch, name, options):
+    T = build_torch_models(torch)
+    s = options.get("width_scale", 1.0)
+    sc = lambda c: max(1, int(round(c * s)))
+    if name == "seed-cnn":
+        return T["seed_cnn"](sc(16), sc(32), sc(64), sc(128), 10, options.get("dropout", 0.5))
+    depth = int(name.split("-")[-1]) if not name.startswith("wrn") else int(name.split("-")[1])
+    if name.startswith("resnet"):
+        return T["resnet"]((depth - 2) // 6, [sc(16), sc(32), sc(64)], 10, options.get("shortcut", "A"))
+    if name.startswith("seed-wide"):
+        return T["resnet"]((depth - 2) // 6, [sc(16), sc(32), sc(64)], 10, "A", widen=4)
+    if name.startswith("bottleneck"):
+        return T["bottleneck"]((depth - 2) // 9, [sc(64), sc(128), sc(256)], 10)
+    if name.startswith("wrn"):
+        k = int(name.split("-")[2])
+        return T["wrn"]((depth - 4) // 6, sc(16), [sc(16 * k), sc(32 * k), sc(64 * k)], 10, options.get("dropout", 0.0))
+    return T["imagenet18"]([sc(64), sc(128), sc(256), sc(512)], 10)
+
+
+PARITY = [(n, {**o, "dropout": 0.0} if "dropout" in o else o, s) for n, o, s in TINY]
+PARITY[1] = ("resnet-14", dict(width_scale=0.5), 16)   # a deeper one, both stride-2 stages
+
+
+@pytest.mark.parametrize("name,options,size", PARITY)
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_torch_parity(torch, name, options, size, mode):
+    """Same weights -> same logits, same parameter gradients, same running statistics."""
+    model = models.build(name, rng=0, **options)
+    twin = _torch_twin(torch, name, options)
+    twin.load_state_dict({k: torch.tensor(v) for k, v in model.state_dict().items()})
+    getattr(model, mode)()
+    getattr(twin, mode)()
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((8, 3, size, size)).astype(np.float32)
+    logits = model(x)
+    tx = torch.tensor(x, requires_grad=True)
+    tlogits = twin(tx)
+    np.testing.assert_allclose(logits, tlogits.detach().numpy(), rtol=1e-3, atol=1e-4)
+    dout = rng.standard_normal(logits.shape).astype(np.float32)
+    model.zero_grad()
+    dx = model.backward(dout)
+    tlogits.backward(torch.tensor(dout))
+    np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-3, atol=1e-4)
+    tparams = dict(twin.named_parameters())
+    for pname, p in model.named_parameters():
+        scale = np.abs(tparams[pname].grad.numpy()).max() + 1e-6
+        np.testing.assert_allclose(p.grad / scale, tparams[pname].grad.numpy() / scale, atol=2e-4,
+                                   err_msg=pname)
+    tstate = twin.state_dict()
+    for bname, b in model.named_buffers():
+        np.testing.assert_allclose(b, tstate[bname].numpy(), rtol=1e-4, atol=1e-5, err_msg=bname)
+
+
+@pytest.mark.parametrize("name", ["seed-cnn", "resnet-8", "bottleneck-11", "wrn-10-1", "seed-wide-8",
+                                  "imagenet-resnet-18"])
+@pytest.mark.parametrize("n", [1, 3])
+def test_output_shape(name, n):
+    model = models.build(name, num_classes=7, rng=0, width_scale=0.25).eval()
+    out = model(np.zeros((n, 3, 32, 32), dtype=np.float32))
+    assert out.shape == (n, 7) and out.dtype == np.float32
+
+
+def test_input_size_rules():
+    # seed-cnn's Linear expects 64*4*4 features: only 32x32 works, with a clear error otherwise
+    with pytest.raises(ValueError, match=r"seed-cnn expects images of shape \(N, 3, 32, 32\)"):
+        models.build("seed-cnn", rng=0).eval()(np.zeros((1, 3, 28, 28), np.float32))
+    # the ResNets end in global average pooling: other sizes work
+    out = models.build("resnet-8", rng=0, width_scale=0.25).eval()(np.zeros((2, 3, 24, 20), np.float32))
+    assert out.shape == (2, 10)
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
+        models.build("resnet-8", rng=0).eval()(np.zeros((2, 1, 32, 32), np.float32))
+
+
+def test_build_errors():
+    with pytest.raises(ValueError, match="resnet depth must be 6n\\+2"):
+        models.build("resnet-21")
+    with pytest.raises(ValueError, match="unknown model 'vgg-16'"):
+        models.build("vgg-16")
+    with pytest.raises(TypeError, match="bad option"):
+        models.build("resnet-20", colour="red")
+    assert "resnet-20" in models.available()
+    for name in models.available():
+        if name != "wrn-28-10":
+            models.build(name, rng=0)
+
+
+def test_same_seed_same_weights():
+    a, b = models.build("resnet-8", rng=5), models.build("resnet-8", rng=5)
+    for (n1, p1), (n2, p2) in zip(a.named_parameters(), b.named_parameters()):
+        np.testing.assert_array_equal(p1.data, p2.data)
+
+
+def test_he_init_scale():
+    model = models.build("resnet-20", rng=0)
+    w = model.layer3[0].conv1.weight.data          # (64, 32, 3, 3): fan-out 64*9
+    assert abs(w.std() - np.sqrt(2 / (64 * 9))) < 0.005
+    assert np.all(model.bn1.weight.data == 1) and np.all(model.bn1.bias.data == 0)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = models.build("wrn-10-2", rng=0, width_scale=0.5, dropout=0.1)
+    model.layer1[0].bn1.running_mean[:] = 3.0
+    path = tmp_path / "m.npz"
+    models.save(model, path)
+    loaded = models.load(path)
+    assert loaded.name == "wrn-10-2" and loaded.options["dropout"] == 0.1
+    for (k, v), (k2, v2) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2
+        np.testing.assert_array_equal(v, v2)
+    with pytest.raises(ValueError, match="'wrn-10-2' model, not 'resnet-20'"):
+        models.load(path, expected_name="resnet-20")
+    other = models.build("resnet-8", rng=0)
+    with pytest.raises(ValueError, match="cannot load .* into resnet-8"):
+        models.io.load_weights(other, model.state_dict(), source="wrn-10-2")
+    assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_load_never_unpickles(tmp_path):
+    path = tmp_path / "evil.npz"
+    np.savez(path, weights=np.array([object()], dtype=object))
+    with pytest.raises(ValueError):
+        models.load(path)

@@ -1,0 +1,126 @@
+"""Modules: registration and names, state, accumulation, and a gradient
+check of every layer class."""
+import numpy as np
+import pytest
+
+from minires import nn
+from minires.gradcheck import check_module
+
+
+def _f64(m):
+    return m.astype(np.float64)
+
+
+LAYERS = [
+    (lambda r: nn.Conv2d(3, 4, 3, stride=2, padding=1, rng=r), (2, 3, 7, 6)),
+    (lambda r: nn.Conv2d(2, 3, (1, 3), padding=(0, 1), bias=False, rng=r), (1, 2, 5, 4)),
+    (lambda r: nn.BatchNorm2d(3), (4, 3, 3, 5)),
+    (lambda r: nn.ReLU(), (2, 3, 4, 4)),
+    (lambda r: nn.MaxPool2d(2), (2, 2, 6, 6)),
+    (lambda r: nn.AvgPool2d(3, 2, 1), (1, 2, 7, 5)),
+    (lambda r: nn.GlobalAvgPool2d(), (2, 3, 3, 3)),
+    (lambda r: nn.Dropout(0.4, rng=r), (3, 10)),
+    (lambda r: nn.Linear(6, 4, rng=r), (5, 6)),
+    (lambda r: nn.Flatten(), (2, 3, 2, 2)),
+    # no conv bias before BN: its gradient is exactly 0 in training, nothing to check
+    (lambda r: nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, bias=False, rng=r), nn.BatchNorm2d(3), nn.ReLU(),
+                             nn.GlobalAvgPool2d(), nn.Linear(3, 2, rng=r)), (2, 2, 5, 5)),
+]
+
+
+class TinyBlock(nn.ResidualBlock):
+    def __init__(self, r):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 3, padding=1, bias=False, rng=r)
+        self.bn = nn.BatchNorm2d(2)
+
+    def branch_forward(self, x):
+        return self.bn(self.conv(x))
+
+    def branch_backward(self, d):
+        return self.conv.backward(self.bn.backward(d))
+
+
+@pytest.mark.parametrize("make,shape", LAYERS + [(TinyBlock, (2, 2, 4, 4))])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_layer_gradient_check(rng, make, shape, mode):
+    module = getattr(_f64(make(np.random.default_rng(0))), mode)()
+    x = rng.standard_normal(shape)
+    report = check_module(module, x)
+    assert report.ok(1e-6), report
+
+
+def test_names_follow_attributes_like_pytorch():
+    block = TinyBlock(np.random.default_rng(0))
+    net = nn.Sequential(nn.Conv2d(3, 2, 1, rng=0), nn.Sequential(block))
+    names = list(net.state_dict())
+    assert names == ["0.weight", "0.bias", "1.0.conv.weight", "1.0.bn.weight", "1.0.bn.bias",
+                     "1.0.bn.running_mean", "1.0.bn.running_var", "1.0.bn.num_batches_tracked"]
+    assert [n for n, _ in net.named_parameters()] == [n for n in names if "running" not in n
+                                                      and "tracked" not in n]
+
+
+def test_gradients_accumulate_until_zero_grad(rng):
+    lin = _f64(nn.Linear(3, 2, rng=0))
+    x, dout = rng.standard_normal((4, 3)), rng.standard_normal((4, 2))
+    lin(x); lin.backward(dout)
+    once = lin.weight.grad.copy()
+    lin(x); lin.backward(dout)
+    np.testing.assert_allclose(lin.weight.grad, 2 * once)
+    lin.zero_grad()
+    assert not lin.weight.grad.any()
+
+
+def test_train_eval_is_recursive():
+    net = nn.Sequential(nn.Sequential(nn.BatchNorm2d(2), nn.Dropout(0.5)), nn.ReLU())
+    net.eval()
+    assert all(not m.training for m in net.modules())
+    net.train()
+    assert all(m.training for m in net.modules())
+
+
+def test_batchnorm_counts_batches_and_uses_running_stats_in_eval(rng):
+    bn = nn.BatchNorm2d(2)
+    x = rng.standard_normal((4, 2, 3, 3)).astype(np.float32) * 3 + 2
+    bn(x); bn(x)
+    assert int(bn.num_batches_tracked) == 2 and "num_batches_tracked" in bn.state_dict()
+    bn.eval()
+    frozen = bn.running_mean.copy()
+    bn(x)
+    np.testing.assert_array_equal(bn.running_mean, frozen)
+
+
+def test_load_state_dict_checks_names_and_shapes():
+    a = nn.Sequential(nn.Linear(3, 2, rng=0))
+    state = a.state_dict()
+    b = nn.Sequential(nn.Linear(3, 2, rng=1))
+    b.load_state_dict(state)
+    np.testing.assert_array_equal(b[0].weight.data, a[0].weight.data)
+    with pytest.raises(KeyError, match="missing"):
+        b.load_state_dict({"0.weight": state["0.weight"]})
+    with pytest.raises(ValueError, match="shape"):
+        nn.Sequential(nn.Linear(4, 2, rng=0)).load_state_dict(state)
+
+
+def test_backward_without_forward_is_a_clear_error():
+    with pytest.raises(RuntimeError, match="without a forward"):
+        nn.ReLU().backward(np.zeros(3))
+
+
+def test_default_init_matches_pytorch_bounds():
+    conv = nn.Conv2d(4, 8, 3, rng=0)
+    bound = 1 / np.sqrt(4 * 9)
+    assert np.abs(conv.weight.data).max() <= bound and np.abs(conv.bias.data).max() <= bound
+    assert conv.weight.data.std() > 0.5 * bound / np.sqrt(3)
+    assert conv.weight.data.dtype == np.float32
+
+
+def test_residual_fork_sums_both_branches(rng):
+    block = _f64(TinyBlock(np.random.default_rng(0)))
+    x = rng.standard_normal((2, 2, 4, 4))
+    out = block(x)
+    dout = rng.standard_normal(out.shape)
+    dx = block.backward(dout)
+    d_post = dout * (out > 0)
+    block.branch_forward(x)
+    np.testing.assert_allclose(dx, block.branch_backward(d_post) + d_post)

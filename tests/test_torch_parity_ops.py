@@ -1,0 +1,163 @@
+"""Every functional op against torch.nn.functional: forward and backward,
+float32 and float64. Skipped without torch unless MINIRES_REQUIRE_TORCH=1."""
+import numpy as np
+import pytest
+
+import minires.functional as F
+from conftest import tol
+
+DTYPES = [np.float32, np.float64]
+
+
+def _t(torch, a, grad=True):
+    return torch.tensor(a, requires_grad=grad)
+
+
+def _grads(*tensors):
+    return [t.grad.numpy() for t in tensors]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("stride,padding,k", [(1, 1, (3, 3)), ((2, 1), (0, 2), (3, 2)), (2, 0, (1, 1))])
+def test_conv2d(torch, rng, dtype, stride, padding, k):
+    x = rng.standard_normal((2, 3, 9, 7)).astype(dtype)
+    w = rng.standard_normal((4, 3) + k).astype(dtype)
+    b = rng.standard_normal(4).astype(dtype)
+    out, cache = F.conv2d_forward(x, w, b, stride, padding)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    dx, dw, db = F.conv2d_backward(dout, cache)
+    tx, tw, tb = _t(torch, x), _t(torch, w), _t(torch, b)
+    tout = torch.nn.functional.conv2d(tx, tw, tb, stride=stride, padding=padding)
+    tout.backward(torch.tensor(dout))
+    np.testing.assert_allclose(out, tout.detach().numpy(), **tol(dtype))
+    for mine, theirs in zip((dx, dw, db), _grads(tx, tw, tb)):
+        assert mine.dtype == dtype
+        np.testing.assert_allclose(mine, theirs, **tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_linear(torch, rng, dtype):
+    x, w, b = (rng.standard_normal(s).astype(dtype) for s in [(5, 7), (3, 7), (3,)])
+    out, cache = F.linear_forward(x, w, b)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    grads = F.linear_backward(dout, cache)
+    tx, tw, tb = _t(torch, x), _t(torch, w), _t(torch, b)
+    tout = torch.nn.functional.linear(tx, tw, tb)
+    tout.backward(torch.tensor(dout))
+    np.testing.assert_allclose(out, tout.detach().numpy(), **tol(dtype))
+    for mine, theirs in zip(grads, _grads(tx, tw, tb)):
+        np.testing.assert_allclose(mine, theirs, **tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm2d_with_running_statistics(torch, rng, dtype, training):
+    x = (rng.standard_normal((4, 3, 5, 6)) * 2 + 1).astype(dtype)
+    g, b = rng.standard_normal(3).astype(dtype), rng.standard_normal(3).astype(dtype)
+    rm, rv = rng.standard_normal(3).astype(dtype), rng.uniform(0.5, 2, 3).astype(dtype)
+    t_rm, t_rv = torch.tensor(rm.copy()), torch.tensor(rv.copy())
+    out, cache = F.batchnorm2d_forward(x, g, b, rm, rv, training, momentum=0.1, eps=1e-5)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    grads = F.batchnorm2d_backward(dout, cache)
+    tx, tg, tb = _t(torch, x), _t(torch, g), _t(torch, b)
+    tout = torch.nn.functional.batch_norm(tx, t_rm, t_rv, tg, tb, training, 0.1, 1e-5)
+    tout.backward(torch.tensor(dout))
+    np.testing.assert_allclose(out, tout.detach().numpy(), **tol(dtype))
+    for mine, theirs in zip(grads, _grads(tx, tg, tb)):
+        np.testing.assert_allclose(mine, theirs, **tol(dtype))
+    # running statistics updated in place exactly as PyTorch (unbiased variance)
+    np.testing.assert_allclose(rm, t_rm.numpy(), **tol(dtype))
+    np.testing.assert_allclose(rv, t_rv.numpy(), **tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_relu(torch, rng, dtype):
+    x = rng.standard_normal((3, 4, 5)).astype(dtype)
+    out, cache = F.relu_forward(x)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    dx = F.relu_backward(dout, cache)
+    tx = _t(torch, x)
+    torch.relu(tx).backward(torch.tensor(dout))
+    np.testing.assert_array_equal(out, torch.relu(torch.tensor(x)).numpy())
+    np.testing.assert_allclose(dx, tx.grad.numpy(), **tol(dtype))
+
+
+POOLS = [(2, None, 0), (3, 2, 1), ((3, 2), (2, 1), (1, 0)), (3, 1, 1)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k,s,p", POOLS)
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_pooling(torch, rng, dtype, k, s, p, kind):
+    x = rng.standard_normal((2, 3, 9, 8)).astype(dtype)
+    fwd, bwd = ((F.max_pool2d_forward, F.max_pool2d_backward) if kind == "max"
+                else (F.avg_pool2d_forward, F.avg_pool2d_backward))
+    tfn = (torch.nn.functional.max_pool2d if kind == "max" else torch.nn.functional.avg_pool2d)
+    out, cache = fwd(x, k, s, p)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    dx = bwd(dout, cache)
+    tx = _t(torch, x)
+    tout = tfn(tx, k, s, p)
+    tout.backward(torch.tensor(dout))
+    np.testing.assert_allclose(out, tout.detach().numpy(), **tol(dtype))
+    np.testing.assert_allclose(dx, tx.grad.numpy(), **tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_global_avg_pool2d(torch, rng, dtype):
+    x = rng.standard_normal((3, 4, 5, 7)).astype(dtype)
+    out, cache = F.global_avg_pool2d_forward(x)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    dx = F.global_avg_pool2d_backward(dout, cache)
+    tx = _t(torch, x)
+    tout = torch.nn.functional.adaptive_avg_pool2d(tx, 1).flatten(1)
+    tout.backward(torch.tensor(dout))
+    np.testing.assert_allclose(out, tout.detach().numpy(), **tol(dtype))
+    np.testing.assert_allclose(dx, tx.grad.numpy(), **tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_add(torch, rng, dtype):
+    a, b = (rng.standard_normal((2, 3, 4, 4)).astype(dtype) for _ in range(2))
+    out, cache = F.add_forward(a, b)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    da, db = F.add_backward(dout, cache)
+    ta, tb = _t(torch, a), _t(torch, b)
+    (ta + tb).backward(torch.tensor(dout))
+    np.testing.assert_allclose(out, (torch.tensor(a) + torch.tensor(b)).numpy(), **tol(dtype))
+    np.testing.assert_allclose(da, ta.grad.numpy(), **tol(dtype))
+    np.testing.assert_allclose(db, tb.grad.numpy(), **tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("p", [0.0, 0.5])
+def test_dropout_matches_torch_scaling(torch, rng, dtype, p):
+    """Masks come from different generators, so compare what they must share:
+    the kept values are x / (1 - p), the rest 0, eval mode is the identity,
+    and the gradient uses the forward's mask."""
+    x = rng.uniform(1, 2, (50, 40)).astype(dtype)
+    out, cache = F.dropout_forward(x, p, True, np.random.default_rng(0))
+    tout = torch.nn.functional.dropout(torch.tensor(x), p, True).numpy()
+    for o in (out, tout):
+        kept = o != 0
+        np.testing.assert_allclose(o[kept], x[kept] / (1 - p), **tol(dtype))
+        assert abs(kept.mean() - (1 - p)) < 0.05
+    dout = rng.standard_normal(x.shape).astype(dtype)
+    np.testing.assert_allclose(F.dropout_backward(dout, cache), dout * (out / x), **tol(dtype))
+    ev, _ = F.dropout_forward(x, p, False, None)
+    np.testing.assert_array_equal(ev, torch.nn.functional.dropout(torch.tensor(x), p, False).numpy())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_softmax_cross_entropy(torch, rng, dtype, smoothing):
+    logits = (rng.standard_normal((6, 10)) * 4).astype(dtype)
+    labels = rng.integers(0, 10, 6)
+    loss, cache = F.softmax_cross_entropy_forward(logits, labels, smoothing)
+    dlogits = F.softmax_cross_entropy_backward(cache)
+    tz = _t(torch, logits)
+    tloss = torch.nn.functional.cross_entropy(tz, torch.tensor(labels), label_smoothing=smoothing)
+    tloss.backward()
+    assert isinstance(loss, float)
+    assert loss == pytest.approx(tloss.item(), rel=tol(dtype)["rtol"])
+    np.testing.assert_allclose(dlogits, tz.grad.numpy(), **tol(dtype))

@@ -1,0 +1,117 @@
+"""The model families written independently in PyTorch, with the same
+module names as minires, so weights copy across through state_dict."""
+from collections import OrderedDict
+
+
+def build_torch_models(torch):
+    nn = torch.nn
+    Fn = torch.nn.functional
+
+    def conv3(cin, cout, s):
+        return nn.Conv2d(cin, cout, 3, s, 1, bias=False)
+
+    def proj(cin, cout, s):
+        return nn.Sequential(nn.Conv2d(cin, cout, 1, s, 0, bias=False), nn.BatchNorm2d(cout))
+
+    class ShortcutA(nn.Module):
+        def __init__(self, cin, cout, s):
+            super().__init__()
+            self.s, self.before, self.after = s, (cout - cin) // 2, cout - cin - (cout - cin) // 2
+
+        def forward(self, x):
+            return Fn.pad(x[:, :, ::self.s, ::self.s], (0, 0, 0, 0, self.before, self.after))
+
+    class Basic(nn.Module):
+        def __init__(self, cin, cout, s, option, widen=1):
+            super().__init__()
+            mid = cout * widen
+            self.conv1, self.bn1 = conv3(cin, mid, s), nn.BatchNorm2d(mid)
+            self.conv2, self.bn2 = conv3(mid, cout, 1), nn.BatchNorm2d(cout)
+            if cin == cout and s == 1:
+                self.shortcut = nn.Identity()
+            else:
+                self.shortcut = ShortcutA(cin, cout, s) if option == "A" else proj(cin, cout, s)
+
+        def forward(self, x):
+            y = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+            return torch.relu(y + self.shortcut(x))
+
+    class Bottle(nn.Module):
+        def __init__(self, cin, f, s):
+            super().__init__()
+            mid = max(1, f // 2)
+            self.conv1, self.bn1 = nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid)
+            self.conv2, self.bn2 = conv3(mid, mid, s), nn.BatchNorm2d(mid)
+            self.conv3, self.bn3 = nn.Conv2d(mid, f, 1, bias=False), nn.BatchNorm2d(f)
+            self.shortcut = proj(cin, f, s) if (cin != f or s != 1) else nn.Identity()
+
+        def forward(self, x):
+            y = torch.relu(self.bn1(self.conv1(x)))
+            y = torch.relu(self.bn2(self.conv2(y)))
+            return torch.relu(self.bn3(self.conv3(y)) + self.shortcut(x))
+
+    class Wide(nn.Module):
+        def __init__(self, cin, cout, s, p):
+            super().__init__()
+            self.bn1, self.conv1 = nn.BatchNorm2d(cin), conv3(cin, cout, s)
+            self.bn2, self.conv2 = nn.BatchNorm2d(cout), conv3(cout, cout, 1)
+            self.dropout = nn.Dropout(p)
+            self.project = cin != cout or s != 1
+            if self.project:
+                self.shortcut = nn.Conv2d(cin, cout, 1, s, bias=False)
+
+        def forward(self, x):
+            o1 = torch.relu(self.bn1(x))
+            y = self.conv2(self.dropout(torch.relu(self.bn2(self.conv1(o1)))))
+            return y + (self.shortcut(o1) if self.project else x)
+
+    class GAP(nn.Module):
+        def forward(self, x):
+            return x.mean(dim=(2, 3))
+
+    def stages(block, widths, n, cin, strides, **kw):
+        out = []
+        for i, (w, s) in enumerate(zip(widths, strides)):
+            blocks = [block(cin, w, s, **kw)] + [block(w, w, 1, **kw) for _ in range(n - 1)]
+            out.append((f"layer{i + 1}", nn.Sequential(*blocks)))
+            cin = w
+        return out, cin
+
+    def resnet(n, widths, classes, option="A", widen=1):
+        st, c = stages(Basic, widths, n, widths[0], (1, 2, 2), option=option, widen=widen)
+        return nn.Sequential(OrderedDict(
+            [("conv1", conv3(3, widths[0], 1)), ("bn1", nn.BatchNorm2d(widths[0])), ("relu", nn.ReLU())]
+            + st + [("pool", GAP()), ("fc", nn.Linear(c, classes))]))
+
+    def bottleneck(n, widths, classes):
+        st, c = stages(Bottle, widths, n, widths[0], (1, 2, 2))
+        return nn.Sequential(OrderedDict(
+            [("conv1", conv3(3, widths[0], 1)), ("bn1", nn.BatchNorm2d(widths[0])), ("relu", nn.ReLU())]
+            + st + [("pool", GAP()), ("fc", nn.Linear(c, classes))]))
+
+    def wrn(n, stem, widths, classes, p=0.0):
+        st, c = stages(Wide, widths, n, stem, (1, 2, 2), p=p)
+        return nn.Sequential(OrderedDict(
+            [("conv1", conv3(3, stem, 1))] + st +
+            [("bn", nn.BatchNorm2d(c)), ("relu", nn.ReLU()), ("pool", GAP()), ("fc", nn.Linear(c, classes))]))
+
+    def seed_cnn(c1, c2, c3, hidden, classes, p):
+        def conv(a, b):
+            return nn.Conv2d(a, b, 3, padding=1)
+        return nn.Sequential(OrderedDict([
+            ("conv1", conv(3, c1)), ("relu1", nn.ReLU()), ("bn1", nn.BatchNorm2d(c1)), ("pool1", nn.MaxPool2d(2)),
+            ("conv2", conv(c1, c2)), ("relu2", nn.ReLU()), ("bn2", nn.BatchNorm2d(c2)),
+            ("conv3", conv(c2, c2)), ("relu3", nn.ReLU()), ("bn3", nn.BatchNorm2d(c2)), ("pool2", nn.MaxPool2d(2)),
+            ("conv4", conv(c2, c3)), ("relu4", nn.ReLU()), ("bn4", nn.BatchNorm2d(c3)),
+            ("conv5", conv(c3, c3)), ("relu5", nn.ReLU()), ("bn5", nn.BatchNorm2d(c3)), ("pool3", nn.MaxPool2d(2)),
+            ("flatten", nn.Flatten()), ("fc1", nn.Linear(c3 * 16, hidden)), ("relu6", nn.ReLU()),
+            ("dropout", nn.Dropout(p)), ("fc2", nn.Linear(hidden, classes))]))
+
+    def imagenet18(widths, classes):
+        st, c = stages(Basic, widths, 2, widths[0], (1, 2, 2, 2), option="B")
+        return nn.Sequential(OrderedDict(
+            [("conv1", nn.Conv2d(3, widths[0], 7, 2, 3, bias=False)), ("bn1", nn.BatchNorm2d(widths[0])),
+             ("relu", nn.ReLU()), ("maxpool", nn.MaxPool2d(3, 2, 1))] + st +
+            [("pool", GAP()), ("fc", nn.Linear(c, classes))]))
+
+    return dict(resnet=resnet, bottleneck=bottleneck, wrn=wrn, seed_cnn=seed_cnn, imagenet18=imagenet18)
