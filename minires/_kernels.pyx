@@ -49,39 +49,66 @@ cdef inline Py_ssize_t _out_size(Py_ssize_t size, Py_ssize_t k, Py_ssize_t s, Py
 
 
 # ---------------------------------------------------------------- im2col
-cdef void _im2col(const floating[:, :, :, ::1] x, floating[:, :, ::1] cols,
+cdef inline Py_ssize_t _first_inside(Py_ssize_t offset, Py_ssize_t stride) noexcept nogil:
+    """Smallest output position o with o*stride + offset >= 0."""
+    if offset >= 0:
+        return 0
+    return (-offset + stride - 1) // stride
+
+
+cdef inline Py_ssize_t _end_inside(Py_ssize_t offset, Py_ssize_t stride, Py_ssize_t size,
+                                   Py_ssize_t count) noexcept nogil:
+    """One past the largest output position o < count with o*stride + offset < size."""
+    cdef Py_ssize_t e
+    if size - offset <= 0:
+        return 0
+    e = (size - offset - 1) // stride + 1
+    return e if e < count else count
+
+
+cdef void _im2col(const floating[:, :, :, ::1] x, floating[:, ::1] cols,
                   Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                   Py_ssize_t ph, Py_ssize_t pw, int nthreads) noexcept nogil:
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = _out_size(H, kh, sh, ph), OW = _out_size(W, kw, sw, pw)
-    cdef Py_ssize_t nc, n, c, i, j, row, oh, ow, hh, ww
+    cdef Py_ssize_t P = OH * OW
+    cdef Py_ssize_t nc, n, c, i, j, row, oh, ow, hh, base, lo, hi
+    cdef floating* dst
     for nc in prange(N * C, num_threads=nthreads, schedule="static"):
         n = nc // C
         c = nc % C
         for i in range(kh):
             for j in range(kw):
                 row = (c * kh + i) * kw + j
+                # Output columns [lo, hi) read inside the image; the rest read padding.
+                lo = _first_inside(j - pw, sw)
+                hi = _end_inside(j - pw, sw, W, OW)
+                if lo > hi:
+                    lo = hi
                 for oh in range(OH):
+                    dst = &cols[row, n * P + oh * OW]
                     hh = oh * sh - ph + i
                     if hh < 0 or hh >= H:
                         for ow in range(OW):
-                            cols[n, row, oh * OW + ow] = 0
+                            dst[ow] = 0
                         continue
-                    for ow in range(OW):
-                        ww = ow * sw - pw + j
-                        if ww < 0 or ww >= W:
-                            cols[n, row, oh * OW + ow] = 0
-                        else:
-                            cols[n, row, oh * OW + ow] = x[n, c, hh, ww]
+                    # Branch-free middle; zeros only where the window hangs over the padding.
+                    for ow in range(lo):
+                        dst[ow] = 0
+                    base = j - pw
+                    for ow in range(lo, hi):
+                        dst[ow] = x[n, c, hh, ow * sw + base]
+                    for ow in range(hi, OW):
+                        dst[ow] = 0
 
 
 def im2col(x, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
            Py_ssize_t ph, Py_ssize_t pw):
-    """x: (N, C, H, W) -> cols: (N, C*KH*KW, OH*OW). See _kernels_ref.im2col."""
+    """x: (N, C, H, W) -> cols: (C*KH*KW, N*OH*OW). See _kernels_ref.im2col."""
     x = np.ascontiguousarray(x)
     n, c, h, w = x.shape
     oh, ow = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
-    cols = np.empty((n, c * kh * kw, oh * ow), dtype=x.dtype)
+    cols = np.empty((c * kh * kw, n * oh * ow), dtype=x.dtype)
     if x.dtype == np.float32:
         _im2col[float](x, cols, kh, kw, sh, sw, ph, pw, _num_threads)
     else:
@@ -90,12 +117,14 @@ def im2col(x, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
 
 
 # ---------------------------------------------------------------- col2im
-cdef void _col2im(const floating[:, :, ::1] cols, floating[:, :, :, ::1] x,
+cdef void _col2im(const floating[:, ::1] cols, floating[:, :, :, ::1] x,
                   Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                   Py_ssize_t ph, Py_ssize_t pw, int nthreads) noexcept nogil:
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = _out_size(H, kh, sh, ph), OW = _out_size(W, kw, sw, pw)
-    cdef Py_ssize_t nc, n, c, i, j, row, oh, ow, hh, ww
+    cdef Py_ssize_t P = OH * OW
+    cdef Py_ssize_t nc, n, c, i, j, row, oh, ow, hh, base, lo, hi
+    cdef const floating* src
     # Each thread owns whole (n, c) planes of x, so the += never races.
     for nc in prange(N * C, num_threads=nthreads, schedule="static"):
         n = nc // C
@@ -103,21 +132,27 @@ cdef void _col2im(const floating[:, :, ::1] cols, floating[:, :, :, ::1] x,
         for i in range(kh):
             for j in range(kw):
                 row = (c * kh + i) * kw + j
+                # Output columns [lo, hi) read inside the image; the rest read padding.
+                lo = _first_inside(j - pw, sw)
+                hi = _end_inside(j - pw, sw, W, OW)
+                if lo > hi:
+                    lo = hi
+                base = j - pw
                 for oh in range(OH):
                     hh = oh * sh - ph + i
                     if hh < 0 or hh >= H:
                         continue
-                    for ow in range(OW):
-                        ww = ow * sw - pw + j
-                        if ww >= 0 and ww < W:
-                            x[n, c, hh, ww] += cols[n, row, oh * OW + ow]
+                    src = &cols[row, n * P + oh * OW]
+                    for ow in range(lo, hi):
+                        x[n, c, hh, ow * sw + base] += src[ow]
 
 
 def col2im(cols, Py_ssize_t c, Py_ssize_t h, Py_ssize_t w, Py_ssize_t kh, Py_ssize_t kw,
            Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw):
-    """cols: (N, C*KH*KW, OH*OW) -> x: (N, C, H, W). See _kernels_ref.col2im."""
+    """cols: (C*KH*KW, N*OH*OW) -> x: (N, C, H, W). See _kernels_ref.col2im."""
     cols = np.ascontiguousarray(cols)
-    x = np.zeros((cols.shape[0], c, h, w), dtype=cols.dtype)
+    n = cols.shape[1] // (_out_size(h, kh, sh, ph) * _out_size(w, kw, sw, pw))
+    x = np.zeros((n, c, h, w), dtype=cols.dtype)
     if cols.dtype == np.float32:
         _col2im[float](cols, x, kh, kw, sh, sw, ph, pw, _num_threads)
     else:

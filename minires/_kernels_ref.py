@@ -6,9 +6,10 @@ results; ``MINIRES_PURE=1`` makes the library use these instead.
 
 Shape vocabulary: N batch, C channels, H/W input height/width,
 KH/KW kernel height/width, OH/OW output height/width.
-The column layout is ``cols[n, (c, kh, kw), (oh, ow)]``, i.e. shape
-(N, C*KH*KW, OH*OW): one matrix per image, so ``w2 @ cols[n]`` with
-w2 of shape (F, C*KH*KW) is already image n's (F, OH*OW) output in NCHW.
+The column layout is ``cols[(c, kh, kw), (n, oh, ow)]``, i.e. shape
+(C*KH*KW, N*OH*OW): one column per output position of the whole batch, so
+a convolution is one large matrix product ``w2 @ cols`` with w2 of shape
+(F, C*KH*KW), which BLAS runs far better than N small ones.
 """
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -30,29 +31,30 @@ def _windows(xp, kh, kw, sh, sw):
 def im2col(x, kh, kw, sh, sw, ph, pw):
     """Unfold every receptive field of x into a column.
 
-    x: (N, C, H, W) -> cols: (N, C*KH*KW, OH*OW)
+    x: (N, C, H, W) -> cols: (C*KH*KW, N*OH*OW)
     """
     n, c, h, w = x.shape
     oh, ow = output_size(h, kh, sh, ph), output_size(w, kw, sw, pw)
     xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     win = _windows(xp, kh, kw, sh, sw)                  # (N, C, OH, OW, KH, KW)
-    cols = win.transpose(0, 1, 4, 5, 2, 3)              # (N, C, KH, KW, OH, OW)
-    return np.ascontiguousarray(cols).reshape(n, c * kh * kw, oh * ow)
+    cols = win.transpose(1, 4, 5, 0, 2, 3)              # (C, KH, KW, N, OH, OW)
+    return np.ascontiguousarray(cols).reshape(c * kh * kw, n * oh * ow)
 
 
 def col2im(cols, c, h, w, kh, kw, sh, sw, ph, pw):
     """The adjoint of im2col: scatter-add every column back to its pixels.
 
-    cols: (N, C*KH*KW, OH*OW) -> x: (N, C, H, W). Where windows overlap,
+    cols: (C*KH*KW, N*OH*OW) -> x: (N, C, H, W). Where windows overlap,
     contributions add; padding positions are dropped.
     """
-    n = cols.shape[0]
     oh, ow = output_size(h, kh, sh, ph), output_size(w, kw, sw, pw)
-    cols6 = cols.reshape(n, c, kh, kw, oh, ow)
+    n = cols.shape[1] // (oh * ow)
+    cols6 = cols.reshape(c, kh, kw, n, oh, ow)
     xp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
     for i in range(kh):
         for j in range(kw):
-            xp[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw] += cols6[:, :, i, j]
+            # (C, N, OH, OW) -> (N, C, OH, OW), added to every position (i, j) reached
+            xp[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw] += cols6[:, i, j].transpose(1, 0, 2, 3)
     return xp[:, :, ph:ph + h, pw:pw + w].copy()
 
 
@@ -78,5 +80,5 @@ def max_pool_backward(dout, argmax, h, w, kh, kw, sh, sw, ph, pw):
     n, c, oh, ow = dout.shape
     onehot = np.zeros((n, c, kh * kw, oh, ow), dtype=dout.dtype)
     np.put_along_axis(onehot, argmax[:, :, None], dout[:, :, None], axis=2)
-    cols = onehot.reshape(n, c * kh * kw, oh * ow)      # (N, C*KH*KW, OH*OW)
+    cols = onehot.transpose(1, 2, 0, 3, 4).reshape(c * kh * kw, n * oh * ow)
     return col2im(cols, c, h, w, kh, kw, sh, sw, ph, pw)

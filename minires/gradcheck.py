@@ -179,3 +179,22 @@ def check_module(module, x, rng=None, eps=1e-6, max_samples=20, tol=1e-6):
         numeric = numerical_gradient(f, p.data, dout, eps, idx)
         report.rows.append(_compare(name, p.data, p.grad, numeric, idx))
     return report
+
+
+def randomize_batchnorm(model, rng):
+    """Give every BatchNorm2d random affine parameters and running statistics,
+    as after training, before a whole-model check.
+
+    A fresh BN (beta = 0, running mean 0) maps exact zeros, which a 1x1 conv
+    of ReLU outputs often produces at tiny widths, onto the next ReLU's kink:
+    there the derivative does not exist and a numerical check is meaningless.
+    """
+    from .nn import BatchNorm2d
+    for m in model.modules():
+        if isinstance(m, BatchNorm2d):
+            c = m.num_features
+            m.weight.data[:] = rng.uniform(0.5, 1.5, c)
+            m.bias.data[:] = rng.normal(0, 0.2, c)
+            m.running_mean[:] = rng.normal(0, 0.2, c)
+            m.running_var[:] = rng.uniform(0.5, 1.5, c)
+    return model

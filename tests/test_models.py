@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from minires import models, nn
-from minires.gradcheck import check_module
+from minires import models
+from minires.gradcheck import check_module, randomize_batchnorm
 from torch_models import build_torch_models
 
 PARAMS = [
@@ -44,28 +44,11 @@ TINY = [
 ]
 
 
-def _as_if_trained(model, rng):
-    """Random BN affine parameters and running statistics, as after training.
-
-    A fresh BN (beta = 0, running mean 0) maps the exact zeros that a 1x1
-    conv of ReLU outputs often produces at tiny widths onto the next ReLU's
-    kink, where no derivative exists and a numerical check is meaningless.
-    """
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            c = m.num_features
-            m.weight.data[:] = rng.uniform(0.5, 1.5, c)
-            m.bias.data[:] = rng.normal(0, 0.2, c)
-            m.running_mean[:] = rng.normal(0, 0.2, c)
-            m.running_var[:] = rng.uniform(0.5, 1.5, c)
-    return model
-
-
 @pytest.mark.parametrize("name,options,size", TINY)
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_whole_model_gradient_check(name, options, size, mode):
     model = models.build(name, rng=0, **options).astype(np.float64)
-    _as_if_trained(model, np.random.default_rng(3))
+    randomize_batchnorm(model, np.random.default_rng(3))
     getattr(model, mode)()
     x = np.random.default_rng(1).standard_normal((3, 3, size, size))
     report = check_module(model, x, max_samples=4)

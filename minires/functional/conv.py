@@ -1,8 +1,8 @@
 """2-D convolution (cross-correlation, as in PyTorch) by im2col + matrix multiply.
 
 Each receptive field of x is unfolded into a column (im2col), so the
-convolution becomes one matrix product per image:
-    out[n] = w2 @ cols[n],   w2 = w.reshape(F, C*KH*KW)
+convolution of the whole batch becomes one matrix product:
+    out2 = w2 @ cols,   w2 = w.reshape(F, C*KH*KW),   cols: (C*KH*KW, N*OH*OW)
 The backward pass is two more products and col2im, im2col's adjoint.
 """
 import numpy as np
@@ -30,12 +30,12 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0):
     check_window(h, wd, (kh, kw), (sh, sw), (ph, pw), name="kernel (KH, KW)")
     oh, ow = (h + 2 * ph - kh) // sh + 1, (wd + 2 * pw - kw) // sw + 1
 
-    cols = kernels.im2col(x, kh, kw, sh, sw, ph, pw)   # (N, C*KH*KW, OH*OW)
+    cols = kernels.im2col(x, kh, kw, sh, sw, ph, pw)   # (C*KH*KW, N*OH*OW)
     w2 = w.reshape(f, c * kh * kw)                     # (F, C*KH*KW)
-    out = np.matmul(w2, cols)                          # (N, F, OH*OW)
+    out2 = w2 @ cols                                   # (F, N*OH*OW)
     if b is not None:
-        out += b[:, None]
-    out = out.reshape(n, f, oh, ow)
+        out2 += b[:, None]
+    out = np.ascontiguousarray(out2.reshape(f, n, oh, ow).transpose(1, 0, 2, 3))  # (N, F, OH, OW)
     cache = (cols, w, x.shape, (sh, sw), (ph, pw), b is not None)
     return out, cache
 
@@ -44,11 +44,10 @@ def conv2d_backward(dout, cache):
     """dout: (N, F, OH, OW) -> dx: (N, C, H, W), dw: (F, C, KH, KW), db: (F,) or None."""
     cols, w, (n, c, h, wd), (sh, sw), (ph, pw), has_bias = cache
     f, _, kh, kw = w.shape
-    d2 = dout.reshape(n, f, -1)                        # (N, F, OH*OW)
+    d2 = dout.transpose(1, 0, 2, 3).reshape(f, -1)     # (F, N*OH*OW), a copy
     w2 = w.reshape(f, c * kh * kw)                     # (F, C*KH*KW)
-    # dw sums every image's (F, OH*OW) @ (OH*OW, C*KH*KW) product.
-    dw = np.einsum("nfp,nkp->fk", d2, cols, optimize=True).reshape(w.shape)
-    dcols = np.matmul(w2.T, d2)                        # (N, C*KH*KW, OH*OW)
+    dw = (d2 @ cols.T).reshape(w.shape)                # sums over every output position
+    dcols = w2.T @ d2                                  # (C*KH*KW, N*OH*OW)
     dx = kernels.col2im(dcols, c, h, wd, kh, kw, sh, sw, ph, pw)
-    db = d2.sum(axis=(0, 2)) if has_bias else None
+    db = d2.sum(axis=1) if has_bias else None
     return dx, dw, db

@@ -38,16 +38,16 @@ def avg_pool2d_forward(x, kernel_size, stride=None, padding=0):
     n, c, h, w = x.shape
     oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
     # Every channel is pooled alike: treat it as an image of one channel.
-    cols = kernels.im2col(x.reshape(n * c, 1, h, w), kh, kw, sh, sw, ph, pw)  # (N*C, KH*KW, OH*OW)
-    out = cols.mean(axis=1).reshape(n, c, oh, ow)
+    cols = kernels.im2col(x.reshape(n * c, 1, h, w), kh, kw, sh, sw, ph, pw)  # (KH*KW, N*C*OH*OW)
+    out = cols.mean(axis=0).reshape(n, c, oh, ow)
     return out, (x.shape, (kh, kw, sh, sw, ph, pw))
 
 
 def avg_pool2d_backward(dout, cache):
     """dout: (N, C, OH, OW) -> dx: (N, C, H, W)."""
     (n, c, h, w), (kh, kw, sh, sw, ph, pw) = cache
-    share = dout.reshape(n * c, 1, -1) / dout.dtype.type(kh * kw)             # (N*C, 1, OH*OW)
-    dcols = np.broadcast_to(share, (n * c, kh * kw, share.shape[2]))
+    share = dout.reshape(1, -1) / dout.dtype.type(kh * kw)                    # (1, N*C*OH*OW)
+    dcols = np.broadcast_to(share, (kh * kw, share.shape[1]))
     dx = kernels.col2im(dcols, 1, h, w, kh, kw, sh, sw, ph, pw)               # (N*C, 1, H, W)
     return dx.reshape(n, c, h, w)
 
