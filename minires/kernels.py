@@ -17,6 +17,13 @@ _BUILD_HINT = (
     "or set MINIRES_PURE=1 to run the slow NumPy reference kernels instead."
 )
 
+# The Cython loops (OpenMP) and NumPy's BLAS (its own pthreads) take turns on
+# the same cores. OpenMP's default is to spin-wait after each loop, which
+# starves BLAS threads on a 2-core machine (a conv step ran 50x slower in
+# our measurements); passive waiting hands the cores over. It must be set
+# before the extension loads the OpenMP runtime.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 if PURE:
     backend = _kernels_ref
     name = "reference"

@@ -55,22 +55,22 @@ def _backgrounds(rng, n, yy, xx):
     """A random two-colour linear gradient per image: (n, 3, H, W) in [0, 1]."""
     c0, c1 = rng.uniform(0, 1, (n, 3, 1, 1)), rng.uniform(0, 1, (n, 3, 1, 1))
     angle = rng.uniform(0, 2 * np.pi, (n, 1, 1, 1))
-    t = (np.cos(angle) * (xx - 15.5) + np.sin(angle) * (yy - 15.5)) / 44 + 0.5   # (n, 1, H, W)
+    t = (np.cos(angle) * (xx - 15.5) + np.sin(angle) * (yy - 15.5)) / 88 + 0.5   # (n, 1, H, W)
     return c0 + (c1 - c0) * t
 
 
 def _contrasting(rng, background_mean):
-    """A colour at least 0.45 away from the background's mean colour."""
+    """A colour at least 0.6 away from the background's mean colour."""
     colour = rng.uniform(0, 1, background_mean.shape)
     for _ in range(20):
-        far = np.linalg.norm(colour - background_mean, axis=1) >= 0.45
+        far = np.linalg.norm(colour - background_mean, axis=1) >= 0.6
         if far.all():
             break
         colour[~far] = rng.uniform(0, 1, colour[~far].shape)
     return colour
 
 
-def generate(n, rng, noise=0.06, blobs=3):
+def generate(n, rng, noise=0.03, blobs=2):
     """n images and labels: (n, 3, 32, 32) uint8, (n,) int64. Balanced classes."""
     labels = rng.permutation(np.arange(n) % len(CLASSES)).astype(np.int64)
     yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float64)
@@ -78,12 +78,12 @@ def generate(n, rng, noise=0.06, blobs=3):
     # distracting blobs: small discs of random colours
     for _ in range(blobs):
         cy, cx = rng.uniform(0, SIZE, (2, n, 1, 1))
-        r = rng.uniform(1.0, 2.5, (n, 1, 1))
+        r = rng.uniform(1.0, 2.0, (n, 1, 1))
         disc = np.hypot(yy - cy, xx - cx) <= r                   # (n, H, W)
         colour = rng.uniform(0, 1, (n, 3))
         images = np.where(disc[:, None], colour[:, :, None, None], images)
     # the shape itself
-    radius = rng.uniform(6, 13, (n, 1, 1))
+    radius = rng.uniform(9, 14, (n, 1, 1))
     cy, cx = (rng.uniform(0.7, 1.0, (2, n, 1, 1)) * (SIZE / 2 - radius) * rng.choice([-1, 1], (2, n, 1, 1))
               + SIZE / 2 - 0.5)
     rot = rng.uniform(0, 2 * np.pi, (n, 1, 1))

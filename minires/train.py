@@ -129,10 +129,13 @@ def run_is_finished(run_dir):
     return len(log) >= epochs or any(r.get("stopped_by_time_budget") for r in log)
 
 
-def train(config, out_dir, resume=False, progress=True):
+def train(config, out_dir, resume=False, progress=True, verbose=True, stop_after=None):
     """Train config.model on config.dataset into out_dir; returns the history
     (one dict per epoch). resume=True continues from out_dir/checkpoint.npz
-    and gives the same weights, bit for bit, as an uninterrupted run."""
+    and gives the same weights, bit for bit, as an uninterrupted run.
+    progress: show a tqdm bar; verbose: print one line per epoch.
+    stop_after: end this call after that many epochs, as if interrupted
+    (the schedule still spans config.epochs)."""
     if config.threads:
         kernels.set_num_threads(config.threads)
     os.makedirs(out_dir, exist_ok=True)
@@ -191,11 +194,11 @@ def train(config, out_dir, resume=False, progress=True):
         save_checkpoint(ckpt_path, model, optimizer, data_rng,
                         dict(history=history, step=step, best_acc=best_acc))
         _write_json_atomic(os.path.join(out_dir, "log.jsonl"), history, lines=True)
-        if progress:
+        if verbose:
             tqdm.write(f"{config.model} epoch {epoch + 1:>3}: train loss {train_loss:.3f} "
                        f"acc {train_acc:.3f} | test loss {test_loss:.3f} acc {test_acc:.3f} | "
                        f"lr {optimizer.lr:.4f} | {record['images_per_second']:.0f} img/s | "
                        f"{record['epoch_seconds']:.1f} s")
-        if record.get("stopped_by_time_budget"):
+        if record.get("stopped_by_time_budget") or (stop_after and epoch + 1 - start_epoch >= stop_after):
             break
     return history

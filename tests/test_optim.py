@@ -1,0 +1,78 @@
+"""SGD against torch.optim.SGD on identical gradients; schedule values."""
+import math
+
+import numpy as np
+import pytest
+
+from minires import nn
+from minires.optim import SGD, Schedule, param_groups
+
+
+@pytest.mark.parametrize("momentum,nesterov,wd", [(0.0, False, 0.0), (0.9, False, 5e-4),
+                                                   (0.9, True, 1e-4), (0.5, False, 0.0)])
+def test_sgd_matches_torch(torch, momentum, nesterov, wd):
+    rng = np.random.default_rng(0)
+    params = [nn.Parameter(rng.standard_normal(s).astype(np.float32)) for s in [(4, 3), (5,)]]
+    tparams = [torch.tensor(p.data.copy(), requires_grad=True) for p in params]
+    opt = SGD(params, lr=0.1, momentum=momentum, nesterov=nesterov, weight_decay=wd)
+    topt = torch.optim.SGD(tparams, lr=0.1, momentum=momentum, nesterov=nesterov, weight_decay=wd)
+    for step in range(5):
+        for p, tp in zip(params, tparams):
+            g = rng.standard_normal(p.data.shape).astype(np.float32)
+            p.grad[...] = g
+            tp.grad = torch.tensor(g)
+        opt.lr = topt.param_groups[0]["lr"] = 0.1 / (step + 1)
+        opt.step()
+        topt.step()
+        for p, tp in zip(params, tparams):
+            np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_no_decay_for_bn_and_bias():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, rng=0), nn.BatchNorm2d(4))
+    groups = param_groups(model, 5e-4, decay_bn_and_bias=False)
+    assert [len(g["params"]) for g in groups] == [1, 3] and groups[1]["weight_decay"] == 0
+    # with zero gradients only decay moves a weight: the 1-D ones stay put
+    opt = SGD(groups, lr=1.0)
+    before = [p.data.copy() for p in model.parameters()]
+    opt.step()
+    after = model.parameters()
+    assert not np.array_equal(before[0], after[0].data)
+    for b, a in zip(before[1:], after[1:]):
+        np.testing.assert_array_equal(b, a.data)
+
+
+def test_optimizer_state_round_trip():
+    p = nn.Parameter(np.ones(3, np.float32))
+    opt = SGD([p], lr=0.1, momentum=0.9)
+    p.grad[...] = 1
+    opt.step()
+    state = opt.state_dict()
+    opt2 = SGD([nn.Parameter(np.ones(3, np.float32))], lr=0.1, momentum=0.9)
+    opt2.load_state_dict(state)
+    np.testing.assert_array_equal(opt2.buffers[0][0], opt.buffers[0][0])
+
+
+def test_schedules_at_given_steps():
+    cos = Schedule("cosine", 0.1, 100)
+    assert cos(0) == pytest.approx(0.1) and cos(50) == pytest.approx(0.05) and cos(100) == pytest.approx(0.0)
+    multi = Schedule("multistep", 0.1, 100)
+    assert [multi(s) for s in (0, 49, 50, 74, 75, 99)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    warm = Schedule("cosine", 0.1, 100, warmup_steps=10)
+    assert warm(0) == pytest.approx(0.01) and warm(9) == pytest.approx(0.1)
+    assert warm(10) == pytest.approx(0.1) and warm(55) == pytest.approx(0.05)
+    assert Schedule("constant", 0.3, 10)(7) == 0.3
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        Schedule("linear", 0.1, 10)
+
+
+def test_onecycle_matches_torch(torch):
+    s = Schedule("onecycle", 0.1, 50)
+    p = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.SGD([p], lr=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=50, cycle_momentum=False)
+    for step in range(50):
+        assert s(step) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-9, abs=1e-12)
+        opt.step()
+        if step < 49:
+            sched.step()
