@@ -54,6 +54,7 @@ def test_run_folder_contents_and_best_model(tmp_path):
     assert best.name == "resnet-8"
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the overflow is the point
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     out = str(tmp_path / "run")
     train(TrainConfig(**TINY, epochs=1), out, progress=False, verbose=False)
