@@ -27,8 +27,10 @@ $(BUILT): $(STAMP) setup.py minires/_kernels.pyx
 demo: build
 	$(PY) -m minires demo
 
+# Two pytest workers, each single-threaded: two processes that each spin up
+# BLAS and OpenMP threads on 2 cores slow each other down by 10x.
 test: build
-	$(PY) -m pytest -q -n 2
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --durations=10
 
 bench: build
 	$(PY) benchmarks/bench.py --quick

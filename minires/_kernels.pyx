@@ -237,3 +237,114 @@ def max_pool_backward(dout, argmax, Py_ssize_t h, Py_ssize_t w, Py_ssize_t kh, P
     else:
         _max_pool_backward[double](dout, argmax, dx, kh, kw, sh, sw, ph, pw, _num_threads)
     return dx
+
+
+# ---------------------------------------------------------------- batchnorm
+# Per channel c over its M = N*H*W values. Forward caches only mean and rstd
+# (llm.c's layernorm does the same): xhat is cheap to recompute in backward.
+cdef void _bn_stats(const floating[:, :, ::1] x, double[::1] mean, double[::1] var,
+                    int nthreads) noexcept nogil:
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], P = x.shape[2]
+    cdef Py_ssize_t c, n, p
+    cdef double s, d, m
+    for c in prange(C, num_threads=nthreads, schedule="static"):
+        s = 0
+        for n in range(N):
+            for p in range(P):
+                s = s + x[n, c, p]
+        m = s / (N * P)
+        s = 0
+        for n in range(N):        # two passes: exact even when |mean| >> std
+            for p in range(P):
+                d = x[n, c, p] - m
+                s = s + d * d
+        mean[c] = m
+        var[c] = s / (N * P)
+
+
+cdef void _bn_apply(const floating[:, :, ::1] x, floating[:, :, ::1] out, const double[::1] mean,
+                    const double[::1] rstd, const floating[::1] gamma, const floating[::1] beta,
+                    int nthreads) noexcept nogil:
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], P = x.shape[2]
+    cdef Py_ssize_t c, n, p
+    cdef floating scale, shift
+    for c in prange(C, num_threads=nthreads, schedule="static"):
+        scale = <floating>(gamma[c] * rstd[c])
+        shift = <floating>(beta[c] - mean[c] * gamma[c] * rstd[c])
+        for n in range(N):
+            for p in range(P):
+                out[n, c, p] = x[n, c, p] * scale + shift
+
+
+def batchnorm_forward(x, gamma, beta, running_mean, running_var, bint training, double eps):
+    """x: (N, C, H, W) -> (out, mean (C,), var (C,)); mean and var are float64.
+
+    training: batch statistics (biased variance); otherwise the running ones.
+    The running statistics are not updated here (the caller does it).
+    """
+    x = np.ascontiguousarray(x)
+    n, c = x.shape[0], x.shape[1]
+    x3 = x.reshape(n, c, -1)
+    if training:
+        mean = np.empty(c)
+        var = np.empty(c)
+        if x.dtype == np.float32:
+            _bn_stats[float](x3, mean, var, _num_threads)
+        else:
+            _bn_stats[double](x3, mean, var, _num_threads)
+    else:
+        mean = np.asarray(running_mean, dtype=np.float64)
+        var = np.asarray(running_var, dtype=np.float64)
+    rstd = 1.0 / np.sqrt(var + eps)
+    out = np.empty_like(x)
+    g = np.ascontiguousarray(gamma, dtype=x.dtype)
+    b = np.ascontiguousarray(beta, dtype=x.dtype)
+    if x.dtype == np.float32:
+        _bn_apply[float](x3, out.reshape(n, c, -1), mean, rstd, g, b, _num_threads)
+    else:
+        _bn_apply[double](x3, out.reshape(n, c, -1), mean, rstd, g, b, _num_threads)
+    return out, mean, var
+
+
+cdef void _bn_backward(const floating[:, :, ::1] dout, const floating[:, :, ::1] x,
+                       floating[:, :, ::1] dx, const double[::1] mean, const double[::1] rstd,
+                       const floating[::1] gamma, double[::1] dgamma, double[::1] dbeta,
+                       bint training, int nthreads) noexcept nogil:
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], P = x.shape[2]
+    cdef Py_ssize_t c, n, p
+    cdef double sd, sdx, xh, k1, k2, g, m, r, M = N * P
+    for c in prange(C, num_threads=nthreads, schedule="static"):
+        m = mean[c]
+        r = rstd[c]
+        g = gamma[c]
+        sd = 0
+        sdx = 0
+        for n in range(N):
+            for p in range(P):
+                sd = sd + dout[n, c, p]
+                sdx = sdx + dout[n, c, p] * (x[n, c, p] - m) * r
+        dbeta[c] = sd
+        dgamma[c] = sdx
+        # dx = g*r*(dout - mean(dout) - xhat*mean(dout*xhat)) in training, g*r*dout in eval
+        k1 = sd / M if training else 0.0
+        k2 = sdx / M if training else 0.0
+        for n in range(N):
+            for p in range(P):
+                xh = (x[n, c, p] - m) * r
+                dx[n, c, p] = <floating>(g * r * (dout[n, c, p] - k1 - xh * k2))
+
+
+def batchnorm_backward(dout, x, mean, rstd, gamma, bint training):
+    """-> dx (N, C, H, W), dgamma (C,), dbeta (C,) in x's dtype."""
+    dout = np.ascontiguousarray(dout, dtype=x.dtype)
+    n, c = x.shape[0], x.shape[1]
+    dx = np.empty_like(x)
+    dgamma, dbeta = np.empty(c), np.empty(c)
+    g = np.ascontiguousarray(gamma, dtype=x.dtype)
+    if x.dtype == np.float32:
+        _bn_backward[float](dout.reshape(n, c, -1), x.reshape(n, c, -1), dx.reshape(n, c, -1),
+                            mean, rstd, g, dgamma, dbeta, training, _num_threads)
+    else:
+        _bn_backward[double](dout.reshape(n, c, -1), x.reshape(n, c, -1), dx.reshape(n, c, -1),
+                             mean, rstd, g, dgamma, dbeta, training, _num_threads)
+    return dx, dgamma.astype(x.dtype), dbeta.astype(x.dtype)

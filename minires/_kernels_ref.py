@@ -82,3 +82,39 @@ def max_pool_backward(dout, argmax, h, w, kh, kw, sh, sw, ph, pw):
     np.put_along_axis(onehot, argmax[:, :, None], dout[:, :, None], axis=2)
     cols = onehot.transpose(1, 2, 0, 3, 4).reshape(c * kh * kw, n * oh * ow)
     return col2im(cols, c, h, w, kh, kw, sh, sw, ph, pw)
+
+
+def batchnorm_forward(x, gamma, beta, running_mean, running_var, training, eps):
+    """x: (N, C, H, W) -> (out, mean (C,), var (C,)), mean and var in float64.
+
+    training: normalise with the batch's mean and biased variance; otherwise
+    with the running statistics (which this function does not update).
+    """
+    axes = (0, 2, 3)
+    if training:
+        mean = x.mean(axis=axes, dtype=np.float64)
+        var = ((x - mean[:, None, None]) ** 2).mean(axis=axes, dtype=np.float64)
+    else:
+        mean = np.asarray(running_mean, dtype=np.float64)
+        var = np.asarray(running_var, dtype=np.float64)
+    rstd = 1.0 / np.sqrt(var + eps)
+    scale = gamma * rstd                                   # (C,)
+    shift = beta - mean * scale
+    out = x * scale[:, None, None].astype(x.dtype) + shift[:, None, None].astype(x.dtype)
+    return out.astype(x.dtype, copy=False), mean, var
+
+
+def batchnorm_backward(dout, x, mean, rstd, gamma, training):
+    """-> dx, dgamma, dbeta. With xhat = (x - mean) * rstd and M = N*H*W:
+    dgamma = sum(dout * xhat), dbeta = sum(dout), and
+    dx = gamma * rstd * (dout - sum(dout)/M - xhat * sum(dout * xhat)/M) in training,
+    dx = gamma * rstd * dout in evaluation (the statistics are constants)."""
+    axes = (0, 2, 3)
+    m = x.shape[0] * x.shape[2] * x.shape[3]
+    xhat = (x - mean[:, None, None]) * rstd[:, None, None]
+    dbeta = dout.sum(axis=axes, dtype=np.float64)
+    dgamma = (dout * xhat).sum(axis=axes, dtype=np.float64)
+    k1 = dbeta / m if training else np.zeros_like(dbeta)
+    k2 = dgamma / m if training else np.zeros_like(dgamma)
+    dx = (gamma * rstd)[:, None, None] * (dout - k1[:, None, None] - xhat * k2[:, None, None])
+    return dx.astype(x.dtype), dgamma.astype(x.dtype), dbeta.astype(x.dtype)

@@ -1,6 +1,6 @@
 """`shapes`: a procedurally generated 10-class dataset of 32x32 RGB images.
 
-Each image holds one shape (its class) at a random position, size, rotation
+Each image holds one shape (its class) at a random position, size, tilt (up to 30 degrees)
 and colour, over a random colour gradient with small distracting blobs and
 pixel noise. Everything is drawn from one seed, so the dataset is
 identical on every machine, and 12,000 images take about a second.
@@ -70,7 +70,7 @@ def _contrasting(rng, background_mean):
     return colour
 
 
-def generate(n, rng, noise=0.03, blobs=2):
+def generate(n, rng, noise=0.03, blobs=1):
     """n images and labels: (n, 3, 32, 32) uint8, (n,) int64. Balanced classes."""
     labels = rng.permutation(np.arange(n) % len(CLASSES)).astype(np.int64)
     yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float64)
@@ -83,10 +83,10 @@ def generate(n, rng, noise=0.03, blobs=2):
         colour = rng.uniform(0, 1, (n, 3))
         images = np.where(disc[:, None], colour[:, :, None, None], images)
     # the shape itself
-    radius = rng.uniform(9, 14, (n, 1, 1))
+    radius = rng.uniform(10, 15, (n, 1, 1))
     cy, cx = (rng.uniform(0.7, 1.0, (2, n, 1, 1)) * (SIZE / 2 - radius) * rng.choice([-1, 1], (2, n, 1, 1))
               + SIZE / 2 - 0.5)
-    rot = rng.uniform(0, 2 * np.pi, (n, 1, 1))
+    rot = rng.uniform(-np.pi / 6, np.pi / 6, (n, 1, 1))   # up to 30 degrees either way
     du, dv = (xx - cx) / radius, (yy - cy) / radius
     u = np.cos(rot) * du + np.sin(rot) * dv                      # (n, H, W) local coords
     v = -np.sin(rot) * du + np.cos(rot) * dv

@@ -138,6 +138,7 @@ def train(config, out_dir, resume=False, progress=True, verbose=True, stop_after
     (the schedule still spans config.epochs)."""
     if config.threads:
         kernels.set_num_threads(config.threads)
+    kernels.keep_freed_memory()
     os.makedirs(out_dir, exist_ok=True)
     ckpt_path = os.path.join(out_dir, "checkpoint.npz")
     if resume:

@@ -4,7 +4,7 @@ import pytest
 
 from minires import models
 from minires.gradcheck import check_module, randomize_batchnorm
-from torch_models import build_torch_models
+from minires.torch_reference import torch_twin
 
 PARAMS = [
     ("seed-cnn", {}, 10, 202_666),
@@ -65,25 +65,6 @@ def test_whole_model_check_catches_a_broken_block(monkeypatch):
     assert not report.ok(1e-6)
 
 
-def _torch_twin(torch, name, options):
-    T = build_torch_models(torch)
-    s = options.get("width_scale", 1.0)
-    sc = lambda c: max(1, int(round(c * s)))
-    if name == "seed-cnn":
-        return T["seed_cnn"](sc(16), sc(32), sc(64), sc(128), 10, options.get("dropout", 0.5))
-    depth = int(name.split("-")[-1]) if not name.startswith("wrn") else int(name.split("-")[1])
-    if name.startswith("resnet"):
-        return T["resnet"]((depth - 2) // 6, [sc(16), sc(32), sc(64)], 10, options.get("shortcut", "A"))
-    if name.startswith("seed-wide"):
-        return T["resnet"]((depth - 2) // 6, [sc(16), sc(32), sc(64)], 10, "A", widen=4)
-    if name.startswith("bottleneck"):
-        return T["bottleneck"]((depth - 2) // 9, [sc(64), sc(128), sc(256)], 10)
-    if name.startswith("wrn"):
-        k = int(name.split("-")[2])
-        return T["wrn"]((depth - 4) // 6, sc(16), [sc(16 * k), sc(32 * k), sc(64 * k)], 10, options.get("dropout", 0.0))
-    return T["imagenet18"]([sc(64), sc(128), sc(256), sc(512)], 10)
-
-
 PARITY = [(n, {**o, "dropout": 0.0} if "dropout" in o else o, s) for n, o, s in TINY]
 PARITY[1] = ("resnet-14", dict(width_scale=0.5), 16)   # a deeper one, both stride-2 stages
 
@@ -93,7 +74,7 @@ PARITY[1] = ("resnet-14", dict(width_scale=0.5), 16)   # a deeper one, both stri
 def test_torch_parity(torch, name, options, size, mode):
     """Same weights -> same logits, same parameter gradients, same running statistics."""
     model = models.build(name, rng=0, **options)
-    twin = _torch_twin(torch, name, options)
+    twin = torch_twin(torch, name, options)
     twin.load_state_dict({k: torch.tensor(v) for k, v in model.state_dict().items()})
     getattr(model, mode)()
     getattr(twin, mode)()

@@ -29,6 +29,8 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0):
     (sh, sw), (ph, pw) = pair(stride, "stride"), pair(padding, "padding")
     check_window(h, wd, (kh, kw), (sh, sw), (ph, pw), name="kernel (KH, KW)")
     oh, ow = (h + 2 * ph - kh) // sh + 1, (wd + 2 * pw - kw) // sw + 1
+    if kh == kw == 1 and ph == pw == 0:
+        return _pointwise_forward(x, w, b, sh, sw)
 
     cols = kernels.im2col(x, kh, kw, sh, sw, ph, pw)   # (C*KH*KW, N*OH*OW)
     w2 = w.reshape(f, c * kh * kw)                     # (F, C*KH*KW)
@@ -42,6 +44,8 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0):
 
 def conv2d_backward(dout, cache):
     """dout: (N, F, OH, OW) -> dx: (N, C, H, W), dw: (F, C, KH, KW), db: (F,) or None."""
+    if isinstance(cache[0], str):                      # ("pointwise", ...)
+        return _pointwise_backward(dout, cache)
     cols, w, (n, c, h, wd), (sh, sw), (ph, pw), has_bias = cache
     f, _, kh, kw = w.shape
     d2 = dout.transpose(1, 0, 2, 3).reshape(f, -1)     # (F, N*OH*OW), a copy
@@ -50,4 +54,35 @@ def conv2d_backward(dout, cache):
     dcols = w2.T @ d2                                  # (C*KH*KW, N*OH*OW)
     dx = kernels.col2im(dcols, c, h, wd, kh, kw, sh, sw, ph, pw)
     db = d2.sum(axis=1) if has_bias else None
+    return dx, dw, db
+
+
+# A 1x1 convolution needs no im2col: each image is already a (C, H*W) matrix,
+# so out[n] = w2 @ x[n] reads the input in place (ResNet projections and the
+# bottleneck blocks are mostly 1x1 convs).
+def _pointwise_forward(x, w, b, sh, sw):
+    n, c = x.shape[:2]
+    f = w.shape[0]
+    xs = np.ascontiguousarray(x[:, :, ::sh, ::sw]) if (sh, sw) != (1, 1) else x
+    oh, ow = xs.shape[2:]
+    x3 = xs.reshape(n, c, oh * ow)                     # (N, C, OH*OW)
+    out = np.matmul(w.reshape(f, c), x3)               # (N, F, OH*OW)
+    if b is not None:
+        out += b[:, None]
+    return out.reshape(n, f, oh, ow), ("pointwise", x3, w, x.shape, (sh, sw), b is not None)
+
+
+def _pointwise_backward(dout, cache):
+    _, x3, w, x_shape, (sh, sw), has_bias = cache
+    n, f = dout.shape[:2]
+    d3 = dout.reshape(n, f, -1)                        # (N, F, OH*OW)
+    w2 = w.reshape(f, -1)                              # (F, C)
+    dw = np.matmul(d3, x3.transpose(0, 2, 1)).sum(axis=0).reshape(w.shape)
+    dx3 = np.matmul(w2.T, d3)                          # (N, C, OH*OW)
+    if (sh, sw) == (1, 1):
+        dx = dx3.reshape(x_shape)
+    else:
+        dx = np.zeros(x_shape, dtype=dout.dtype)       # skipped pixels get no gradient
+        dx[:, :, ::sh, ::sw] = dx3.reshape(n, -1, *dout.shape[2:])
+    db = d3.sum(axis=(0, 2)) if has_bias else None
     return dx, dw, db

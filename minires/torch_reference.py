@@ -1,5 +1,8 @@
 """The model families written independently in PyTorch, with the same
-module names as minires, so weights copy across through state_dict."""
+module names as minires, so weights copy across through state_dict.
+
+Used only by the parity tests and the benchmark: torch is passed in, never
+imported here, so minires itself never needs it."""
 from collections import OrderedDict
 
 
@@ -115,3 +118,23 @@ def build_torch_models(torch):
             [("pool", GAP()), ("fc", nn.Linear(c, classes))]))
 
     return dict(resnet=resnet, bottleneck=bottleneck, wrn=wrn, seed_cnn=seed_cnn, imagenet18=imagenet18)
+
+
+def torch_twin(torch, name, options):
+    """The PyTorch equivalent of models.build(name, **options), 10 classes."""
+    T = build_torch_models(torch)
+    s = options.get("width_scale", 1.0)
+    sc = lambda c: max(1, int(round(c * s)))
+    if name == "seed-cnn":
+        return T["seed_cnn"](sc(16), sc(32), sc(64), sc(128), 10, options.get("dropout", 0.5))
+    depth = int(name.split("-")[-1]) if not name.startswith("wrn") else int(name.split("-")[1])
+    if name.startswith("resnet"):
+        return T["resnet"]((depth - 2) // 6, [sc(16), sc(32), sc(64)], 10, options.get("shortcut", "A"))
+    if name.startswith("seed-wide"):
+        return T["resnet"]((depth - 2) // 6, [sc(16), sc(32), sc(64)], 10, "A", widen=4)
+    if name.startswith("bottleneck"):
+        return T["bottleneck"]((depth - 2) // 9, [sc(64), sc(128), sc(256)], 10)
+    if name.startswith("wrn"):
+        k = int(name.split("-")[2])
+        return T["wrn"]((depth - 4) // 6, sc(16), [sc(16 * k), sc(32 * k), sc(64 * k)], 10, options.get("dropout", 0.0))
+    return T["imagenet18"]([sc(64), sc(128), sc(256), sc(512)], 10)

@@ -1,0 +1,269 @@
+"""`minires bench`: training-step and inference speed against PyTorch on the CPU.
+
+Each measurement runs in its own process (`--worker`), so the thread pools of
+the two libraries never compete and each process's peak memory (RSS) is its
+own. The parent collects JSON from the workers and prints a markdown table.
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+DEFAULT_MODELS = ["resnet-20", "seed-cnn", "bottleneck-29", "wrn-16-4"]
+# resnet-20 is measured with option-B shortcuts, PyTorch's usual form.
+MODEL_OPTIONS = {"resnet-20": {"shortcut": "B"}}
+
+
+def _median_ms(fn, repeats, warmup=1):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1000)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def _peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ------------------------------------------------------------------ workers
+def _minires_worker(model_name, batch, repeats, breakdown):
+    import numpy as np
+
+    from . import kernels, models
+    from .losses import CrossEntropyLoss
+    from .optim import SGD
+    from .summary import totals
+    kernels.keep_freed_memory()
+    rng = np.random.default_rng(0)
+    opts = MODEL_OPTIONS.get(model_name, {})
+    model = models.build(model_name, rng=0, **opts)
+    x = rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)
+    y = rng.integers(0, 10, batch)
+    opt, crit = SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4), CrossEntropyLoss()
+
+    def step():
+        loss = crit(model(x), y)
+        model.zero_grad()
+        model.backward(crit.backward())
+        opt.step()
+        return loss
+
+    model.train()
+    step_ms = _median_ms(step, repeats)
+    parts = _breakdown(step, model, opt) if breakdown else None
+    model.eval()
+    infer_ms = _median_ms(lambda: model(x), repeats)
+    return dict(step_ms=step_ms, images_per_second=batch / infer_ms * 1000,
+                macs=totals(models.build(model_name, rng=0, **opts))[1], breakdown=parts)
+
+
+def _breakdown(step, model, opt):
+    """Time spent per op type in one step, by wrapping the functions the layers call."""
+    from . import functional as F
+    from . import kernels
+    groups = {
+        "conv forward (GEMM)": [(F, "conv2d_forward")], "conv backward (GEMMs)": [(F, "conv2d_backward")],
+        "im2col": [(kernels, "im2col")], "col2im": [(kernels, "col2im")],
+        "batchnorm": [(F, "batchnorm2d_forward"), (F, "batchnorm2d_backward")],
+        "relu": [(F, "relu_forward"), (F, "relu_backward")],
+        "pooling": [(F, n) for n in ("max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward",
+                                     "avg_pool2d_backward", "global_avg_pool2d_forward",
+                                     "global_avg_pool2d_backward")],
+        "residual add": [(F, "add_forward")],
+        "linear": [(F, "linear_forward"), (F, "linear_backward")],
+        "loss": [(F, "softmax_cross_entropy_forward"), (F, "softmax_cross_entropy_backward")],
+        "optimizer": [(opt, "step")],
+    }
+    spent = {g: 0.0 for g in groups}
+    originals = []
+
+    def wrap(group, owner, name):
+        fn = getattr(owner, name)
+        originals.append((owner, name, fn))
+
+        def timed(*a, **k):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[group] += time.perf_counter() - t
+        setattr(owner, name, timed)
+
+    for group, targets in groups.items():
+        for owner, name in targets:
+            wrap(group, owner, name)
+    try:
+        t = time.perf_counter()
+        step()
+        total = time.perf_counter() - t
+    finally:
+        for owner, name, fn in reversed(originals):
+            setattr(owner, name, fn)
+    # im2col/col2im run inside the conv functions: report conv time without them
+    spent["conv forward (GEMM)"] -= spent["im2col"]
+    spent["conv backward (GEMMs)"] -= spent["col2im"]
+    spent["Python and the rest"] = total - sum(spent.values())
+    return {k: round(v * 1000, 1) for k, v in spent.items()}
+
+
+def _torch_worker(model_name, batch, repeats):
+    import numpy as np
+    import torch
+
+    from .torch_reference import torch_twin
+    model = torch_twin(torch, model_name, MODEL_OPTIONS.get(model_name, {}))
+    rng = np.random.default_rng(0)
+    x = torch.tensor(rng.standard_normal((batch, 3, 32, 32)).astype(np.float32))
+    y = torch.tensor(rng.integers(0, 10, batch))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+
+    def step():
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    model.train()
+    step_ms = _median_ms(step, repeats)
+    model.eval()
+    with torch.no_grad():
+        infer_ms = _median_ms(lambda: model(x), repeats)
+    return dict(step_ms=step_ms, images_per_second=batch / infer_ms * 1000,
+                torch_version=torch.__version__)
+
+
+def _conv_worker(library, repeats):
+    """One 3x3 conv, N=128, 16->16 channels, 32x32, forward + backward."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((128, 16, 32, 32)).astype(np.float32)
+    w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32) * 0.1
+    dout = rng.standard_normal((128, 16, 32, 32)).astype(np.float32)
+    if library == "minires":
+        from . import functional as F
+        from .kernels import keep_freed_memory
+        keep_freed_memory()
+
+        def run():
+            out, cache = F.conv2d_forward(x, w, None, 1, 1)
+            F.conv2d_backward(dout, cache)
+    else:
+        import torch
+        tx, tw, td = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True), torch.tensor(dout)
+
+        def run():
+            torch.nn.functional.conv2d(tx, tw, None, 1, 1).backward(td)
+    return dict(conv_ms=_median_ms(run, repeats))
+
+
+def _matmul_peak(repeats=5):
+    import numpy as np
+    a = np.random.default_rng(0).standard_normal((2048, 2048)).astype(np.float32)
+    ms = _median_ms(lambda: a @ a, repeats)
+    return 2 * 2048 ** 3 / (ms / 1000) / 1e9
+
+
+def worker_main(argv):
+    p = argparse.ArgumentParser()
+    p.add_argument("--library", choices=["minires", "torch"])
+    p.add_argument("--what", choices=["model", "conv", "peak"])
+    p.add_argument("--model")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--breakdown", action="store_true")
+    a = p.parse_args(argv)
+    if a.what == "peak":
+        result = dict(gflops=_matmul_peak())
+    elif a.what == "conv":
+        result = _conv_worker(a.library, a.repeats)
+    elif a.library == "minires":
+        result = _minires_worker(a.model, a.batch, a.repeats, a.breakdown)
+    else:
+        result = _torch_worker(a.model, a.batch, a.repeats)
+    result["peak_rss_mb"] = _peak_rss_mb()
+    print("RESULT " + json.dumps(result))
+
+
+# ------------------------------------------------------------------ parent
+def _run_worker(args, threads):
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
+               MKL_NUM_THREADS=str(threads))
+    code = ("import sys, torch; torch.set_num_threads(int(sys.argv[1])); from minires.bench import worker_main; "
+            "worker_main(sys.argv[2:])") if "torch" in args else \
+        "import sys; from minires.bench import worker_main; worker_main(sys.argv[2:])"
+    r = subprocess.run([sys.executable, "-c", code, str(threads), *args], capture_output=True, text=True, env=env)
+    for line in r.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    raise RuntimeError(f"benchmark worker {args} failed:\n{r.stderr[-2000:]}")
+
+
+def run(models_, batch, repeats, threads, with_torch=True, breakdown=True):
+    peak = _run_worker(["--what", "peak"], threads)["gflops"]
+    rows = []
+    for name in models_:
+        common = ["--what", "model", "--model", name, "--batch", str(batch), "--repeats", str(repeats)]
+        mine = _run_worker(["--library", "minires", *common] + (["--breakdown"] if breakdown else []), threads)
+        theirs = _run_worker(["--library", "torch", *common], threads) if with_torch else None
+        # forward + backward ~ 3x the forward's MACs, 2 FLOPs per MAC
+        gflops = 6 * mine["macs"] * batch / (mine["step_ms"] / 1000) / 1e9
+        rows.append(dict(model=name, minires=mine, torch=theirs, gflops=gflops, peak_pct=100 * gflops / peak))
+    conv = {lib: _run_worker(["--library", lib, "--what", "conv", "--repeats", str(repeats)], threads)["conv_ms"]
+            for lib in (["minires", "torch"] if with_torch else ["minires"])}
+    return dict(machine=platform.processor() or platform.machine(), cpus=os.cpu_count(), threads=threads,
+                batch=batch, repeats=repeats, matmul_peak_gflops=peak, models=rows, single_conv_ms=conv,
+                torch_version=rows[0]["torch"]["torch_version"] if with_torch and rows else None,
+                date=time.strftime("%Y-%m-%d"))
+
+
+def to_markdown(res):
+    lines = [f"Batch {res['batch']}, float32, {res['threads']} threads, median of {res['repeats']}; "
+             f"NumPy float32 matmul peak {res['matmul_peak_gflops']:.0f} GFLOP/s; torch {res['torch_version']}; "
+             f"{res['date']}.", "",
+             "| model | minires ms/step | torch ms/step | ratio | minires img/s (inference) | torch img/s | "
+             "ratio | GFLOP/s | % of peak | minires RSS MB | torch RSS MB |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in res["models"]:
+        m, t = r["minires"], r["torch"] or {}
+        ratio = m["step_ms"] / t["step_ms"] if t else float("nan")
+        iratio = t["images_per_second"] / m["images_per_second"] if t else float("nan")
+        lines.append(f"| {r['model']} | {m['step_ms']:.0f} | {t.get('step_ms', float('nan')):.0f} | {ratio:.2f} | "
+                     f"{m['images_per_second']:.0f} | {t.get('images_per_second', float('nan')):.0f} | {iratio:.2f} | "
+                     f"{r['gflops']:.1f} | {r['peak_pct']:.0f}% | {m['peak_rss_mb']:.0f} | "
+                     f"{t.get('peak_rss_mb', float('nan')):.0f} |")
+    c = res["single_conv_ms"]
+    lines += ["", f"Single 3x3 conv, N=128, 16->16, 32x32, forward + backward: minires {c['minires']:.1f} ms"
+              + (f", torch {c['torch']:.1f} ms, ratio {c['minires'] / c['torch']:.2f}" if "torch" in c else "")]
+    for r in res["models"]:
+        if r["minires"].get("breakdown"):
+            parts = sorted(r["minires"]["breakdown"].items(), key=lambda kv: -kv[1])
+            lines += ["", f"Where a {r['model']} step goes (ms): " + ", ".join(f"{k} {v}" for k, v in parts)]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="minires bench", description=__doc__)
+    p.add_argument("--models", default=",".join(DEFAULT_MODELS))
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--quick", action="store_true", help="resnet-20 and seed-cnn, 3 repeats")
+    p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--json", default=None, help="also write the results here")
+    a = p.parse_args(argv)
+    names = ["resnet-20", "seed-cnn"] if a.quick else a.models.split(",")
+    res = run(names, a.batch, 3 if a.quick else a.repeats, a.threads, with_torch=not a.no_torch)
+    print(to_markdown(res))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(res, f, indent=2)
+    return 0
