@@ -103,16 +103,29 @@ cdef void _im2col(const floating[:, :, :, ::1] x, floating[:, ::1] cols,
 
 
 def im2col(x, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
-           Py_ssize_t ph, Py_ssize_t pw):
-    """x: (N, C, H, W) -> cols: (C*KH*KW, N*OH*OW). See _kernels_ref.im2col."""
+           Py_ssize_t ph, Py_ssize_t pw, int threads=0):
+    """x: (N, C, H, W) -> cols: (C*KH*KW, N*OH*OW). See _kernels_ref.im2col.
+
+    threads: OpenMP threads for this call (0: the module setting). The loop
+    runs without the GIL, so Python threads can run it side by side.
+    """
     x = np.ascontiguousarray(x)
     n, c, h, w = x.shape
     oh, ow = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
     cols = np.empty((c * kh * kw, n * oh * ow), dtype=x.dtype)
+    cdef int nt = threads or _num_threads
+    cdef float[:, :, :, ::1] xf
+    cdef float[:, ::1] cf
+    cdef double[:, :, :, ::1] xd
+    cdef double[:, ::1] cd
     if x.dtype == np.float32:
-        _im2col[float](x, cols, kh, kw, sh, sw, ph, pw, _num_threads)
+        xf, cf = x, cols
+        with nogil:
+            _im2col[float](xf, cf, kh, kw, sh, sw, ph, pw, nt)
     else:
-        _im2col[double](x, cols, kh, kw, sh, sw, ph, pw, _num_threads)
+        xd, cd = x, cols
+        with nogil:
+            _im2col[double](xd, cd, kh, kw, sh, sw, ph, pw, nt)
     return cols
 
 
@@ -148,15 +161,25 @@ cdef void _col2im(const floating[:, ::1] cols, floating[:, :, :, ::1] x,
 
 
 def col2im(cols, Py_ssize_t c, Py_ssize_t h, Py_ssize_t w, Py_ssize_t kh, Py_ssize_t kw,
-           Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw):
-    """cols: (C*KH*KW, N*OH*OW) -> x: (N, C, H, W). See _kernels_ref.col2im."""
+           Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, int threads=0):
+    """cols: (C*KH*KW, N*OH*OW) -> x: (N, C, H, W). See _kernels_ref.col2im.
+    threads: as for im2col."""
     cols = np.ascontiguousarray(cols)
     n = cols.shape[1] // (_out_size(h, kh, sh, ph) * _out_size(w, kw, sw, pw))
     x = np.zeros((n, c, h, w), dtype=cols.dtype)
+    cdef int nt = threads or _num_threads
+    cdef float[:, ::1] cf
+    cdef float[:, :, :, ::1] xf
+    cdef double[:, ::1] cd
+    cdef double[:, :, :, ::1] xd
     if cols.dtype == np.float32:
-        _col2im[float](cols, x, kh, kw, sh, sw, ph, pw, _num_threads)
+        cf, xf = cols, x
+        with nogil:
+            _col2im[float](cf, xf, kh, kw, sh, sw, ph, pw, nt)
     else:
-        _col2im[double](cols, x, kh, kw, sh, sw, ph, pw, _num_threads)
+        cd, xd = cols, x
+        with nogil:
+            _col2im[double](cd, xd, kh, kw, sh, sw, ph, pw, nt)
     return x
 
 
@@ -348,3 +371,39 @@ def batchnorm_backward(dout, x, mean, rstd, gamma, bint training):
         _bn_backward[double](dout.reshape(n, c, -1), x.reshape(n, c, -1), dx.reshape(n, c, -1),
                              mean, rstd, g, dgamma, dbeta, training, _num_threads)
     return dx, dgamma.astype(x.dtype), dbeta.astype(x.dtype)
+
+
+# ---------------------------------------------------------------- relu
+cdef void _relu_forward(const floating[::1] x, floating[::1] out, int nthreads) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in prange(x.shape[0], num_threads=nthreads, schedule="static"):
+        out[i] = x[i] if x[i] > 0 else 0
+
+
+cdef void _relu_backward(const floating[::1] dout, const floating[::1] out, floating[::1] dx,
+                         int nthreads) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in prange(dout.shape[0], num_threads=nthreads, schedule="static"):
+        dx[i] = dout[i] if out[i] > 0 else 0
+
+
+def relu_forward(x):
+    """max(x, 0), any shape, in one parallel pass."""
+    x = np.ascontiguousarray(x)
+    out = np.empty_like(x)
+    if x.dtype == np.float32:
+        _relu_forward[float](x.reshape(-1), out.reshape(-1), _num_threads)
+    else:
+        _relu_forward[double](x.reshape(-1), out.reshape(-1), _num_threads)
+    return out
+
+
+def relu_backward(dout, out):
+    """dout where out > 0, else 0; a new array (dout is never written)."""
+    dout = np.ascontiguousarray(dout, dtype=out.dtype)
+    dx = np.empty_like(out)
+    if out.dtype == np.float32:
+        _relu_backward[float](dout.reshape(-1), out.reshape(-1), dx.reshape(-1), _num_threads)
+    else:
+        _relu_backward[double](dout.reshape(-1), out.reshape(-1), dx.reshape(-1), _num_threads)
+    return dx

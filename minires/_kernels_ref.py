@@ -28,10 +28,10 @@ def _windows(xp, kh, kw, sh, sw):
     return sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
 
 
-def im2col(x, kh, kw, sh, sw, ph, pw):
+def im2col(x, kh, kw, sh, sw, ph, pw, threads=0):
     """Unfold every receptive field of x into a column.
 
-    x: (N, C, H, W) -> cols: (C*KH*KW, N*OH*OW)
+    x: (N, C, H, W) -> cols: (C*KH*KW, N*OH*OW). threads: ignored here.
     """
     n, c, h, w = x.shape
     oh, ow = output_size(h, kh, sh, ph), output_size(w, kw, sw, pw)
@@ -41,7 +41,7 @@ def im2col(x, kh, kw, sh, sw, ph, pw):
     return np.ascontiguousarray(cols).reshape(c * kh * kw, n * oh * ow)
 
 
-def col2im(cols, c, h, w, kh, kw, sh, sw, ph, pw):
+def col2im(cols, c, h, w, kh, kw, sh, sw, ph, pw, threads=0):
     """The adjoint of im2col: scatter-add every column back to its pixels.
 
     cols: (C*KH*KW, N*OH*OW) -> x: (N, C, H, W). Where windows overlap,
@@ -118,3 +118,13 @@ def batchnorm_backward(dout, x, mean, rstd, gamma, training):
     k2 = dgamma / m if training else np.zeros_like(dgamma)
     dx = (gamma * rstd)[:, None, None] * (dout - k1[:, None, None] - xhat * k2[:, None, None])
     return dx.astype(x.dtype), dgamma.astype(x.dtype), dbeta.astype(x.dtype)
+
+
+def relu_forward(x):
+    """max(x, 0), any shape."""
+    return np.maximum(x, 0)
+
+
+def relu_backward(dout, out):
+    """The gradient passes where the output is positive; a new array."""
+    return np.where(out > 0, dout, 0).astype(out.dtype, copy=False)

@@ -40,12 +40,16 @@ max_pool_forward = backend.max_pool_forward
 max_pool_backward = backend.max_pool_backward
 batchnorm_forward = backend.batchnorm_forward
 batchnorm_backward = backend.batchnorm_backward
+relu_forward = backend.relu_forward
+relu_backward = backend.relu_backward
 
 
 def set_num_threads(n):
-    """Threads for the compiled loops; the reference kernels ignore it."""
+    """Threads for the compiled loops and for splitting a batch (minires.parallel)."""
+    from . import parallel
     if n < 1:
         raise ValueError(f"num_threads must be >= 1, got {n}")
+    parallel.set_threads(n)
     if not PURE:
         backend.set_num_threads(n)
 

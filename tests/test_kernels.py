@@ -124,3 +124,15 @@ def test_batchnorm_kernels_match_reference(n, c, h, w, dtype, training, seed):
     for a, r in zip(_kernels.batchnorm_backward(dout, x, want[1], rstd, g, training),
                     _kernels_ref.batchnorm_backward(dout, x, want[1], rstd, g, training)):
         np.testing.assert_allclose(a, r, **tol)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(1, 7), min_size=1, max_size=4), st.sampled_from([np.float32, np.float64]),
+       st.integers(0, 2**31))
+def test_relu_kernels_match_reference(shape, dtype, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(dtype)
+    dout = rng.standard_normal(shape).astype(dtype)
+    out = _kernels.relu_forward(x)
+    np.testing.assert_array_equal(out, _kernels_ref.relu_forward(x))
+    np.testing.assert_array_equal(_kernels.relu_backward(dout, out), _kernels_ref.relu_backward(dout, out))

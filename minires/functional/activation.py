@@ -1,17 +1,18 @@
 """ReLU: out = max(x, 0); the gradient passes where the output is positive."""
-import numpy as np
-
+from .. import kernels
 from ._checks import check_float_array
 
 
 def relu_forward(x):
-    """x: any shape -> out: same shape. Caches only the output (its sign is the mask)."""
+    """x: any shape -> out = max(x, 0). Caches only the output: its sign is the mask."""
     check_float_array(x, "x")
-    out = np.maximum(x, 0)
+    out = kernels.relu_forward(x)
     return out, out
 
 
 def relu_backward(dout, cache):
-    """dout: same shape as x -> dx. Builds a new array: dout may be shared at a fork."""
-    out = cache
-    return np.where(out > 0, dout, 0).astype(dout.dtype, copy=False)
+    """dout: same shape as x -> dx = dout where out > 0, else 0.
+
+    A new array: dout may be shared with the other branch of a residual fork.
+    """
+    return kernels.relu_backward(dout, cache)

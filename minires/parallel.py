@@ -1,0 +1,51 @@
+"""Split a batch across threads, one contiguous chunk of images each.
+
+The convolution runs each image as a small im2col + matrix product that
+stays in cache. Python threads can run these side by side because the
+Cython loops and NumPy's BLAS release the GIL; BLAS itself is kept to one
+thread meanwhile, so the two levels of threading never fight over the cores.
+"""
+import os
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+
+_threads = max(1, os.cpu_count() or 1)
+_pool = None
+_controller = None
+
+
+def set_threads(n):
+    global _threads, _pool
+    if n < 1:
+        raise ValueError(f"threads must be >= 1, got {n}")
+    _threads, _pool = n, None
+
+
+def get_threads():
+    return _threads
+
+
+def _single_threaded_blas():
+    """Limit BLAS to one thread for the duration (threadpoolctl; cheap after the first call)."""
+    global _controller
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return nullcontext()
+    if _controller is None:
+        _controller = ThreadpoolController()
+    return _controller.limit(limits=1, user_api="blas")
+
+
+def map_chunks(fn, n):
+    """fn(lo, hi) over contiguous chunks of range(n), one per thread -> list of results, in order."""
+    global _pool
+    parts = min(_threads, n)
+    if parts <= 1:
+        return [fn(0, n)]
+    bounds = [n * i // parts for i in range(parts + 1)]
+    if _pool is None or _pool._max_workers != _threads:
+        _pool = ThreadPoolExecutor(max_workers=_threads, thread_name_prefix="minires")
+    with _single_threaded_blas():
+        futures = [_pool.submit(fn, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
+        return [f.result() for f in futures]
