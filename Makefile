@@ -14,7 +14,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "setuptools>=64" wheel "Cython>=3" "numpy>=1.25" matplotlib tqdm \
+	$(PY) -m pip install -q "setuptools>=64" wheel "Cython>=3" "numpy>=1.25" matplotlib tqdm threadpoolctl \
 		pytest hypothesis pytest-xdist nbclient nbformat ipykernel
 	touch $@
 

@@ -7,13 +7,13 @@ a Python wrapper checks and allocates, then a ``nogil`` loop over typed
 memoryviews does the work, ``prange`` splitting the (image, channel) pairs
 across threads. Without OpenMP, ``prange`` runs serially and stays correct.
 """
-import os
-
 import numpy as np
 from cython cimport floating
 from cython.parallel cimport prange
 
-cdef int _num_threads = max(1, min(os.cpu_count() or 1, 64))
+from minires.parallel import default_threads
+
+cdef int _num_threads = default_threads()
 
 
 def set_num_threads(int n):

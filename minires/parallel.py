@@ -9,7 +9,13 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 
-_threads = max(1, os.cpu_count() or 1)
+def default_threads():
+    """OMP_NUM_THREADS when set (its first number), else every core."""
+    first = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    return int(first) if first.isdigit() and int(first) > 0 else max(1, os.cpu_count() or 1)
+
+
+_threads = default_threads()
 _pool = None
 _controller = None
 
