@@ -1,7 +1,8 @@
 """2-D convolution (cross-correlation, as in PyTorch) by im2col + matrix multiply.
 
 Each receptive field of an image is unfolded into a column (im2col), so
-the convolution becomes a matrix product per image:
+the convolution becomes a matrix product per image (or per small tile of
+images when the feature maps are small):
     out[n] = w2 @ cols_n,   w2 = w.reshape(F, C*KH*KW),   cols_n: (C*KH*KW, OH*OW)
 The backward pass is two more products and col2im, im2col's adjoint.
 
@@ -41,11 +42,16 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0):
     w2 = w.reshape(f, c * kh * kw)                     # (F, C*KH*KW)
     out = np.empty((n, f, oh * ow), dtype=x.dtype)
     geometry = (kh, kw, sh, sw, ph, pw)
+    tile = _images_per_tile(oh * ow)
 
     def images(lo, hi):
-        for i in range(lo, hi):
-            cols = kernels.im2col(x[i:i + 1], *geometry, threads=1)   # (C*KH*KW, OH*OW), in cache
-            np.matmul(w2, cols, out=out[i])                           # (F, OH*OW)
+        for i in range(lo, hi, tile):
+            j = min(i + tile, hi)
+            cols = kernels.im2col(x[i:j], *geometry, threads=1)       # (C*KH*KW, T*OH*OW), in cache
+            if j - i == 1:
+                np.matmul(w2, cols, out=out[i])                       # (F, OH*OW)
+            else:
+                out[i:j] = (w2 @ cols).reshape(f, j - i, -1).transpose(1, 0, 2)
 
     parallel.map_chunks(images, n)
     if b is not None:
@@ -56,8 +62,8 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0):
 def conv2d_backward(dout, cache):
     """dout: (N, F, OH, OW) -> dx: (N, C, H, W), dw: (F, C, KH, KW), db: (F,) or None.
 
-    Per image, with dout2 = dout[n] as (F, OH*OW): dw += dout2 @ cols.T and
-    dx[n] = col2im(w2.T @ dout2). The columns are recomputed rather than kept
+    Per tile of images, with dout2 = dout[tile] as (F, T*OH*OW):
+    dw += dout2 @ cols.T and dx[tile] = col2im(w2.T @ dout2). The columns are recomputed rather than kept
     from forward: cheaper than storing KH*KW copies of every input.
     """
     if isinstance(cache[0], str):                      # ("pointwise", ...)
@@ -69,18 +75,28 @@ def conv2d_backward(dout, cache):
     dout = np.ascontiguousarray(dout)
     dx = np.empty_like(x)
 
+    tile = _images_per_tile(dout.shape[2] * dout.shape[3])
+
     def images(lo, hi):
         dw_part = np.zeros_like(w2)
-        for i in range(lo, hi):
-            cols = kernels.im2col(x[i:i + 1], *geometry, threads=1)   # (C*KH*KW, OH*OW)
-            d2 = dout[i].reshape(f, -1)                               # (F, OH*OW)
+        for i in range(lo, hi, tile):
+            j = min(i + tile, hi)
+            cols = kernels.im2col(x[i:j], *geometry, threads=1)       # (C*KH*KW, T*OH*OW)
+            d2 = dout[i:j].reshape(j - i, f, -1).transpose(1, 0, 2).reshape(f, -1)  # (F, T*OH*OW)
             dw_part += d2 @ cols.T
-            dx[i] = kernels.col2im(w2.T @ d2, c, h, wd, *geometry, threads=1)[0]
+            dx[i:j] = kernels.col2im(w2.T @ d2, c, h, wd, *geometry, threads=1)
         return dw_part
 
     dw = sum(parallel.map_chunks(images, n)).reshape(w.shape)
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None
     return dx, dw, db
+
+
+def _images_per_tile(positions, columns=1024):
+    """Images per im2col tile: one when an image has enough output positions to
+    give BLAS a long matrix, more for small feature maps (8x8, or ImageNet
+    ResNet's 1x1) where one image alone would make a sliver of a product."""
+    return max(1, columns // positions)
 
 
 # A 1x1 convolution needs no im2col: each image is already a (C, H*W) matrix,
