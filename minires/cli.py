@@ -151,7 +151,7 @@ def build_parser():
     p = sub.add_parser("gradcheck", help="float64 gradient check of a whole model")
     p.add_argument("--model", required=True)
     p.add_argument("--width-scale", type=float, default=0.25)
-    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--batch", type=int, default=8, help="images; batchnorm over a 1x1 map needs several")
     p.add_argument("--samples", type=int, default=3, help="positions checked per array")
     p.add_argument("--mode", default="both", choices=["train", "eval", "both"])
     p.add_argument("--tol", type=float, default=1e-6)

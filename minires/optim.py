@@ -97,6 +97,16 @@ class Schedule:
         t = (step - self.warmup) / max(1, self.total - self.warmup)
         return self.base_lr * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
 
+    def state_dict(self):
+        """The schedule is a pure function of the step; its state is its definition
+        (the step itself lives with the training loop's checkpoint)."""
+        return dict(kind=self.kind, base_lr=self.base_lr, total_steps=self.total,
+                    warmup_steps=self.warmup, milestones=list(self.milestones), gamma=self.gamma)
+
+    def load_state_dict(self, state):
+        self.__init__(state["kind"], state["base_lr"], state["total_steps"], state["warmup_steps"],
+                      tuple(state["milestones"]), state["gamma"])
+
     def _onecycle(self, step, pct=0.3, div=25.0, final_div=1e4):
         top, start, end = self.base_lr, self.base_lr / div, self.base_lr / div / final_div
         up = pct * self.total - 1

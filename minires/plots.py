@@ -7,6 +7,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def read_log(run_dir):
@@ -26,6 +27,8 @@ def plot_runs(run_dirs, path):
         ax_acc.plot(epochs, [r["test_acc"] for r in log], color=line.get_color(), label=label)
         ax_acc.plot(epochs, [r["train_acc"] for r in log], "--", color=line.get_color())
     ax_loss.set(xlabel="epoch", ylabel="loss (dashed: train)", title="loss")
+    for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_acc.set(xlabel="epoch", ylabel="accuracy (dashed: train)", title="accuracy")
     ax_acc.legend(fontsize=8)
     return _save(fig, path)
@@ -46,6 +49,7 @@ def plot_comparison(results, out_dir):
         ax3.annotate(r["model"], (r["params"], r["best_test_acc"]), fontsize=8,
                      xytext=(4, 4), textcoords="offset points")
     ax1.set(xlabel="epoch", ylabel="test accuracy", title="test accuracy vs epoch")
+    ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax2.set(xlabel="wall time (minutes)", ylabel="test accuracy", title="test accuracy vs time")
     ax3.set(xlabel="parameters", ylabel="best test accuracy", xscale="log",
             title="best test accuracy vs parameters")

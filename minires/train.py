@@ -193,7 +193,7 @@ def train(config, out_dir, resume=False, progress=True, verbose=True, stop_after
             best_acc = test_acc
             models.save(model, os.path.join(out_dir, "best.npz"))
         save_checkpoint(ckpt_path, model, optimizer, data_rng,
-                        dict(history=history, step=step, best_acc=best_acc))
+                        dict(history=history, step=step, best_acc=best_acc, schedule=schedule.state_dict()))
         _write_json_atomic(os.path.join(out_dir, "log.jsonl"), history, lines=True)
         if verbose:
             tqdm.write(f"{config.model} epoch {epoch + 1:>3}: train loss {train_loss:.3f} "

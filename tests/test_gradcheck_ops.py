@@ -169,3 +169,17 @@ def test_rel_error():
     assert rel_error(np.array([1.0, 2.0]), np.array([1.0, 2.2])) == pytest.approx(0.2 / 4.2)
     with pytest.raises(ValueError, match="shapes"):
         rel_error(np.ones(2), np.ones(3))
+
+
+def test_module_check_steps_around_relu_kinks_but_still_catches_errors(rng):
+    from minires import nn
+    from minires.gradcheck import check_module
+    x = rng.standard_normal((4, 6))
+    x[0, 0] = 4e-7                 # closer to the kink than the default step of 1e-6
+    relu = nn.ReLU()
+    assert check_module(relu, x).ok(TOL)
+
+    class WrongReLU(nn.ReLU):
+        def backward(self, dout):
+            return super().backward(dout) * 1.001   # off by 0.1%
+    assert not check_module(WrongReLU(), x).ok(TOL)

@@ -64,6 +64,9 @@ def test_schedules_at_given_steps():
     assert Schedule("constant", 0.3, 10)(7) == 0.3
     with pytest.raises(ValueError, match="schedule must be one of"):
         Schedule("linear", 0.1, 10)
+    restored = Schedule("constant", 1.0, 1)
+    restored.load_state_dict(warm.state_dict())
+    assert [restored(t) for t in (0, 9, 55)] == [warm(t) for t in (0, 9, 55)]
 
 
 def test_onecycle_matches_torch(torch):

@@ -115,3 +115,14 @@ def test_cli_errors_are_clear(tmp_path):
     r = subprocess.run([sys.executable, "-m", "minires", "train", "--model", "vgg-16", "--epochs", "1", *SMALL],
                        capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 1 and "unknown model 'vgg-16'" in r.stderr and "Traceback" not in r.stderr
+
+
+# One name per family (resnet-56/110 and wrn-28-10 only repeat their family's blocks
+# and take minutes); seed-cnn at width 0.25: narrower, its ReLU-then-BN-then-max-pool
+# order makes exact ties in pooling windows likely, where no derivative exists.
+@pytest.mark.parametrize("name,width", [("seed-cnn", "0.25"), ("resnet-20", "0.125"), ("bottleneck-29", "0.125"),
+                                        ("wrn-16-4", "0.125"), ("seed-wide-20", "0.125"),
+                                        ("imagenet-resnet-18", "0.125")])
+def test_cli_gradcheck_every_family(tmp_path, name, width):
+    out = _cli("gradcheck", "--model", name, "--width-scale", width, "--samples", "2", cwd=tmp_path)
+    assert out.count("PASS") == 2
