@@ -7,6 +7,7 @@ import os
 import numpy as np
 
 from . import models
+from .models.io import read_meta
 from .plots import plot_comparison, read_log
 from .summary import totals
 from .train import run_is_finished, train
@@ -19,7 +20,7 @@ def compare(model_names, base_config, out_dir, progress=True):
     results = []
     for name in model_names:
         run_dir = os.path.join(out_dir, name)
-        config = dataclasses.replace(base_config, model=name, weight_decay=base_config.weight_decay)
+        config = dataclasses.replace(base_config, model=name)
         if not run_is_finished(run_dir):
             resume = os.path.exists(os.path.join(run_dir, "checkpoint.npz"))
             train(config, run_dir, resume=resume, progress=progress)
@@ -36,9 +37,9 @@ def _result(name, run_dir):
     with open(os.path.join(run_dir, "config.json")) as f:
         cfg = json.load(f)
     log = read_log(run_dir)
-    opts = {"width_scale": cfg["width_scale"]} if cfg["width_scale"] != 1.0 else {}
-    num_classes = models.load(os.path.join(run_dir, "best.npz")).options["num_classes"]
-    params, macs = totals(models.build(name, num_classes, rng=0, **opts))
+    with np.load(os.path.join(run_dir, "best.npz"), allow_pickle=False) as npz:
+        options = read_meta(npz)["options"]        # num_classes and the build options
+    params, macs = totals(models.build(name, rng=0, **options))
     return dict(model=name, params=params, macs=macs, epochs=len(log),
                 images_per_second=float(np.median([e["images_per_second"] for e in log])),
                 seconds_per_epoch=float(np.median([e["epoch_seconds"] for e in log])),

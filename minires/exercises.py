@@ -65,11 +65,6 @@ def _same(a, b):
     return a is not None and np.shape(a) == np.shape(b) and rel_error(a, b) < RTOL
 
 
-def _guard_dout(dout, report, case):
-    """A backward must never write into dout (at a fork the other branch reads it)."""
-    return dout.copy(), (lambda: report.failures.append(f"{case}: dout was modified in place"))
-
-
 # ------------------------------------------------------------------ linear
 def check_linear_backward(fn):
     """fn(dout (N, M), x (N, D), w (M, D)) -> (dx (N, D), dw (M, D), db (M,)) for out = x @ w.T + b."""

@@ -30,12 +30,13 @@ class Dropout(Module):
         self.rng = as_generator(rng)
 
     def forward(self, x):
-        out, self._cache = F.dropout_forward(x, self.p, self.training, self.rng)
-        self._cache = ("mask", self._cache)
+        out, mask = F.dropout_forward(x, self.p, self.training, self.rng)
+        self._cache = (mask,)           # a tuple: the mask is None in eval mode
         return out
 
     def backward(self, dout):
-        return F.dropout_backward(dout, take_cache(self)[1])
+        (mask,) = take_cache(self)
+        return F.dropout_backward(dout, mask)
 
     def extra_repr(self):
         return f"p={self.p}"
