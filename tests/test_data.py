@@ -163,3 +163,16 @@ def test_shuffling_follows_the_rng():
     b = [b for _, b in data.minibatches(x, y, 4, mean, std, rng=np.random.default_rng(5))]
     assert [list(v) for v in a] == [list(v) for v in b] and sorted(np.concatenate(a)) == list(range(10))
     assert [len(v) for v in a] == [4, 4, 2]
+
+
+def test_download_verifies_and_extracts(tmp_path, monkeypatch):
+    """The download path, fed from a local file:// URL (no network here)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    path, md5 = _cifar_archive(src)
+    monkeypatch.setitem(data.CIFAR, "cifar10", dict(data.CIFAR["cifar10"], md5=md5, url=path.as_uri()))
+    cache = tmp_path / "cache"
+    ds = data.load_cifar("cifar10", cache)
+    assert ds.x_train.shape == (20, 3, 32, 32)
+    assert (cache / "cifar-10-python.tar.gz").exists() and (cache / "cifar-10-batches-py").is_dir()
+    assert not list(cache.glob("*.part"))

@@ -126,3 +126,13 @@ def test_cli_errors_are_clear(tmp_path):
 def test_cli_gradcheck_every_family(tmp_path, name, width):
     out = _cli("gradcheck", "--model", name, "--width-scale", width, "--samples", "2", cwd=tmp_path)
     assert out.count("PASS") == 2
+
+
+def test_bench_smoke(torch, tmp_path):
+    """The benchmark runs end to end (tiny sizes; it measures, it asserts no speed)."""
+    from minires.bench import run, to_markdown
+    res = run(["seed-cnn"], batch=4, repeats=1, threads=1)
+    row = res["models"][0]
+    assert row["minires"]["step_ms"] > 0 and row["torch"]["step_ms"] > 0
+    assert "conv backward" in " ".join(row["minires"]["breakdown"])
+    assert "| seed-cnn |" in to_markdown(res)
