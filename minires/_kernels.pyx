@@ -9,6 +9,7 @@ across threads. Without OpenMP, ``prange`` runs serially and stays correct.
 """
 import numpy as np
 from cython cimport floating
+from libc.string cimport memcpy
 from cython.parallel cimport prange
 
 from minires.parallel import default_threads
@@ -74,6 +75,7 @@ cdef void _im2col(const floating[:, :, :, ::1] x, floating[:, ::1] cols,
     cdef Py_ssize_t P = OH * OW
     cdef Py_ssize_t nc, n, c, i, j, row, oh, ow, hh, base, lo, hi
     cdef floating* dst
+    cdef const floating* src
     for nc in prange(N * C, num_threads=nthreads, schedule="static"):
         n = nc // C
         c = nc % C
@@ -96,8 +98,13 @@ cdef void _im2col(const floating[:, :, :, ::1] x, floating[:, ::1] cols,
                     for ow in range(lo):
                         dst[ow] = 0
                     base = j - pw
-                    for ow in range(lo, hi):
-                        dst[ow] = x[n, c, hh, ow * sw + base]
+                    src = &x[n, c, hh, 0]
+                    if sw == 1:         # a contiguous run: one memcpy
+                        if hi > lo:
+                            memcpy(&dst[lo], &src[lo + base], (hi - lo) * sizeof(floating))
+                    else:
+                        for ow in range(lo, hi):
+                            dst[ow] = src[ow * sw + base]
                     for ow in range(hi, OW):
                         dst[ow] = 0
 
@@ -138,6 +145,7 @@ cdef void _col2im(const floating[:, ::1] cols, floating[:, :, :, ::1] x,
     cdef Py_ssize_t P = OH * OW
     cdef Py_ssize_t nc, n, c, i, j, row, oh, ow, hh, base, lo, hi
     cdef const floating* src
+    cdef floating* dst
     # Each thread owns whole (n, c) planes of x, so the += never races.
     for nc in prange(N * C, num_threads=nthreads, schedule="static"):
         n = nc // C
@@ -156,8 +164,9 @@ cdef void _col2im(const floating[:, ::1] cols, floating[:, :, :, ::1] x,
                     if hh < 0 or hh >= H:
                         continue
                     src = &cols[row, n * P + oh * OW]
+                    dst = &x[n, c, hh, 0]
                     for ow in range(lo, hi):
-                        x[n, c, hh, ow * sw + base] += src[ow]
+                        dst[ow * sw + base] += src[ow]
 
 
 def col2im(cols, Py_ssize_t c, Py_ssize_t h, Py_ssize_t w, Py_ssize_t kh, Py_ssize_t kw,
