@@ -147,18 +147,17 @@ CONV_CASES = [  # (N, C, H, W, F, KH, KW, stride, padding)
 ]
 
 
-def _conv_case(rng, case):
-    n, c, h, w, f, kh, kw, s, p = case
-    return rng.standard_normal((n, c, h, w)), rng.standard_normal((f, c, kh, kw)), rng.standard_normal(f), s, p
+def _conv_cases(rng):
+    """Yield (x, w, b, stride, padding, label) for each of CONV_CASES."""
+    for n, c, h, w, f, kh, kw, s, p in CONV_CASES:
+        x, wt, b = rng.standard_normal((n, c, h, w)), rng.standard_normal((f, c, kh, kw)), rng.standard_normal(f)
+        yield x, wt, b, s, p, f"x{x.shape} w{wt.shape} s={s} p={p}"
 
 
 def check_conv2d_forward(fn):
     """fn(x (N, C, H, W), w (F, C, KH, KW), b (F,), stride: int, padding: int) -> out (N, F, OH, OW)."""
     report, hint = _Report("check_conv2d_forward"), None
-    rng = _rng(3)
-    for case in CONV_CASES:
-        x, w, b, s, p = _conv_case(rng, case)
-        label = f"x{x.shape} w{w.shape} s={s} p={p}"
+    for x, w, b, s, p, label in _conv_cases(_rng(3)):
         mine = fn(x, w, b, s, p)
         ref, _ = F.conv2d_forward(x, w, b, s, p)
         report.compare(label, "out", mine, ref)
@@ -175,9 +174,7 @@ def check_conv2d_backward(fn):
     """fn(dout (N, F, OH, OW), x, w, b, stride, padding) -> (dx, dw, db) for conv2d_forward."""
     report, hint = _Report("check_conv2d_backward"), None
     rng = _rng(4)
-    for case in CONV_CASES:
-        x, w, b, s, p = _conv_case(rng, case)
-        label = f"x{x.shape} w{w.shape} s={s} p={p}"
+    for x, w, b, s, p, label in _conv_cases(rng):
         out, cache = F.conv2d_forward(x, w, b, s, p)
         dout = rng.standard_normal(out.shape)
         before = dout.copy()
@@ -204,11 +201,8 @@ def check_im2col(fn):
     """fn(x (N, C, H, W), kh, kw, stride: int, padding: int) -> cols (C*KH*KW, N*OH*OW),
     rows ordered (c, kh, kw), columns ordered (n, oh, ow)."""
     report, hint = _Report("check_im2col"), None
-    rng = _rng(5)
-    for case in CONV_CASES:
-        x, w, _, s, p = _conv_case(rng, case)
+    for x, w, _, s, p, label in _conv_cases(_rng(5)):
         kh, kw = w.shape[2:]
-        label = f"x{x.shape} k=({kh},{kw}) s={s} p={p}"
         mine = fn(x, kh, kw, s, p)
         ref = kernels.im2col(x, kh, kw, s, s, p, p)
         report.compare(label, "cols", mine, ref, tol=1e-12)
