@@ -34,8 +34,6 @@ def compare(model_names, base_config, out_dir, progress=True):
 
 
 def _result(name, run_dir):
-    with open(os.path.join(run_dir, "config.json")) as f:
-        cfg = json.load(f)
     log = read_log(run_dir)
     with np.load(os.path.join(run_dir, "best.npz"), allow_pickle=False) as npz:
         options = read_meta(npz)["options"]        # num_classes and the build options

@@ -18,7 +18,6 @@ from . import kernels, models
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import load_dataset, minibatches
 from .losses import CrossEntropyLoss
-from .models.io import write_npz_atomic
 from .optim import SGD, Schedule, param_groups
 
 # The papers' weight decay: He et al. 1e-4 for their ResNets, Zagoruyko &

@@ -134,7 +134,7 @@ def test_build_errors():
 
 def test_same_seed_same_weights():
     a, b = models.build("resnet-8", rng=5), models.build("resnet-8", rng=5)
-    for (n1, p1), (n2, p2) in zip(a.named_parameters(), b.named_parameters()):
+    for (_, p1), (_, p2) in zip(a.named_parameters(), b.named_parameters()):
         np.testing.assert_array_equal(p1.data, p2.data)
 
 

@@ -1,5 +1,4 @@
 """SGD against torch.optim.SGD on identical gradients; schedule values."""
-import math
 
 import numpy as np
 import pytest

@@ -1,5 +1,4 @@
 """Fully connected layer: out = x @ w.T + b."""
-import numpy as np
 
 from ._checks import check_float_array, check_shape
 

@@ -1,5 +1,4 @@
 """Conv2d: a thin module over functional.conv2d_forward / conv2d_backward."""
-import numpy as np
 
 from .. import functional as F
 from ..functional._checks import pair

@@ -1,5 +1,4 @@
 """Linear and Flatten."""
-import numpy as np
 
 from .. import functional as F
 from .init import as_generator, uniform_fan_in
