@@ -27,6 +27,8 @@ def _add_recipe(p):
     p.add_argument("--train-size", type=int, default=None, help="use only the first N training images")
     p.add_argument("--test-size", type=int, default=None, help="use only the first N test images")
     p.add_argument("--val-size", type=int, default=0, help="carve a validation split of N images")
+    p.add_argument("--label-mode", default="fine", choices=["fine", "coarse"],
+                   help="CIFAR-100: 100 fine or 20 coarse classes")
     p.add_argument("--width-scale", type=float, default=1.0, help="multiply every model width")
     p.add_argument("--time-budget", type=float, default=None, help="minutes per model; stops after that epoch")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -40,7 +42,8 @@ def _config(args, model):
                        schedule=args.schedule, warmup=args.warmup, label_smoothing=args.label_smoothing,
                        augment=not args.no_augment, seed=args.seed, threads=args.threads,
                        data_dir=args.data_dir, train_size=args.train_size, test_size=args.test_size,
-                       val_size=args.val_size, width_scale=args.width_scale, time_budget=args.time_budget)
+                       val_size=args.val_size, label_mode=args.label_mode, width_scale=args.width_scale,
+                       time_budget=args.time_budget)
 
 
 def cmd_train(args):
@@ -123,7 +126,7 @@ def build_parser():
     _add_recipe(p)
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("demo", help="compare five models on the shapes dataset (about 5 minutes)")
+    p = sub.add_parser("demo", help="compare five models on the shapes dataset (about 3 minutes)")
     p.add_argument("--out", default="demo_runs")
     _add_recipe(p)
     # Sized for about 5 minutes on 2 cores: half-width models, 3,000 images, no

@@ -20,7 +20,8 @@ def evaluate_path(path, dataset=None, data_dir=None, out=None):
         out = out or os.path.splitext(path)[0] + "_confusion.png"
     dataset = dataset or cfg.get("dataset") or "shapes"
     ds = load_dataset(dataset, data_dir or cfg.get("data_dir"), cfg.get("seed", 0),
-                      cfg.get("train_size"), cfg.get("test_size"), cfg.get("val_size", 0))
+                      cfg.get("train_size"), cfg.get("test_size"), cfg.get("val_size", 0),
+                      cfg.get("label_mode", "fine"))
     model = models.load(model_file)
     if model.options["num_classes"] != ds.num_classes:
         raise ValueError(f"{model_file} predicts {model.options['num_classes']} classes, "

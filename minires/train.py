@@ -54,6 +54,7 @@ class TrainConfig:
     train_size: int = None
     test_size: int = None
     val_size: int = 0
+    label_mode: str = "fine"            # CIFAR-100: "fine" (100 classes) or "coarse" (20)
     width_scale: float = 1.0
     dropout: float = None
     shortcut: str = None
@@ -148,7 +149,7 @@ def train(config, out_dir, resume=False, progress=True, verbose=True, stop_after
     if config.weight_decay is None:
         config = dataclasses.replace(config, weight_decay=default_weight_decay(config.model))
     ds = load_dataset(config.dataset, config.data_dir, config.seed, config.train_size,
-                      config.test_size, config.val_size)
+                      config.test_size, config.val_size, config.label_mode)
     model = models.build(config.model, ds.num_classes, rng=np.random.default_rng([config.seed, 10]),
                          **config.model_options())
     optimizer = SGD(param_groups(model, config.weight_decay, config.decay_bn_and_bias),

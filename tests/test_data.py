@@ -176,3 +176,16 @@ def test_download_verifies_and_extracts(tmp_path, monkeypatch):
     assert ds.x_train.shape == (20, 3, 32, 32)
     assert (cache / "cifar-10-python.tar.gz").exists() and (cache / "cifar-10-batches-py").is_dir()
     assert not list(cache.glob("*.part"))
+
+
+def test_train_on_cifar100_coarse(tmp_path, fake_md5):
+    """The whole path from an official-format archive to a trained 20-class model."""
+    from minires.train import TrainConfig, train
+    _, md5 = _cifar_archive(tmp_path, "cifar100", n_train=40, n_test=10)
+    fake_md5("cifar100", md5)
+    cfg = TrainConfig(model="resnet-8", dataset="cifar100", data_dir=str(tmp_path), label_mode="coarse",
+                      epochs=1, batch_size=20, width_scale=0.25)
+    history = train(cfg, str(tmp_path / "run"), progress=False, verbose=False)
+    assert len(history) == 1
+    from minires import models
+    assert models.load(str(tmp_path / "run" / "best.npz")).options["num_classes"] == 20
