@@ -216,7 +216,9 @@ def run(models_, batch, repeats, threads, with_torch=True, breakdown=True):
         rows.append(dict(model=name, minires=mine, torch=theirs, gflops=gflops, peak_pct=100 * gflops / peak))
     conv = {lib: _run_worker(["--library", lib, "--what", "conv", "--repeats", str(repeats)], threads)["conv_ms"]
             for lib in (["minires", "torch"] if with_torch else ["minires"])}
+    from . import _kernels
     return dict(machine=platform.processor() or platform.machine(), cpus=os.cpu_count(), threads=threads,
+                openmp=_kernels.openmp_enabled(),
                 batch=batch, repeats=repeats, matmul_peak_gflops=peak, models=rows, single_conv_ms=conv,
                 torch_version=rows[0]["torch"]["torch_version"] if with_torch and rows else None,
                 date=time.strftime("%Y-%m-%d"))

@@ -17,6 +17,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from . import shapes
+from .atomic import atomic_write
 
 CIFAR = {
     "cifar10": dict(archive="cifar-10-python.tar.gz", folder="cifar-10-batches-py",
@@ -88,16 +89,14 @@ def md5sum(path, chunk=1 << 20):
 
 
 def _download(url, dest):
-    """Fetch url to dest through a temp file, with a progress bar."""
+    """Fetch url to dest (complete or not at all), with a progress bar."""
     from tqdm import tqdm
-    tmp = dest + ".part"
-    with urllib.request.urlopen(url, timeout=30) as r, open(tmp, "wb") as f:
+    with urllib.request.urlopen(url, timeout=30) as r, atomic_write(dest, "wb") as f:
         total = int(r.headers.get("Content-Length", 0)) or None
         with tqdm(total=total, unit="B", unit_scale=True, desc=os.path.basename(dest)) as bar:
             for block in iter(lambda: r.read(1 << 20), b""):
                 f.write(block)
                 bar.update(len(block))
-    os.replace(tmp, dest)
 
 
 def _extract_verified(archive, data_dir, spec):

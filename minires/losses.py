@@ -16,7 +16,3 @@ class CrossEntropyLoss:
 
     def backward(self):
         return F.softmax_cross_entropy_backward(self._cache)
-
-    def probabilities(self):
-        """Softmax of the last logits, (N, K)."""
-        return self._cache[0]

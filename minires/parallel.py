@@ -27,10 +27,6 @@ def set_threads(n):
     _threads, _pool = n, None
 
 
-def get_threads():
-    return _threads
-
-
 def _single_threaded_blas():
     """Limit BLAS to one thread for the duration (threadpoolctl; cheap after the first call)."""
     global _controller

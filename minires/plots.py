@@ -2,6 +2,8 @@
 import json
 import os
 
+from .atomic import atomic_write
+
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display needed
@@ -85,8 +87,7 @@ def confusion_matrix(labels, preds, k):
 
 def _save(fig, path):
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, dpi=110, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
     return path

@@ -15,6 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import kernels, models
+from .atomic import atomic_write
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import load_dataset, minibatches
 from .losses import CrossEntropyLoss
@@ -108,13 +109,11 @@ def train_one_epoch(model, crit, optimizer, schedule, batches, step, bar):
 
 
 def _write_json_atomic(path, obj, lines=False):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_write(path, "w") as f:
         if lines:
             f.writelines(json.dumps(o) + "\n" for o in obj)
         else:
             json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
 
 
 def run_is_finished(run_dir):

@@ -175,7 +175,7 @@ def test_download_verifies_and_extracts(tmp_path, monkeypatch):
     ds = data.load_cifar("cifar10", cache)
     assert ds.x_train.shape == (20, 3, 32, 32)
     assert (cache / "cifar-10-python.tar.gz").exists() and (cache / "cifar-10-batches-py").is_dir()
-    assert not list(cache.glob("*.part"))
+    assert not list(cache.glob(".tmp-*"))
 
 
 def test_train_on_cifar100_coarse(tmp_path, fake_md5):

@@ -160,7 +160,7 @@ def test_save_and_load_round_trip(tmp_path):
     other = models.build("resnet-8", rng=0)
     with pytest.raises(ValueError, match="cannot load .* into resnet-8"):
         models.io.load_weights(other, model.state_dict(), source="wrn-10-2")
-    assert not list(tmp_path.glob("*.tmp*"))
+    assert not list(tmp_path.glob(".tmp-*"))
 
 
 def test_load_never_unpickles(tmp_path):

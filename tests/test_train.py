@@ -136,3 +136,14 @@ def test_bench_smoke(torch, tmp_path):
     assert row["minires"]["step_ms"] > 0 and row["torch"]["step_ms"] > 0
     assert "conv backward" in " ".join(row["minires"]["breakdown"])
     assert "| seed-cnn |" in to_markdown(res)
+
+
+def test_atomic_write_leaves_nothing_half_written(tmp_path):
+    from minires.atomic import atomic_write
+    target = tmp_path / "log.jsonl"
+    target.write_text("complete\n")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_write(target, "w") as f:
+            f.write("half")
+            raise KeyboardInterrupt
+    assert target.read_text() == "complete\n" and sorted(p.name for p in tmp_path.iterdir()) == ["log.jsonl"]

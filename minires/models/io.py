@@ -4,10 +4,10 @@ as JSON text, so a file rebuilds its model without code.
 Loading uses allow_pickle=False: a model file from a stranger cannot run code.
 """
 import json
-import os
-import tempfile
 
 import numpy as np
+
+from ..atomic import atomic_write
 
 META_KEY = "__minires_meta__"
 
@@ -24,19 +24,9 @@ def save(model, path):
 
 
 def write_npz_atomic(path, arrays):
-    """np.savez to a temp file in the same folder, then os.replace: a crash
-    never leaves a half-written file under the final name."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp.npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """np.savez that never leaves a half-written file under the final name."""
+    with atomic_write(path, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def read_meta(npz):
