@@ -192,6 +192,195 @@ def col2im(cols, Py_ssize_t c, Py_ssize_t h, Py_ssize_t w, Py_ssize_t kh, Py_ssi
     return x
 
 
+# ---------------------------------------------------------------- direct convolution
+# A stride-1 convolution without im2col. Each image is copied once into a
+# zero-bordered plane per channel, of padded width WP, and flattened. On
+# that flat "padded grid" a window tap (i, j) is a plain shift by i*WP + j:
+#     opg[f, p] = sum over c, i, j of w[f, c, i, j] * xpad[c, p + i*WP + j]
+# where p = oh*WP + ow. Columns ow >= OW of opg are junk (their windows wrap
+# into the next row) and are dropped when copying out. Every read is
+# contiguous, so the compiler vectorises the p loop, and a tile of FB output
+# channels x PB positions stays in vector registers across the whole sum.
+# The junk columns cost WP/OW extra work (6% at 32x32, 25% at 8x8); im2col's
+# copy of every input KH*KW times costs more. Weight gradients use the same
+# shifts: dw[f, c, i, j] = sum over p of dpg[f, p] * xpad[c, p + i*WP + j],
+# with dpg (dout on the padded grid) zero in the junk columns.
+cdef enum:
+    FB = 8      # output channels per register tile (forward)
+    PB = 32     # padded-grid positions per register tile (forward)
+    KB = 8      # taps (c, i, j) per weight-gradient tile
+    VL = 32     # output channels per weight-gradient tile
+
+
+cdef inline Py_ssize_t _round_up(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return (a + b - 1) // b * b
+
+
+cdef void _forward_tile(const floating* xpad, const floating* wt, floating* opg,
+                        const Py_ssize_t* offsets, Py_ssize_t K, Py_ssize_t FP, Py_ssize_t P,
+                        Py_ssize_t f0, Py_ssize_t p0) noexcept nogil:
+    """opg[f0:f0+FB, p0:p0+PB] = sum over k < K of wt[f0/FB, k, f - f0] * xpad[offsets[k] + p]."""
+    cdef floating acc[FB][PB]
+    cdef Py_ssize_t a, q, k
+    cdef const floating* xr
+    cdef const floating* wr
+    for a in range(FB):
+        for q in range(PB):
+            acc[a][q] = 0
+    for k in range(K):
+        xr = xpad + offsets[k] + p0
+        wr = wt + (f0 * K + k * FB)
+        for a in range(FB):
+            for q in range(PB):
+                acc[a][q] += wr[a] * xr[q]
+    for a in range(FB):
+        for q in range(PB):
+            opg[(f0 + a) * P + p0 + q] = acc[a][q]
+
+
+cdef void _conv_direct(const floating[:, :, :, ::1] x, const floating[:, ::1] wt,
+                       floating[:, :, :, ::1] out, Py_ssize_t kh, Py_ssize_t kw,
+                       Py_ssize_t ph, Py_ssize_t pw, floating[:, ::1] xpad,
+                       floating[:, ::1] opg, Py_ssize_t* offsets) noexcept nogil:
+    cdef Py_ssize_t T = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = out.shape[1], OH = out.shape[2], OW = out.shape[3]
+    cdef Py_ssize_t WP = W + 2 * pw, L = xpad.shape[1], FP = opg.shape[0], P = opg.shape[1]
+    cdef Py_ssize_t n, c, h, f, oh, f0, p0
+    for n in range(T):
+        for c in range(C):          # the borders stay zero: only the interior is written
+            for h in range(H):
+                memcpy(&xpad[c, (h + ph) * WP + pw], &x[n, c, h, 0], W * sizeof(floating))
+        for f0 in range(0, FP, 8):               # FB
+            for p0 in range(0, P, 32):           # PB
+                _forward_tile(&xpad[0, 0], &wt[0, 0], &opg[0, 0], offsets, C * kh * kw, FP, P, f0, p0)
+        for f in range(F):
+            for oh in range(OH):
+                memcpy(&out[n, f, oh, 0], &opg[f, oh * WP], OW * sizeof(floating))
+
+
+def _padded_grid(Py_ssize_t h, Py_ssize_t w, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t ph, Py_ssize_t pw):
+    """-> (P, L): positions of the padded-grid output (a multiple of PB) and the
+    length of one channel's flat padded plane, with room for every shifted read."""
+    wp = w + 2 * pw
+    oh = h + 2 * ph - kh + 1
+    p = _round_up(oh * wp, PB)
+    return p, max((h + 2 * ph) * wp, p + (kh - 1) * wp + kw - 1)
+
+
+def conv_s1_forward(x, w, out, Py_ssize_t ph, Py_ssize_t pw):
+    """Stride-1 convolution of a chunk of images, written into out.
+
+    x: (T, C, H, W), w: (F, C, KH, KW), out: (T, F, OH, OW), all C-contiguous,
+    OH = H + 2*PH - KH + 1 (likewise OW). Single-threaded, without the GIL:
+    callers run chunks of the batch side by side (minires.parallel).
+    """
+    x = np.ascontiguousarray(x)
+    t, c, h, wd = x.shape
+    f = w.shape[0]
+    cdef Py_ssize_t kh = w.shape[2], kw = w.shape[3]
+    fp = _round_up(f, FB)
+    # (F/FB, C*KH*KW, FB): each tile's weights contiguous; F padded with zeros to a multiple of FB
+    wt = np.zeros((fp, c * kh * kw), dtype=x.dtype)
+    wt[:f] = w.reshape(f, -1)
+    wt = np.ascontiguousarray(wt.reshape(fp // FB, FB, -1).transpose(0, 2, 1)).reshape(fp // FB, -1)
+    p, l = _padded_grid(h, wd, kh, kw, ph, pw)
+    xpad = np.zeros((c, l), dtype=x.dtype)
+    opg = np.empty((fp, p), dtype=x.dtype)
+    offsets = np.array([ci * l + i * (wd + 2 * pw) + j
+                        for ci in range(c) for i in range(kh) for j in range(kw)], dtype=np.intp)
+    cdef Py_ssize_t[::1] off = offsets
+    cdef float[:, :, :, ::1] xf, of
+    cdef float[:, ::1] wf, pf, gf
+    cdef double[:, :, :, ::1] xd, od
+    cdef double[:, ::1] wdd, pd, gd
+    if x.dtype == np.float32:
+        xf, wf, of, pf, gf = x, wt, out, xpad, opg
+        with nogil:
+            _conv_direct[float](xf, wf, of, kh, kw, ph, pw, pf, gf, &off[0])
+    else:
+        xd, wdd, od, pd, gd = x, wt, out, xpad, opg
+        with nogil:
+            _conv_direct[double](xd, wdd, od, kh, kw, ph, pw, pd, gd, &off[0])
+
+
+cdef void _weight_tile(const floating* xpad, const floating* dT, floating* dwt,
+                       const Py_ssize_t* offsets, Py_ssize_t P, Py_ssize_t FP,
+                       Py_ssize_t k0, Py_ssize_t f0) noexcept nogil:
+    """dwt[k0+a, f0+q] += sum over p < P of xpad[offsets[k0+a] + p] * dT[p, f0+q],
+    for a < KB and q < VL: a register tile of KB taps x VL output channels."""
+    cdef floating acc[KB][VL]
+    cdef const floating* rows[KB]
+    cdef const floating* dr
+    cdef floating xv
+    cdef Py_ssize_t a, q, p
+    for a in range(KB):
+        rows[a] = xpad + offsets[k0 + a]
+        for q in range(VL):
+            acc[a][q] = 0
+    for p in range(P):
+        dr = dT + p * FP + f0
+        for a in range(KB):
+            xv = rows[a][p]
+            for q in range(VL):
+                acc[a][q] += xv * dr[q]
+    for a in range(KB):
+        for q in range(VL):
+            dwt[(k0 + a) * FP + f0 + q] += acc[a][q]
+
+
+cdef void _conv_direct_weight(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dout,
+                              floating[:, ::1] dwt, Py_ssize_t kh, Py_ssize_t kw,
+                              Py_ssize_t ph, Py_ssize_t pw, floating[:, ::1] xpad,
+                              floating[:, ::1] dT, const Py_ssize_t* offsets) noexcept nogil:
+    cdef Py_ssize_t T = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = dout.shape[1], OH = dout.shape[2], OW = dout.shape[3]
+    cdef Py_ssize_t WP = W + 2 * pw, P = dT.shape[0], FP = dT.shape[1], KP = dwt.shape[0]
+    cdef Py_ssize_t n, c, h, f, oh, ow, f0, k0
+    for n in range(T):
+        for c in range(C):
+            for h in range(H):
+                memcpy(&xpad[c, (h + ph) * WP + pw], &x[n, c, h, 0], W * sizeof(floating))
+        for oh in range(OH):        # dout transposed onto the grid; junk rows stay zero
+            for ow in range(OW):
+                for f in range(F):
+                    dT[oh * WP + ow, f] = dout[n, f, oh, ow]
+        for k0 in range(0, KP, 8):                  # KB
+            for f0 in range(0, FP, 32):             # VL
+                _weight_tile(&xpad[0, 0], &dT[0, 0], &dwt[0, 0], offsets, P, FP, k0, f0)
+
+
+def conv_s1_backward_weight(x, dout, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t ph, Py_ssize_t pw):
+    """Weight gradient of a stride-1 convolution over a chunk of images.
+
+    x: (T, C, H, W), dout: (T, F, OH, OW), C-contiguous -> dw: (F, C, KH, KW),
+    summed over the chunk. Single-threaded, without the GIL (as conv_s1_forward).
+    """
+    x, dout = np.ascontiguousarray(x), np.ascontiguousarray(dout)
+    t, c, h, wd = x.shape
+    f = dout.shape[1]
+    k = c * kh * kw
+    p, l = _padded_grid(h, wd, kh, kw, ph, pw)
+    xpad = np.zeros((c, l), dtype=x.dtype)
+    dT = np.zeros((p, _round_up(f, VL)), dtype=x.dtype)       # (P, F) padded to VL columns
+    dwt = np.zeros((_round_up(k, KB), dT.shape[1]), dtype=x.dtype)
+    offsets = np.zeros(dwt.shape[0], dtype=np.intp)           # padding taps read position 0
+    offsets[:k] = [ci * l + i * (wd + 2 * pw) + j for ci in range(c) for i in range(kh) for j in range(kw)]
+    cdef Py_ssize_t[::1] off = offsets
+    cdef float[:, :, :, ::1] xf, df
+    cdef float[:, ::1] pf, tf, wf
+    cdef double[:, :, :, ::1] xd, dd
+    cdef double[:, ::1] pd, td, wdd
+    if x.dtype == np.float32:
+        xf, df, wf, pf, tf = x, dout, dwt, xpad, dT
+        with nogil:
+            _conv_direct_weight[float](xf, df, wf, kh, kw, ph, pw, pf, tf, &off[0])
+    else:
+        xd, dd, wdd, pd, td = x, dout, dwt, xpad, dT
+        with nogil:
+            _conv_direct_weight[double](xd, dd, wdd, kh, kw, ph, pw, pd, td, &off[0])
+    return np.ascontiguousarray(dwt[:k, :f].T).reshape(f, c, kh, kw)
+
+
 # ---------------------------------------------------------------- max pool
 cdef void _max_pool_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
                             long long[:, :, :, ::1] argmax,
@@ -274,22 +463,82 @@ def max_pool_backward(dout, argmax, Py_ssize_t h, Py_ssize_t w, Py_ssize_t kh, P
 # ---------------------------------------------------------------- batchnorm
 # Per channel c over its M = N*H*W values. Forward caches only mean and rstd
 # (llm.c's layernorm does the same): xhat is cheap to recompute in backward.
+# Sums run in double over LANES independent partial sums: one running sum
+# waits on every add (and the compiler may not reorder float additions), so
+# it could not use the vector units; partial sums vectorise (3x faster).
+cdef enum:
+    LANES = 8
+
+
+cdef inline double _row_sum(const floating* r, Py_ssize_t n) noexcept nogil:
+    """sum of r[0:n]."""
+    cdef double acc[LANES]
+    cdef double s = 0
+    cdef Py_ssize_t p, q, full = n - n % LANES
+    for q in range(LANES):
+        acc[q] = 0
+    for p in range(0, full, 8):             # LANES
+        for q in range(LANES):
+            acc[q] += r[p + q]
+    for p in range(full, n):
+        s += r[p]
+    for q in range(LANES):
+        s += acc[q]
+    return s
+
+
+cdef inline double _row_sq_dev(const floating* r, Py_ssize_t n, double m) noexcept nogil:
+    """sum of (r[0:n] - m)**2."""
+    cdef double acc[LANES]
+    cdef double s = 0, d
+    cdef Py_ssize_t p, q, full = n - n % LANES
+    for q in range(LANES):
+        acc[q] = 0
+    for p in range(0, full, 8):             # LANES
+        for q in range(LANES):
+            acc[q] += (r[p + q] - m) * (r[p + q] - m)
+    for p in range(full, n):
+        d = r[p] - m
+        s += d * d
+    for q in range(LANES):
+        s += acc[q]
+    return s
+
+
+cdef inline void _row_grad_sums(const floating* dr, const floating* xr, Py_ssize_t n, double m,
+                                double* sd, double* sdx) noexcept nogil:
+    """sd += sum of dr[0:n]; sdx += sum of dr * (xr - m)."""
+    cdef double a1[LANES]
+    cdef double a2[LANES]
+    cdef Py_ssize_t p, q, full = n - n % LANES
+    for q in range(LANES):
+        a1[q] = 0
+        a2[q] = 0
+    for p in range(0, full, 8):             # LANES
+        for q in range(LANES):
+            a1[q] += dr[p + q]
+            a2[q] += dr[p + q] * (xr[p + q] - m)
+    for p in range(full, n):
+        sd[0] += dr[p]
+        sdx[0] += dr[p] * (xr[p] - m)
+    for q in range(LANES):
+        sd[0] += a1[q]
+        sdx[0] += a2[q]
+
+
 cdef void _bn_stats(const floating[:, :, ::1] x, double[::1] mean, double[::1] var,
                     int nthreads) noexcept nogil:
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], P = x.shape[2]
-    cdef Py_ssize_t c, n, p
-    cdef double s, d, m
+    cdef Py_ssize_t c, n
+    cdef double s, m
     for c in prange(C, num_threads=nthreads, schedule="static"):
         s = 0
         for n in range(N):
-            for p in range(P):
-                s = s + x[n, c, p]
+            s = s + _row_sum(&x[n, c, 0], P)
         m = s / (N * P)
         s = 0
         for n in range(N):        # two passes: exact even when |mean| >> std
-            for p in range(P):
-                d = x[n, c, p] - m
-                s = s + d * d
+            s = s + _row_sq_dev(&x[n, c, 0], P, m)
         mean[c] = m
         var[c] = s / (N * P)
 
@@ -299,13 +548,16 @@ cdef void _bn_apply(const floating[:, :, ::1] x, floating[:, :, ::1] out, const 
                     int nthreads) noexcept nogil:
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], P = x.shape[2]
     cdef Py_ssize_t c, n, p
-    cdef floating scale, shift
+    cdef floating scale, m, bias
     for c in prange(C, num_threads=nthreads, schedule="static"):
+        # (x - mean) * scale + beta, not x * scale + (beta - mean * scale): the
+        # latter cancels badly in float32 when scale is large (tiny variance)
         scale = <floating>(gamma[c] * rstd[c])
-        shift = <floating>(beta[c] - mean[c] * gamma[c] * rstd[c])
+        m = <floating>mean[c]
+        bias = beta[c]
         for n in range(N):
             for p in range(P):
-                out[n, c, p] = x[n, c, p] * scale + shift
+                out[n, c, p] = (x[n, c, p] - m) * scale + bias
 
 
 def batchnorm_forward(x, gamma, beta, running_mean, running_var, bint training, double eps):
@@ -344,7 +596,8 @@ cdef void _bn_backward(const floating[:, :, ::1] dout, const floating[:, :, ::1]
                        bint training, int nthreads) noexcept nogil:
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], P = x.shape[2]
     cdef Py_ssize_t c, n, p
-    cdef double sd, sdx, xh, k1, k2, g, m, r, M = N * P
+    cdef double sd, sdx, k1, k2, g, m, r, M = N * P
+    cdef floating a, b, k1f, mf
     for c in prange(C, num_threads=nthreads, schedule="static"):
         m = mean[c]
         r = rstd[c]
@@ -352,18 +605,22 @@ cdef void _bn_backward(const floating[:, :, ::1] dout, const floating[:, :, ::1]
         sd = 0
         sdx = 0
         for n in range(N):
-            for p in range(P):
-                sd = sd + dout[n, c, p]
-                sdx = sdx + dout[n, c, p] * (x[n, c, p] - m) * r
+            _row_grad_sums(&dout[n, c, 0], &x[n, c, 0], P, m, &sd, &sdx)
+        sdx = sdx * r
         dbeta[c] = sd
         dgamma[c] = sdx
         # dx = g*r*(dout - mean(dout) - xhat*mean(dout*xhat)) in training, g*r*dout in eval
         k1 = sd / M if training else 0.0
         k2 = sdx / M if training else 0.0
+        # the same as g*r*(dout - k1 - (x - m)*r*k2), with per-channel constants
+        # folded so that the per-value work stays in x's precision
+        a = <floating>(g * r)
+        b = <floating>(g * r * r * k2)
+        k1f = <floating>k1
+        mf = <floating>m
         for n in range(N):
             for p in range(P):
-                xh = (x[n, c, p] - m) * r
-                dx[n, c, p] = <floating>(g * r * (dout[n, c, p] - k1 - xh * k2))
+                dx[n, c, p] = a * (dout[n, c, p] - k1f) - b * (x[n, c, p] - mf)
 
 
 def batchnorm_backward(dout, x, mean, rstd, gamma, bint training):

@@ -1,16 +1,27 @@
-"""2-D convolution (cross-correlation, as in PyTorch) by im2col + matrix multiply.
+"""2-D convolution (cross-correlation, as in PyTorch), two ways.
 
-Each receptive field of an image is unfolded into a column (im2col), so
-the convolution becomes a matrix product per image (or per small tile of
-images when the feature maps are small):
+im2col + matrix multiply, the general path: each receptive field of an
+image is unfolded into a column (im2col), so the convolution becomes a
+matrix product per image (or per small tile of images when the feature
+maps are small):
     out[n] = w2 @ cols_n,   w2 = w.reshape(F, C*KH*KW),   cols_n: (C*KH*KW, OH*OW)
 The backward pass is two more products and col2im, im2col's adjoint.
-
 Why per image and not one product for the whole batch: the batch's columns
 (KH*KW copies of the input, 75 MB for a resnet-20 stage-1 layer) would
 stream through memory several times, while one image's columns stay in
-the CPU cache between im2col and the product. Images are split across
-threads (minires.parallel).
+the CPU cache between im2col and the product.
+
+Direct, for stride 1 and narrow layers (the 3x3 convs of a CIFAR ResNet):
+the compiled kernel sums the shifted input planes without building the
+columns at all (see _kernels.pyx), 1.5-2.5x faster than im2col + BLAS
+when C and F are at most 64; wider layers give BLAS a large enough product
+that im2col wins. The backward pass reuses it: the input gradient of a
+stride-1 convolution is a stride-1 convolution of dout with the kernel
+flipped and its in/out channels swapped,
+    dx = conv(dout, w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3), padding KH-1-PH, KW-1-PW),
+and the weight gradient has a kernel of its own.
+
+Either way images are split across threads (minires.parallel).
 """
 import numpy as np
 
@@ -38,10 +49,17 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0):
     oh, ow = (h + 2 * ph - kh) // sh + 1, (wd + 2 * pw - kw) // sw + 1
     if kh == kw == 1 and ph == pw == 0:
         return _pointwise_forward(x, w, b, sh, sw)
+    geometry = (kh, kw, sh, sw, ph, pw)
+    if _direct_applies(c, f, geometry):
+        out = np.empty((n, f, oh, ow), dtype=x.dtype)
+        x = np.ascontiguousarray(x)
+        parallel.map_chunks(lambda lo, hi: kernels.conv_s1_forward(x[lo:hi], w, out[lo:hi], ph, pw), n)
+        if b is not None:
+            out += b[:, None, None]
+        return out, (x, w, geometry, b is not None)
 
     w2 = w.reshape(f, c * kh * kw)                     # (F, C*KH*KW)
     out = np.empty((n, f, oh * ow), dtype=x.dtype)
-    geometry = (kh, kw, sh, sw, ph, pw)
     tile = _images_per_tile(oh * ow)
 
     def images(lo, hi):
@@ -71,8 +89,11 @@ def conv2d_backward(dout, cache):
     x, w, geometry, has_bias = cache
     n, c, h, wd = x.shape
     f = w.shape[0]
-    w2 = w.reshape(f, -1)                              # (F, C*KH*KW)
     dout = np.ascontiguousarray(dout)
+    db = dout.sum(axis=(0, 2, 3)) if has_bias else None
+    if _direct_applies(c, f, geometry):
+        return _direct_backward(dout, x, w, geometry) + (db,)
+    w2 = w.reshape(f, -1)                              # (F, C*KH*KW)
     dx = np.empty_like(x)
 
     tile = _images_per_tile(dout.shape[2] * dout.shape[3])
@@ -88,8 +109,29 @@ def conv2d_backward(dout, cache):
         return dw_t
 
     dw = sum(parallel.map_chunks(images, n)).T.reshape(w.shape)
-    db = dout.sum(axis=(0, 2, 3)) if has_bias else None
     return dx, dw, db
+
+
+def _direct_applies(c, f, geometry, widest=64):
+    """Use the direct kernel: stride 1, padding < kernel size (so that the
+    input gradient is again a convolution), and at most `widest` channels in
+    and out (measured: wider layers run faster as im2col + BLAS)."""
+    kh, kw, sh, sw, ph, pw = geometry
+    return sh == sw == 1 and ph < kh and pw < kw and max(c, f) <= widest
+
+
+def _direct_backward(dout, x, w, geometry):
+    """dout: (N, F, OH, OW) -> dx: (N, C, H, W), dw: (F, C, KH, KW) with the direct kernels."""
+    kh, kw, _, _, ph, pw = geometry
+    w_flipped = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))  # (C, F, KH, KW)
+    dx = np.empty_like(x)
+
+    def images(lo, hi):
+        kernels.conv_s1_forward(dout[lo:hi], w_flipped, dx[lo:hi], kh - 1 - ph, kw - 1 - pw)
+        return kernels.conv_s1_backward_weight(x[lo:hi], dout[lo:hi], kh, kw, ph, pw)
+
+    dw = sum(parallel.map_chunks(images, x.shape[0]))
+    return dx, dw
 
 
 def _images_per_tile(positions, columns=1024):
