@@ -463,23 +463,26 @@ def max_pool_backward(dout, argmax, Py_ssize_t h, Py_ssize_t w, Py_ssize_t kh, P
 # ---------------------------------------------------------------- batchnorm
 # Per channel c over its M = N*H*W values. Forward caches only mean and rstd
 # (llm.c's layernorm does the same): xhat is cheap to recompute in backward.
-# Sums run in double over LANES independent partial sums: one running sum
-# waits on every add (and the compiler may not reorder float additions), so
-# it could not use the vector units; partial sums vectorise (3x faster).
+# Sums run in double over LANES independent partial sums, in blocks of
+# BLOCK values: one running sum waits on every add (and the compiler may not
+# reorder float additions), so it could not use the vector units, and the
+# compiler vectorises only loops whose trip count it knows (3x faster).
 cdef enum:
     LANES = 8
+    BLOCK = 64
 
 
 cdef inline double _row_sum(const floating* r, Py_ssize_t n) noexcept nogil:
     """sum of r[0:n]."""
     cdef double acc[LANES]
     cdef double s = 0
-    cdef Py_ssize_t p, q, full = n - n % LANES
+    cdef Py_ssize_t b, p, q, full = n - n % BLOCK
     for q in range(LANES):
         acc[q] = 0
-    for p in range(0, full, 8):             # LANES
-        for q in range(LANES):
-            acc[q] += r[p + q]
+    for b in range(0, full, 64):            # BLOCK
+        for p in range(0, 64, 8):           # BLOCK, LANES
+            for q in range(LANES):
+                acc[q] += r[b + p + q]
     for p in range(full, n):
         s += r[p]
     for q in range(LANES):
@@ -491,12 +494,14 @@ cdef inline double _row_sq_dev(const floating* r, Py_ssize_t n, double m) noexce
     """sum of (r[0:n] - m)**2."""
     cdef double acc[LANES]
     cdef double s = 0, d
-    cdef Py_ssize_t p, q, full = n - n % LANES
+    cdef Py_ssize_t b, p, q, full = n - n % BLOCK
     for q in range(LANES):
         acc[q] = 0
-    for p in range(0, full, 8):             # LANES
-        for q in range(LANES):
-            acc[q] += (r[p + q] - m) * (r[p + q] - m)
+    for b in range(0, full, 64):            # BLOCK
+        for p in range(0, 64, 8):           # BLOCK, LANES
+            for q in range(LANES):
+                d = r[b + p + q] - m
+                acc[q] += d * d
     for p in range(full, n):
         d = r[p] - m
         s += d * d
@@ -505,22 +510,47 @@ cdef inline double _row_sq_dev(const floating* r, Py_ssize_t n, double m) noexce
     return s
 
 
+cdef inline floating _bn_value(floating x, floating mf, floating scale, floating bias) noexcept nogil:
+    """One normalised value. Forward and the fused ReLU's backward mask both call
+    this, so that they see the very same float."""
+    return (x - mf) * scale + bias
+
+
+cdef inline floating _masked(floating d, floating x, floating mf, floating scale,
+                             floating bias) noexcept nogil:
+    """d where the fused BN + ReLU output was positive, else 0."""
+    cdef floating zero = 0      # typed: a bare 0 would compare in double
+    return d if _bn_value(x, mf, scale, bias) > zero else zero
+
+
 cdef inline void _row_grad_sums(const floating* dr, const floating* xr, Py_ssize_t n, double m,
+                                bint relu, floating mf, floating scale, floating bias,
                                 double* sd, double* sdx) noexcept nogil:
-    """sd += sum of dr[0:n]; sdx += sum of dr * (xr - m)."""
+    """sd += sum of g; sdx += sum of g * (xr - m), over [0, n), where g = dr, or for a
+    fused ReLU, dr masked to 0 where the forward output (xr - mf) * scale + bias was <= 0."""
     cdef double a1[LANES]
     cdef double a2[LANES]
-    cdef Py_ssize_t p, q, full = n - n % LANES
+    cdef floating g[BLOCK]      # one block of g: masking and summing in separate simple loops vectorise
+    cdef floating gp
+    cdef Py_ssize_t b, p, q, full = n - n % BLOCK
     for q in range(LANES):
         a1[q] = 0
         a2[q] = 0
-    for p in range(0, full, 8):             # LANES
-        for q in range(LANES):
-            a1[q] += dr[p + q]
-            a2[q] += dr[p + q] * (xr[p + q] - m)
+    for b in range(0, full, 64):            # BLOCK
+        if relu:
+            for p in range(BLOCK):
+                g[p] = _masked(dr[b + p], xr[b + p], mf, scale, bias)
+        else:
+            for p in range(BLOCK):
+                g[p] = dr[b + p]
+        for p in range(0, 64, 8):           # BLOCK, LANES
+            for q in range(LANES):
+                a1[q] += g[p + q]
+                a2[q] += g[p + q] * (xr[b + p + q] - m)
     for p in range(full, n):
-        sd[0] += dr[p]
-        sdx[0] += dr[p] * (xr[p] - m)
+        gp = _masked(dr[p], xr[p], mf, scale, bias) if relu else dr[p]
+        sd[0] += gp
+        sdx[0] += gp * (xr[p] - m)
     for q in range(LANES):
         sd[0] += a1[q]
         sdx[0] += a2[q]
@@ -545,25 +575,28 @@ cdef void _bn_stats(const floating[:, :, ::1] x, double[::1] mean, double[::1] v
 
 cdef void _bn_apply(const floating[:, :, ::1] x, floating[:, :, ::1] out, const double[::1] mean,
                     const double[::1] rstd, const floating[::1] gamma, const floating[::1] beta,
-                    int nthreads) noexcept nogil:
+                    bint relu, int nthreads) noexcept nogil:
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], P = x.shape[2]
     cdef Py_ssize_t c, n, p
-    cdef floating scale, m, bias
+    cdef floating scale, mf, bias, v
     for c in prange(C, num_threads=nthreads, schedule="static"):
         # (x - mean) * scale + beta, not x * scale + (beta - mean * scale): the
         # latter cancels badly in float32 when scale is large (tiny variance)
         scale = <floating>(gamma[c] * rstd[c])
-        m = <floating>mean[c]
+        mf = <floating>mean[c]
         bias = beta[c]
         for n in range(N):
             for p in range(P):
-                out[n, c, p] = (x[n, c, p] - m) * scale + bias
+                v = _bn_value(x[n, c, p], mf, scale, bias)
+                out[n, c, p] = (v if v > 0 else 0) if relu else v
 
 
-def batchnorm_forward(x, gamma, beta, running_mean, running_var, bint training, double eps):
+def batchnorm_forward(x, gamma, beta, running_mean, running_var, bint training, double eps,
+                      bint relu=False):
     """x: (N, C, H, W) -> (out, mean (C,), var (C,)); mean and var are float64.
 
     training: batch statistics (biased variance); otherwise the running ones.
+    relu: apply max(out, 0) in the same pass (a fused BN + ReLU).
     The running statistics are not updated here (the caller does it).
     """
     x = np.ascontiguousarray(x)
@@ -584,28 +617,31 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, bint training, 
     g = np.ascontiguousarray(gamma, dtype=x.dtype)
     b = np.ascontiguousarray(beta, dtype=x.dtype)
     if x.dtype == np.float32:
-        _bn_apply[float](x3, out.reshape(n, c, -1), mean, rstd, g, b, _num_threads)
+        _bn_apply[float](x3, out.reshape(n, c, -1), mean, rstd, g, b, relu, _num_threads)
     else:
-        _bn_apply[double](x3, out.reshape(n, c, -1), mean, rstd, g, b, _num_threads)
+        _bn_apply[double](x3, out.reshape(n, c, -1), mean, rstd, g, b, relu, _num_threads)
     return out, mean, var
 
 
 cdef void _bn_backward(const floating[:, :, ::1] dout, const floating[:, :, ::1] x,
                        floating[:, :, ::1] dx, const double[::1] mean, const double[::1] rstd,
-                       const floating[::1] gamma, double[::1] dgamma, double[::1] dbeta,
-                       bint training, int nthreads) noexcept nogil:
+                       const floating[::1] gamma, const floating[::1] beta, double[::1] dgamma,
+                       double[::1] dbeta, bint training, bint relu, int nthreads) noexcept nogil:
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], P = x.shape[2]
     cdef Py_ssize_t c, n, p
     cdef double sd, sdx, k1, k2, g, m, r, M = N * P
-    cdef floating a, b, k1f, mf
+    cdef floating a, b, k1f, mf, scale, bias, g2
     for c in prange(C, num_threads=nthreads, schedule="static"):
         m = mean[c]
         r = rstd[c]
         g = gamma[c]
+        mf = <floating>m                     # as in _bn_apply, for the ReLU mask
+        scale = <floating>(gamma[c] * rstd[c])
+        bias = beta[c]
         sd = 0
         sdx = 0
         for n in range(N):
-            _row_grad_sums(&dout[n, c, 0], &x[n, c, 0], P, m, &sd, &sdx)
+            _row_grad_sums(&dout[n, c, 0], &x[n, c, 0], P, m, relu, mf, scale, bias, &sd, &sdx)
         sdx = sdx * r
         dbeta[c] = sd
         dgamma[c] = sdx
@@ -617,25 +653,35 @@ cdef void _bn_backward(const floating[:, :, ::1] dout, const floating[:, :, ::1]
         a = <floating>(g * r)
         b = <floating>(g * r * r * k2)
         k1f = <floating>k1
-        mf = <floating>m
         for n in range(N):
-            for p in range(P):
-                dx[n, c, p] = a * (dout[n, c, p] - k1f) - b * (x[n, c, p] - mf)
+            if relu:
+                for p in range(P):
+                    g2 = _masked(dout[n, c, p], x[n, c, p], mf, scale, bias)
+                    dx[n, c, p] = a * (g2 - k1f) - b * (x[n, c, p] - mf)
+            else:
+                for p in range(P):
+                    dx[n, c, p] = a * (dout[n, c, p] - k1f) - b * (x[n, c, p] - mf)
 
 
-def batchnorm_backward(dout, x, mean, rstd, gamma, bint training):
-    """-> dx (N, C, H, W), dgamma (C,), dbeta (C,) in x's dtype."""
+def batchnorm_backward(dout, x, mean, rstd, gamma, beta, bint training, bint relu=False):
+    """-> dx (N, C, H, W), dgamma (C,), dbeta (C,) in x's dtype.
+
+    relu: the backward of a fused BN + ReLU (forward with relu=True); dout
+    is masked where the output was <= 0, recomputed from x, so that the
+    output need not be kept. beta is used only for that mask.
+    """
     dout = np.ascontiguousarray(dout, dtype=x.dtype)
     n, c = x.shape[0], x.shape[1]
     dx = np.empty_like(x)
     dgamma, dbeta = np.empty(c), np.empty(c)
     g = np.ascontiguousarray(gamma, dtype=x.dtype)
+    b = np.ascontiguousarray(beta, dtype=x.dtype)
     if x.dtype == np.float32:
         _bn_backward[float](dout.reshape(n, c, -1), x.reshape(n, c, -1), dx.reshape(n, c, -1),
-                            mean, rstd, g, dgamma, dbeta, training, _num_threads)
+                            mean, rstd, g, b, dgamma, dbeta, training, relu, _num_threads)
     else:
         _bn_backward[double](dout.reshape(n, c, -1), x.reshape(n, c, -1), dx.reshape(n, c, -1),
-                             mean, rstd, g, dgamma, dbeta, training, _num_threads)
+                             mean, rstd, g, b, dgamma, dbeta, training, relu, _num_threads)
     return dx, dgamma.astype(x.dtype), dbeta.astype(x.dtype)
 
 

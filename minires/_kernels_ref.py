@@ -107,11 +107,12 @@ def max_pool_backward(dout, argmax, h, w, kh, kw, sh, sw, ph, pw):
     return col2im(cols, c, h, w, kh, kw, sh, sw, ph, pw)
 
 
-def batchnorm_forward(x, gamma, beta, running_mean, running_var, training, eps):
+def batchnorm_forward(x, gamma, beta, running_mean, running_var, training, eps, relu=False):
     """x: (N, C, H, W) -> (out, mean (C,), var (C,)), mean and var in float64.
 
     training: normalise with the batch's mean and biased variance; otherwise
     with the running statistics (which this function does not update).
+    relu: return max(out, 0) instead (a fused BN + ReLU).
     """
     axes = (0, 2, 3)
     if training:
@@ -121,17 +122,25 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, training, eps):
         mean = np.asarray(running_mean, dtype=np.float64)
         var = np.asarray(running_var, dtype=np.float64)
     rstd = 1.0 / np.sqrt(var + eps)
+    out = _normalised(x, mean, rstd, gamma, beta)
+    return (np.maximum(out, 0) if relu else out), mean, var
+
+
+def _normalised(x, mean, rstd, gamma, beta):
+    """(x - mean) * (gamma * rstd) + beta in x's dtype, per channel."""
     scale = (gamma * rstd).astype(x.dtype)[:, None, None]   # (C, 1, 1)
     centred = x - mean.astype(x.dtype)[:, None, None]
-    out = centred * scale + beta[:, None, None]
-    return out.astype(x.dtype, copy=False), mean, var
+    return (centred * scale + beta[:, None, None]).astype(x.dtype, copy=False)
 
 
-def batchnorm_backward(dout, x, mean, rstd, gamma, training):
+def batchnorm_backward(dout, x, mean, rstd, gamma, beta, training, relu=False):
     """-> dx, dgamma, dbeta. With xhat = (x - mean) * rstd and M = N*H*W:
     dgamma = sum(dout * xhat), dbeta = sum(dout), and
     dx = gamma * rstd * (dout - sum(dout)/M - xhat * sum(dout * xhat)/M) in training,
-    dx = gamma * rstd * dout in evaluation (the statistics are constants)."""
+    dx = gamma * rstd * dout in evaluation (the statistics are constants).
+    relu: for a fused BN + ReLU, dout first passes only where the output was > 0."""
+    if relu:
+        dout = np.where(_normalised(x, mean, rstd, gamma, beta) > 0, dout, 0).astype(x.dtype)
     axes = (0, 2, 3)
     m = x.shape[0] * x.shape[2] * x.shape[3]
     xhat = (x - mean[:, None, None]) * rstd[:, None, None]

@@ -70,10 +70,11 @@ def _breakdown(step, model, opt):
     """Time spent per op type in one step, by wrapping the functions the layers call."""
     from . import functional as F
     groups = {
-        # im2col and col2im run per image inside the conv, on several threads: counted there
-        "conv forward (im2col + GEMM)": [(F, "conv2d_forward")],
-        "conv backward (im2col + GEMMs + col2im)": [(F, "conv2d_backward")],
-        "batchnorm": [(F, "batchnorm2d_forward"), (F, "batchnorm2d_backward")],
+        # the conv kernels run on several threads inside these calls: counted here
+        "conv forward": [(F, "conv2d_forward")],
+        "conv backward (dx and dw)": [(F, "conv2d_backward")],
+        "batchnorm (and fused ReLU)": [(F, n) for n in ("batchnorm2d_forward", "batchnorm2d_backward",
+                                                        "batchnorm2d_relu_forward", "batchnorm2d_relu_backward")],
         "relu": [(F, "relu_forward"), (F, "relu_backward")],
         "pooling": [(F, n) for n in ("max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward",
                                      "avg_pool2d_backward", "global_avg_pool2d_forward",

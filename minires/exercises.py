@@ -362,8 +362,8 @@ def check_basic_block_backward(fn):
     """fn(block, dout) -> dx for a minires.models.BasicBlock on which forward has run.
 
     Use its children's backward methods (block.bn2.backward, block.conv2.backward,
-    block.relu1.backward, ..., block.shortcut.backward) and remember the ReLU
-    after the add."""
+    block.bn1.backward -- BN and ReLU fused --, ..., block.shortcut.backward) and
+    remember the ReLU after the add."""
     from .models.resnet import BasicBlock
     report, hint = _Report("check_basic_block_backward"), None
     rng = _rng(11)

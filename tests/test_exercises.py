@@ -52,8 +52,7 @@ def _bn_no_correction(dout, x, gamma, beta, rm, rv, training, eps):
 def _block_without_shortcut(block, dout):
     from minires import functional as F
     d = F.relu_backward(dout, block._cache[1])
-    return block.conv1.backward(block.bn1.backward(block.relu1.backward(
-        block.conv2.backward(block.bn2.backward(d)))))
+    return block.conv1.backward(block.bn1.backward(block.conv2.backward(block.bn2.backward(d))))
 
 
 def _pool_assign(dout, x, k, s):

@@ -55,6 +55,33 @@ def test_batchnorm2d(rng, shape, training):
     assert report.ok(TOL), report
 
 
+@pytest.mark.parametrize("shape", [(4, 3, 5, 5), (1, 2, 3, 4), (2, 1, 7, 3)])
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm2d_relu(rng, shape, training):
+    c = shape[1]
+    x, g = _arrays(rng, shape, (c,))
+    b = rng.uniform(-0.3, 0.3, c)            # about half the outputs on each side of the kink
+    rm, rv = rng.standard_normal(c), rng.uniform(0.5, 2.0, c)
+
+    def fwd(x, gamma, beta):
+        return F.batchnorm2d_relu_forward(x, gamma, beta, rm.copy(), rv.copy(), training)
+    report = check_op(fwd, F.batchnorm2d_relu_backward, dict(x=x, gamma=g, beta=b), rng=rng)
+    assert report.ok(TOL), report
+
+
+def test_checker_fails_when_the_fused_relu_mask_is_dropped(rng):
+    x, g = _arrays(rng, (4, 3, 5, 5), (3,))
+    b = rng.uniform(-0.3, 0.3, 3)
+
+    def fwd(x, gamma, beta):
+        return F.batchnorm2d_relu_forward(x, gamma, beta, np.zeros(3), np.ones(3), True)
+
+    def bwd_without_mask(dout, cache):
+        return F.batchnorm2d_backward(dout, cache[:-1] + (False,))
+    report = check_op(fwd, bwd_without_mask, dict(x=x, gamma=g, beta=b), rng=rng)
+    assert not report.ok(TOL)
+
+
 @pytest.mark.parametrize("shape", [(2, 3, 4, 5), (1, 7), (5,)])
 def test_relu(rng, shape):
     x = rng.standard_normal(shape)

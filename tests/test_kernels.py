@@ -137,24 +137,24 @@ def test_missing_extension_says_how_to_build():
     assert "pip install -e ." in r.stderr and "MINIRES_PURE=1" in r.stderr
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(st.integers(1, 4), st.integers(1, 5), st.integers(1, 6), st.integers(1, 6),
-       st.sampled_from([np.float32, np.float64]), st.booleans(), st.integers(0, 2**31))
-def test_batchnorm_kernels_match_reference(n, c, h, w, dtype, training, seed):
+       st.sampled_from([np.float32, np.float64]), st.booleans(), st.booleans(), st.integers(0, 2**31))
+def test_batchnorm_kernels_match_reference(n, c, h, w, dtype, training, relu, seed):
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal((n, c, h, w)) * 3 + 2).astype(dtype)
     g, b = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
     rm, rv = rng.standard_normal(c).astype(dtype), rng.uniform(0.5, 2, c).astype(dtype)
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
-    got = _kernels.batchnorm_forward(x, g, b, rm, rv, training, 1e-5)
-    want = _kernels_ref.batchnorm_forward(x, g, b, rm, rv, training, 1e-5)
+    got = _kernels.batchnorm_forward(x, g, b, rm, rv, training, 1e-5, relu)
+    want = _kernels_ref.batchnorm_forward(x, g, b, rm, rv, training, 1e-5, relu)
     for a, r in zip(got, want):
         np.testing.assert_allclose(a, r, **tol)
     assert got[0].dtype == dtype
     dout = rng.standard_normal(x.shape).astype(dtype)
     rstd = 1 / np.sqrt(want[2] + 1e-5)
-    for a, r in zip(_kernels.batchnorm_backward(dout, x, want[1], rstd, g, training),
-                    _kernels_ref.batchnorm_backward(dout, x, want[1], rstd, g, training)):
+    for a, r in zip(_kernels.batchnorm_backward(dout, x, want[1], rstd, g, b, training, relu),
+                    _kernels_ref.batchnorm_backward(dout, x, want[1], rstd, g, b, training, relu)):
         np.testing.assert_allclose(a, r, **tol)
 
 

@@ -15,6 +15,7 @@ LAYERS = [
     (lambda r: nn.Conv2d(3, 4, 3, stride=2, padding=1, rng=r), (2, 3, 7, 6)),
     (lambda r: nn.Conv2d(2, 3, (1, 3), padding=(0, 1), bias=False, rng=r), (1, 2, 5, 4)),
     (lambda r: nn.BatchNorm2d(3), (4, 3, 3, 5)),
+    (lambda r: nn.BatchNormReLU2d(3), (4, 3, 3, 5)),
     (lambda r: nn.ReLU(), (2, 3, 4, 4)),
     (lambda r: nn.MaxPool2d(2), (2, 2, 6, 6)),
     (lambda r: nn.AvgPool2d(3, 2, 1), (1, 2, 7, 5)),
@@ -58,6 +59,26 @@ def test_names_follow_attributes_like_pytorch():
                      "1.0.bn.running_mean", "1.0.bn.running_var", "1.0.bn.num_batches_tracked"]
     assert [n for n, _ in net.named_parameters()] == [n for n in names if "running" not in n
                                                       and "tracked" not in n]
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_fused_batchnorm_relu_equals_batchnorm_then_relu(rng, mode):
+    fused, bn = nn.BatchNormReLU2d(3), nn.BatchNorm2d(3)
+    for m in (fused, bn):
+        m.weight.data[:] = [1.5, -0.5, 1.0]
+        m.bias.data[:] = [0.1, 0.2, -0.3]
+        m.running_mean[:] = [0.2, -0.1, 0.0]
+        getattr(m, mode)()
+    relu = nn.ReLU()
+    x = rng.standard_normal((4, 3, 5, 6)).astype(np.float32)
+    dout = rng.standard_normal(x.shape).astype(np.float32)
+    out = fused(x)
+    np.testing.assert_array_equal(out, relu(bn(x)))
+    np.testing.assert_allclose(fused.backward(dout), bn.backward(relu.backward(dout)), rtol=1e-5, atol=1e-6)
+    for a, b in zip(fused.parameters(), bn.parameters()):
+        np.testing.assert_allclose(a.grad, b.grad, rtol=1e-5, atol=1e-5)
+    assert list(fused.state_dict()) == list(bn.state_dict())
+    np.testing.assert_array_equal(fused.running_var, bn.running_var)
 
 
 def test_gradients_accumulate_until_zero_grad(rng):

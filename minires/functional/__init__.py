@@ -1,7 +1,8 @@
 """Functional ops: each a pair ``<op>_forward(...) -> (out, cache)`` and
 ``<op>_backward(dout, cache) -> gradients``, written by hand side by side."""
 from .activation import relu_backward, relu_forward
-from .batchnorm import batchnorm2d_backward, batchnorm2d_forward
+from .batchnorm import (batchnorm2d_backward, batchnorm2d_forward, batchnorm2d_relu_backward,
+                        batchnorm2d_relu_forward)
 from .conv import conv2d_backward, conv2d_forward
 from .dropout import dropout_backward, dropout_forward
 from .linear import linear_backward, linear_forward
@@ -14,6 +15,7 @@ __all__ = [
     "linear_forward", "linear_backward",
     "conv2d_forward", "conv2d_backward",
     "batchnorm2d_forward", "batchnorm2d_backward",
+    "batchnorm2d_relu_forward", "batchnorm2d_relu_backward",
     "relu_forward", "relu_backward",
     "max_pool2d_forward", "max_pool2d_backward",
     "avg_pool2d_forward", "avg_pool2d_backward",

@@ -21,31 +21,31 @@ from .resnet import _blocks_for
 
 
 class Bottleneck(nn.ResidualBlock):
-    """1x1 (in->mid) BN ReLU, 3x3 (mid->mid, stride) BN ReLU, 1x1 (mid->out) BN, add, ReLU."""
+    """1x1 (in->mid) BN-ReLU, 3x3 (mid->mid, stride) BN-ReLU, 1x1 (mid->out) BN, add, ReLU.
+
+    BN-ReLU is one fused layer, nn.BatchNormReLU2d."""
 
     def __init__(self, in_channels, filters, stride=1, rng=None):
         super().__init__()
         mid = max(1, filters // 2)
         self.conv1 = conv1x1(in_channels, mid, 1, rng)
-        self.bn1 = nn.BatchNorm2d(mid)
-        self.relu1 = nn.ReLU()
+        self.bn1 = nn.BatchNormReLU2d(mid)
         self.conv2 = conv3x3(mid, mid, stride, rng)
-        self.bn2 = nn.BatchNorm2d(mid)
-        self.relu2 = nn.ReLU()
+        self.bn2 = nn.BatchNormReLU2d(mid)
         self.conv3 = conv1x1(mid, filters, 1, rng)
         self.bn3 = nn.BatchNorm2d(filters)
         if in_channels != filters or stride != 1:
             self.shortcut = projection(in_channels, filters, stride, rng)
 
     def branch_forward(self, x):
-        out = self.relu1(self.bn1(self.conv1(x)))
-        out = self.relu2(self.bn2(self.conv2(out)))
+        out = self.bn1(self.conv1(x))
+        out = self.bn2(self.conv2(out))
         return self.bn3(self.conv3(out))
 
     def branch_backward(self, dout):
         d = self.conv3.backward(self.bn3.backward(dout))
-        d = self.conv2.backward(self.bn2.backward(self.relu2.backward(d)))
-        return self.conv1.backward(self.bn1.backward(self.relu1.backward(d)))
+        d = self.conv2.backward(self.bn2.backward(d))
+        return self.conv1.backward(self.bn1.backward(d))
 
 
 class BottleneckResNet(nn.Sequential):
@@ -59,8 +59,8 @@ class BottleneckResNet(nn.Sequential):
             stages.append((f"layer{i + 1}", nn.Sequential(*blocks)))
             cin = filters
         super().__init__(OrderedDict(
-            [("conv1", conv3x3(3, widths[0], 1, rng)), ("bn1", nn.BatchNorm2d(widths[0])),
-             ("relu", nn.ReLU())] + stages +
+            [("conv1", conv3x3(3, widths[0], 1, rng)), ("bn1", nn.BatchNormReLU2d(widths[0]))]
+            + stages +
             [("pool", nn.GlobalAvgPool2d()), ("fc", nn.Linear(widths[-1], num_classes, rng=rng))]))
         init_like_the_papers(self, rng)
 

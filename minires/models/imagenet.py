@@ -17,7 +17,7 @@ class ImageNetResNet18(nn.Sequential):
         rng = as_generator(rng)
         widths = [scaled(c, width_scale) for c in (64, 128, 256, 512)]
         layers = [("conv1", nn.Conv2d(3, widths[0], 7, stride=2, padding=3, bias=False, rng=rng)),
-                  ("bn1", nn.BatchNorm2d(widths[0])), ("relu", nn.ReLU()),
+                  ("bn1", nn.BatchNormReLU2d(widths[0])),
                   ("maxpool", nn.MaxPool2d(3, stride=2, padding=1))]
         cin = widths[0]
         for i, w in enumerate(widths):

@@ -4,7 +4,7 @@
     stage 1: n pre-activation blocks, 16k channels   32x32
     stage 2: n blocks, 32k channels                  16x16
     stage 3: n blocks, 64k channels                   8x8
-    BN ReLU, global average pool, linear
+    BN-ReLU, global average pool, linear
 """
 from collections import OrderedDict
 
@@ -20,16 +20,15 @@ class WideBlock(nn.Module):
 
     Where the shape changes, the 1x1 projection reads the pre-activated
     input o1 = relu(bn1(x)), as in the authors' code, so the fork sits
-    after bn1/relu1; otherwise the identity shortcut forks at x itself.
+    after bn1; otherwise the identity shortcut forks at x itself.
+    Each BN-ReLU is one fused layer, nn.BatchNormReLU2d.
     """
 
     def __init__(self, in_channels, out_channels, stride=1, dropout=0.0, rng=None):
         super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_channels)
-        self.relu1 = nn.ReLU()
+        self.bn1 = nn.BatchNormReLU2d(in_channels)
         self.conv1 = conv3x3(in_channels, out_channels, stride, rng)
-        self.bn2 = nn.BatchNorm2d(out_channels)
-        self.relu2 = nn.ReLU()
+        self.bn2 = nn.BatchNormReLU2d(out_channels)
         self.dropout = nn.Dropout(dropout, rng=rng.spawn(1)[0])
         self.conv2 = conv3x3(out_channels, out_channels, 1, rng)
         self.project = in_channels != out_channels or stride != 1
@@ -37,19 +36,19 @@ class WideBlock(nn.Module):
             self.shortcut = conv1x1(in_channels, out_channels, stride, rng)
 
     def forward(self, x):
-        o1 = self.relu1(self.bn1(x))
-        y = self.conv2(self.dropout(self.relu2(self.bn2(self.conv1(o1)))))
+        o1 = self.bn1(x)
+        y = self.conv2(self.dropout(self.bn2(self.conv1(o1))))
         out, _ = F.add_forward(y, self.shortcut(o1) if self.project else x)
         return out
 
     def backward(self, dout):
         d_y, d_short = F.add_backward(dout, None)
         d = self.dropout.backward(self.conv2.backward(d_y))
-        d_o1 = self.conv1.backward(self.bn2.backward(self.relu2.backward(d)))
+        d_o1 = self.conv1.backward(self.bn2.backward(d))
         if self.project:
             d_o1 = d_o1 + self.shortcut.backward(d_short)        # fork at o1
-            return self.bn1.backward(self.relu1.backward(d_o1))
-        return self.bn1.backward(self.relu1.backward(d_o1)) + d_short   # fork at x
+            return self.bn1.backward(d_o1)
+        return self.bn1.backward(d_o1) + d_short                 # fork at x
 
 
 class WideResNet(nn.Sequential):
@@ -66,7 +65,7 @@ class WideResNet(nn.Sequential):
             cin = w
         super().__init__(OrderedDict(
             [("conv1", conv3x3(3, stem, 1, rng))] + stages +
-            [("bn", nn.BatchNorm2d(cin)), ("relu", nn.ReLU()), ("pool", nn.GlobalAvgPool2d()),
+            [("bn", nn.BatchNormReLU2d(cin)), ("pool", nn.GlobalAvgPool2d()),
              ("fc", nn.Linear(cin, num_classes, rng=rng))]))
         init_like_the_papers(self, rng)
 

@@ -1,12 +1,12 @@
 """Modules: thin, stateful wrappers over minires.functional."""
 from .activation import Dropout, ReLU
-from .batchnorm import BatchNorm2d
+from .batchnorm import BatchNorm2d, BatchNormReLU2d
 from .conv import Conv2d
 from .linear import Flatten, Linear
 from .module import Identity, Module, Parameter, Sequential
 from .pooling import AvgPool2d, GlobalAvgPool2d, MaxPool2d
 from .residual import ResidualBlock
 
-__all__ = ["Module", "Parameter", "Sequential", "Identity", "Conv2d", "BatchNorm2d", "ReLU",
+__all__ = ["Module", "Parameter", "Sequential", "Identity", "Conv2d", "BatchNorm2d", "BatchNormReLU2d", "ReLU",
            "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "Dropout", "Linear", "Flatten",
            "ResidualBlock"]

@@ -1,4 +1,5 @@
-"""BatchNorm2d with PyTorch's parameter and buffer names."""
+"""BatchNorm2d with PyTorch's parameter and buffer names, and BatchNormReLU2d,
+the same layer with a ReLU fused onto its output."""
 import numpy as np
 
 from .. import functional as F
@@ -22,8 +23,11 @@ class BatchNorm2d(Module):
         self.register_buffer("num_batches_tracked", np.zeros((), dtype=np.int64))
         self._cache = None
 
+    fused_relu = False    # True in BatchNormReLU2d: max(out, 0) from the same pass
+
     def forward(self, x):
-        out, self._cache = F.batchnorm2d_forward(
+        forward = F.batchnorm2d_relu_forward if self.fused_relu else F.batchnorm2d_forward
+        out, self._cache = forward(
             x, self.weight.data, self.bias.data, self.running_mean, self.running_var,
             self.training, self.momentum, self.eps)
         if self.training:
@@ -31,10 +35,22 @@ class BatchNorm2d(Module):
         return out
 
     def backward(self, dout):
-        dx, dgamma, dbeta = F.batchnorm2d_backward(dout, take_cache(self))
+        backward = F.batchnorm2d_relu_backward if self.fused_relu else F.batchnorm2d_backward
+        dx, dgamma, dbeta = backward(dout, take_cache(self))
         self.weight.grad += dgamma
         self.bias.grad += dbeta
         return dx
 
     def extra_repr(self):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+
+class BatchNormReLU2d(BatchNorm2d):
+    """BatchNorm2d then ReLU, in one pass each way (F.batchnorm2d_relu_forward).
+
+    The same numbers as BatchNorm2d followed by ReLU, and the same parameter
+    and buffer names, so state_dicts match PyTorch's BatchNorm2d; ReLU has
+    no parameters to name.
+    """
+
+    fused_relu = True
