@@ -27,8 +27,12 @@ def set_threads(n):
     _threads, _pool = n, None
 
 
-def _single_threaded_blas():
-    """Limit BLAS to one thread for the duration (threadpoolctl; cheap after the first call)."""
+def single_threaded_blas():
+    """Limit BLAS to one thread for the duration (threadpoolctl; cheap after the first call).
+
+    minires never lets BLAS start its own threads: after a multi-threaded call
+    OpenBLAS keeps them spinning for a while, taking a core from whatever runs
+    next (it halved the speed of the batchnorm after a 1x1 conv)."""
     global _controller
     try:
         from threadpoolctl import ThreadpoolController
@@ -48,6 +52,6 @@ def map_chunks(fn, n):
     bounds = [n * i // parts for i in range(parts + 1)]
     if _pool is None or _pool._max_workers != _threads:
         _pool = ThreadPoolExecutor(max_workers=_threads, thread_name_prefix="minires")
-    with _single_threaded_blas():
+    with single_threaded_blas():
         futures = [_pool.submit(fn, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
         return [f.result() for f in futures]

@@ -143,14 +143,19 @@ def _images_per_tile(positions, columns=1024):
 
 # A 1x1 convolution needs no im2col: each image is already a (C, H*W) matrix,
 # so out[n] = w2 @ x[n] reads the input in place (ResNet projections and the
-# bottleneck blocks are mostly 1x1 convs).
+# bottleneck blocks are mostly 1x1 convs). Chunks of images run on our threads
+# with single-threaded BLAS, like the other paths: a multi-threaded BLAS call
+# leaves its threads spinning for a while afterwards, which halved the speed
+# of the batchnorm that came next (measured in bottleneck-29).
 def _pointwise_forward(x, w, b, sh, sw):
     n, c = x.shape[:2]
     f = w.shape[0]
     xs = np.ascontiguousarray(x[:, :, ::sh, ::sw]) if (sh, sw) != (1, 1) else x
     oh, ow = xs.shape[2:]
     x3 = xs.reshape(n, c, oh * ow)                     # (N, C, OH*OW)
-    out = np.matmul(w.reshape(f, c), x3)               # (N, F, OH*OW)
+    w2 = w.reshape(f, c)
+    out = np.empty((n, f, oh * ow), dtype=x.dtype)     # (N, F, OH*OW)
+    parallel.map_chunks(lambda lo, hi: np.matmul(w2, x3[lo:hi], out=out[lo:hi]), n)
     if b is not None:
         out += b[:, None]
     return out.reshape(n, f, oh, ow), ("pointwise", x3, w, x.shape, (sh, sw), b is not None)
@@ -161,8 +166,13 @@ def _pointwise_backward(dout, cache):
     n, f = dout.shape[:2]
     d3 = dout.reshape(n, f, -1)                        # (N, F, OH*OW)
     w2 = w.reshape(f, -1)                              # (F, C)
-    dw = np.matmul(d3, x3.transpose(0, 2, 1)).sum(axis=0).reshape(w.shape)
-    dx3 = np.matmul(w2.T, d3)                          # (N, C, OH*OW)
+    dx3 = np.empty(x3.shape, dtype=dout.dtype)         # (N, C, OH*OW)
+
+    def images(lo, hi):
+        np.matmul(w2.T, d3[lo:hi], out=dx3[lo:hi])
+        return np.matmul(d3[lo:hi], x3[lo:hi].transpose(0, 2, 1)).sum(axis=0)   # (F, C)
+
+    dw = sum(parallel.map_chunks(images, n)).reshape(w.shape)
     if (sh, sw) == (1, 1):
         dx = dx3.reshape(x_shape)
     else:

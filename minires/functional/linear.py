@@ -1,4 +1,9 @@
-"""Fully connected layer: out = x @ w.T + b."""
+"""Fully connected layer: out = x @ w.T + b.
+
+The products run with single-threaded BLAS (see minires.parallel): they are
+small, and a multi-threaded call would leave BLAS threads spinning.
+"""
+from ..parallel import single_threaded_blas
 
 from ._checks import check_float_array, check_shape
 
@@ -12,7 +17,8 @@ def linear_forward(x, w, b=None):
     if b is not None:
         check_float_array(b, "b", dtype=x.dtype)
         check_shape(b, "b", (w.shape[0],), "M")
-    out = x @ w.T                                     # (N, M)
+    with single_threaded_blas():
+        out = x @ w.T                                 # (N, M)
     if b is not None:
         out += b
     return out, (x, w, b is not None)
@@ -21,7 +27,8 @@ def linear_forward(x, w, b=None):
 def linear_backward(dout, cache):
     """dout: (N, M) -> dx: (N, D), dw: (M, D), db: (M,) or None."""
     x, w, has_bias = cache
-    dx = dout @ w                                     # (N, D)
-    dw = dout.T @ x                                   # (M, D)
+    with single_threaded_blas():
+        dx = dout @ w                                 # (N, D)
+        dw = dout.T @ x                               # (M, D)
     db = dout.sum(axis=0) if has_bias else None       # (M,)
     return dx, dw, db
