@@ -152,6 +152,11 @@ def batchnorm_backward(dout, x, mean, rstd, gamma, beta, training, relu=False):
     return dx.astype(x.dtype), dgamma.astype(x.dtype), dbeta.astype(x.dtype)
 
 
+def add_relu_forward(a, b):
+    """max(a + b, 0): the residual add and the ReLU after it."""
+    return np.maximum(a + b, 0)
+
+
 def relu_forward(x):
     """max(x, 0), any shape."""
     return np.maximum(x, 0)

@@ -43,6 +43,7 @@ max_pool_backward = backend.max_pool_backward
 batchnorm_forward = backend.batchnorm_forward
 batchnorm_backward = backend.batchnorm_backward
 relu_forward = backend.relu_forward
+add_relu_forward = backend.add_relu_forward
 relu_backward = backend.relu_backward
 
 

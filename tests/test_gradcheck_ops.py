@@ -141,6 +141,13 @@ def test_add(rng):
     assert report.ok(TOL), report
 
 
+def test_add_relu(rng):
+    a, b = _arrays(rng, (2, 3, 4, 5), (2, 3, 4, 5))
+    a[np.abs(a + b) < 1e-3] += 0.5      # keep away from the kink
+    report = check_op(F.add_relu_forward, F.add_relu_backward, dict(a=a, b=b), rng=rng)
+    assert report.ok(TOL), report
+
+
 @pytest.mark.parametrize("n,k", [(5, 10), (1, 3), (7, 2)])
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 def test_softmax_cross_entropy(rng, n, k, smoothing):

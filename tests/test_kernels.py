@@ -168,3 +168,4 @@ def test_relu_kernels_match_reference(shape, dtype, seed):
     out = _kernels.relu_forward(x)
     np.testing.assert_array_equal(out, _kernels_ref.relu_forward(x))
     np.testing.assert_array_equal(_kernels.relu_backward(dout, out), _kernels_ref.relu_backward(dout, out))
+    np.testing.assert_array_equal(_kernels.add_relu_forward(x, dout), _kernels_ref.add_relu_forward(x, dout))

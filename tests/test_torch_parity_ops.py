@@ -177,6 +177,20 @@ def test_add(torch, rng, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_add_relu(torch, rng, dtype):
+    a, b = (rng.standard_normal((2, 3, 4, 4)).astype(dtype) for _ in range(2))
+    out, cache = F.add_relu_forward(a, b)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    da, db = F.add_relu_backward(dout, cache)
+    ta, tb = _t(torch, a), _t(torch, b)
+    tout = torch.relu(ta + tb)
+    tout.backward(torch.tensor(dout))
+    np.testing.assert_allclose(out, tout.detach().numpy(), **tol(dtype))
+    np.testing.assert_allclose(da, ta.grad.numpy(), **tol(dtype))
+    np.testing.assert_allclose(db, tb.grad.numpy(), **tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("p", [0.0, 0.5])
 def test_dropout_matches_torch_scaling(torch, rng, dtype, p):
     """Masks come from different generators, so compare what they must share:

@@ -9,7 +9,7 @@ from .linear import linear_backward, linear_forward
 from .loss import softmax_cross_entropy_backward, softmax_cross_entropy_forward
 from .pooling import (avg_pool2d_backward, avg_pool2d_forward, global_avg_pool2d_backward,
                       global_avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward)
-from .residual import add_backward, add_forward
+from .residual import add_backward, add_forward, add_relu_backward, add_relu_forward
 
 __all__ = [
     "linear_forward", "linear_backward",
@@ -22,5 +22,6 @@ __all__ = [
     "global_avg_pool2d_forward", "global_avg_pool2d_backward",
     "dropout_forward", "dropout_backward",
     "add_forward", "add_backward",
+    "add_relu_forward", "add_relu_backward",
     "softmax_cross_entropy_forward", "softmax_cross_entropy_backward",
 ]

@@ -1,13 +1,20 @@
-"""The residual add, out = a + b, where two branches meet."""
+"""The residual add, out = a + b, where two branches meet, and the add
+fused with the ReLU that follows it in a post-activation block."""
+from .. import kernels
 from ._checks import check_float_array
+from .activation import relu_backward
 
 
-def add_forward(a, b):
-    """a, b: the same shape (N, C, H, W) -> out: that shape."""
+def _check_pair(a, b):
     check_float_array(a, "a")
     check_float_array(b, "b", dtype=a.dtype)
     if a.shape != b.shape:
         raise ValueError(f"a and b must have the same shape, got a {a.shape} and b {b.shape}")
+
+
+def add_forward(a, b):
+    """a, b: the same shape (N, C, H, W) -> out: that shape."""
+    _check_pair(a, b)
     return a + b, None
 
 
@@ -18,3 +25,17 @@ def add_backward(dout, cache):
     into its dout (each branch builds new arrays).
     """
     return dout, dout
+
+
+def add_relu_forward(a, b):
+    """a, b: the same shape -> out = max(a + b, 0), in one pass over memory
+    instead of two. The cache is out itself: its sign is the ReLU's mask."""
+    _check_pair(a, b)
+    out = kernels.add_relu_forward(a, b)
+    return out, out
+
+
+def add_relu_backward(dout, cache):
+    """dout -> (da, db): the ReLU's gradient, copied to both inputs of the add."""
+    d = relu_backward(dout, cache)
+    return d, d

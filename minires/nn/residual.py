@@ -25,15 +25,17 @@ class ResidualBlock(Module):
         raise NotImplementedError
 
     def forward(self, x):
-        out, _ = F.add_forward(self.branch_forward(x), self.shortcut(x))
-        if self.post_relu:
-            out, relu_cache = F.relu_forward(out)
+        if self.post_relu:      # add and ReLU in one pass (F.add_relu_forward)
+            out, relu_cache = F.add_relu_forward(self.branch_forward(x), self.shortcut(x))
             self._cache = ("relu", relu_cache)
+        else:
+            out, _ = F.add_forward(self.branch_forward(x), self.shortcut(x))
         return out
 
     def backward(self, dout):
         if self.post_relu:
-            dout = F.relu_backward(dout, take_cache(self)[1])
-        d_branch, d_shortcut = F.add_backward(dout, None)
+            d_branch, d_shortcut = F.add_relu_backward(dout, take_cache(self)[1])
+        else:
+            d_branch, d_shortcut = F.add_backward(dout, None)
         # The fork: x reached the output along both paths, so its gradients add.
         return self.branch_backward(d_branch) + self.shortcut.backward(d_shortcut)
