@@ -193,18 +193,23 @@ def col2im(cols, Py_ssize_t c, Py_ssize_t h, Py_ssize_t w, Py_ssize_t kh, Py_ssi
 
 
 # ---------------------------------------------------------------- direct convolution
-# A stride-1 convolution without im2col. Each image is copied once into a
-# zero-bordered plane per channel, of padded width WP, and flattened. On
-# that flat "padded grid" a window tap (i, j) is a plain shift by i*WP + j:
+# A convolution without im2col. Each image is copied once into a zero-bordered
+# plane per channel, of padded width WP, and flattened. On that flat "padded
+# grid" a window tap (i, j) is a plain shift by i*WP + j:
 #     opg[f, p] = sum over c, i, j of w[f, c, i, j] * xpad[c, p + i*WP + j]
 # where p = oh*WP + ow. Columns ow >= OW of opg are junk (their windows wrap
 # into the next row) and are dropped when copying out. Every read is
 # contiguous, so the compiler vectorises the p loop, and a tile of FB output
 # channels x PB positions stays in vector registers across the whole sum.
 # The junk columns cost WP/OW extra work (6% at 32x32, 25% at 8x8); im2col's
-# copy of every input KH*KW times costs more. Weight gradients use the same
-# shifts: dw[f, c, i, j] = sum over p of dpg[f, p] * xpad[c, p + i*WP + j],
-# with dpg (dout on the padded grid) zero in the junk columns.
+# copy of every input KH*KW times costs more.
+# Stride S: the padded image is split into S*S phase planes, plane (a, b)
+# holding the pixels at rows = a and columns = b (mod S), each WQ = ceil(WP/S)
+# wide. Tap (i, j) then reads plane (i % S, j % S) shifted by (i//S)*WQ + j//S,
+# contiguous again; the tap table `offsets` hides the difference, so one
+# kernel serves every stride (at S = 1 there is one plane per channel).
+# Weight gradients use the same shifts: dw[f, c, i, j] = sum over p of
+# dpg[f, p] * plane[p + shift], with dpg (dout on the grid) zero in the junk.
 cdef enum:
     FB = 8      # output channels per register tile (forward)
     PB = 32     # padded-grid positions per register tile (forward)
@@ -238,41 +243,68 @@ cdef void _forward_tile(const floating* xpad, const floating* wt, floating* opg,
             opg[(f0 + a) * P + p0 + q] = acc[a][q]
 
 
+cdef void _load_planes(const floating[:, :, ::1] x, floating[:, ::1] planes, Py_ssize_t sh,
+                       Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t WQ) noexcept nogil:
+    """One image x: (C, H, W) into its zero-bordered phase planes (C*SH*SW, L).
+    Only the interior is written, so the borders stay zero from allocation."""
+    cdef Py_ssize_t C = x.shape[0], H = x.shape[1], W = x.shape[2]
+    cdef Py_ssize_t c, h, hp, b, w0, k, count
+    cdef floating* dst
+    cdef const floating* src
+    for c in range(C):
+        for h in range(H):
+            hp = h + ph
+            if sh == 1 and sw == 1:
+                memcpy(&planes[c, hp * WQ + pw], &x[c, h, 0], W * sizeof(floating))
+                continue
+            for b in range(sw):     # input columns w with (w + pw) % sw == b, every sw-th from w0
+                w0 = ((b - pw) % sw + sw) % sw        # C remainder: keep it non-negative
+                if w0 >= W:
+                    continue
+                count = (W - w0 + sw - 1) // sw
+                dst = &planes[(c * sh + hp % sh) * sw + b, (hp // sh) * WQ + (w0 + pw) // sw]
+                src = &x[c, h, w0]
+                for k in range(count):
+                    dst[k] = src[k * sw]
+
+
 cdef void _conv_direct(const floating[:, :, :, ::1] x, const floating[:, ::1] wt,
-                       floating[:, :, :, ::1] out, Py_ssize_t kh, Py_ssize_t kw,
-                       Py_ssize_t ph, Py_ssize_t pw, floating[:, ::1] xpad,
-                       floating[:, ::1] opg, Py_ssize_t* offsets) noexcept nogil:
-    cdef Py_ssize_t T = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t F = out.shape[1], OH = out.shape[2], OW = out.shape[3]
-    cdef Py_ssize_t WP = W + 2 * pw, L = xpad.shape[1], FP = opg.shape[0], P = opg.shape[1]
-    cdef Py_ssize_t n, c, h, f, oh, f0, p0
+                       floating[:, :, :, ::1] out, Py_ssize_t sh, Py_ssize_t sw,
+                       Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t WQ, floating[:, ::1] planes,
+                       floating[:, ::1] opg, const Py_ssize_t* offsets, Py_ssize_t K) noexcept nogil:
+    cdef Py_ssize_t T = x.shape[0], F = out.shape[1], OH = out.shape[2], OW = out.shape[3]
+    cdef Py_ssize_t FP = opg.shape[0], P = opg.shape[1]
+    cdef Py_ssize_t n, f, oh, f0, p0
     for n in range(T):
-        for c in range(C):          # the borders stay zero: only the interior is written
-            for h in range(H):
-                memcpy(&xpad[c, (h + ph) * WP + pw], &x[n, c, h, 0], W * sizeof(floating))
+        _load_planes(x[n], planes, sh, sw, ph, pw, WQ)
         for f0 in range(0, FP, 8):               # FB
             for p0 in range(0, P, 32):           # PB
-                _forward_tile(&xpad[0, 0], &wt[0, 0], &opg[0, 0], offsets, C * kh * kw, FP, P, f0, p0)
+                _forward_tile(&planes[0, 0], &wt[0, 0], &opg[0, 0], offsets, K, FP, P, f0, p0)
         for f in range(F):
             for oh in range(OH):
-                memcpy(&out[n, f, oh, 0], &opg[f, oh * WP], OW * sizeof(floating))
+                memcpy(&out[n, f, oh, 0], &opg[f, oh * WQ], OW * sizeof(floating))
 
 
-def _padded_grid(Py_ssize_t h, Py_ssize_t w, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t ph, Py_ssize_t pw):
-    """-> (P, L): positions of the padded-grid output (a multiple of PB) and the
-    length of one channel's flat padded plane, with room for every shifted read."""
-    wp = w + 2 * pw
-    oh = h + 2 * ph - kh + 1
-    p = _round_up(oh * wp, PB)
-    return p, max((h + 2 * ph) * wp, p + (kh - 1) * wp + kw - 1)
+def _grid(shape, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw):
+    """For input (T, C, H, W) -> (WQ, P, L, offsets): the planes' width, the
+    grid positions computed (a multiple of PB), the length of one flat plane
+    (room for every shifted read) and the tap table offsets: (C*KH*KW,)."""
+    c, h, w = shape[1], shape[2], shape[3]
+    hq, wq = -(-(h + 2 * ph) // sh), -(-(w + 2 * pw) // sw)
+    oh = (h + 2 * ph - kh) // sh + 1
+    p = _round_up(oh * wq, PB)
+    l = max(hq * wq, p + ((kh - 1) // sh) * wq + (kw - 1) // sw)
+    offsets = np.array([((ci * sh + i % sh) * sw + j % sw) * l + (i // sh) * wq + j // sw
+                        for ci in range(c) for i in range(kh) for j in range(kw)], dtype=np.intp)
+    return wq, p, l, offsets
 
 
-def conv_s1_forward(x, w, out, Py_ssize_t ph, Py_ssize_t pw):
-    """Stride-1 convolution of a chunk of images, written into out.
+def conv_direct_forward(x, w, out, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw):
+    """Convolution of a chunk of images, written into out.
 
-    x: (T, C, H, W), w: (F, C, KH, KW), out: (T, F, OH, OW), all C-contiguous,
-    OH = H + 2*PH - KH + 1 (likewise OW). Single-threaded, without the GIL:
-    callers run chunks of the batch side by side (minires.parallel).
+    x: (T, C, H, W), w: (F, C, KH, KW), out: (T, F, OH, OW), out C-contiguous,
+    OH = (H + 2*PH - KH) // SH + 1 (likewise OW). Single-threaded, without the
+    GIL: callers run chunks of the batch side by side (minires.parallel).
     """
     x = np.ascontiguousarray(x)
     t, c, h, wd = x.shape
@@ -283,30 +315,29 @@ def conv_s1_forward(x, w, out, Py_ssize_t ph, Py_ssize_t pw):
     wt = np.zeros((fp, c * kh * kw), dtype=x.dtype)
     wt[:f] = w.reshape(f, -1)
     wt = np.ascontiguousarray(wt.reshape(fp // FB, FB, -1).transpose(0, 2, 1)).reshape(fp // FB, -1)
-    p, l = _padded_grid(h, wd, kh, kw, ph, pw)
-    xpad = np.zeros((c, l), dtype=x.dtype)
+    wq, p, l, offsets = _grid(x.shape, kh, kw, sh, sw, ph, pw)
+    planes = np.zeros((c * sh * sw, l), dtype=x.dtype)
     opg = np.empty((fp, p), dtype=x.dtype)
-    offsets = np.array([ci * l + i * (wd + 2 * pw) + j
-                        for ci in range(c) for i in range(kh) for j in range(kw)], dtype=np.intp)
     cdef Py_ssize_t[::1] off = offsets
+    cdef Py_ssize_t K = c * kh * kw, WQ = wq
     cdef float[:, :, :, ::1] xf, of
     cdef float[:, ::1] wf, pf, gf
     cdef double[:, :, :, ::1] xd, od
     cdef double[:, ::1] wdd, pd, gd
     if x.dtype == np.float32:
-        xf, wf, of, pf, gf = x, wt, out, xpad, opg
+        xf, wf, of, pf, gf = x, wt, out, planes, opg
         with nogil:
-            _conv_direct[float](xf, wf, of, kh, kw, ph, pw, pf, gf, &off[0])
+            _conv_direct[float](xf, wf, of, sh, sw, ph, pw, WQ, pf, gf, &off[0], K)
     else:
-        xd, wdd, od, pd, gd = x, wt, out, xpad, opg
+        xd, wdd, od, pd, gd = x, wt, out, planes, opg
         with nogil:
-            _conv_direct[double](xd, wdd, od, kh, kw, ph, pw, pd, gd, &off[0])
+            _conv_direct[double](xd, wdd, od, sh, sw, ph, pw, WQ, pd, gd, &off[0], K)
 
 
-cdef void _weight_tile(const floating* xpad, const floating* dT, floating* dwt,
+cdef void _weight_tile(const floating* planes, const floating* dT, floating* dwt,
                        const Py_ssize_t* offsets, Py_ssize_t P, Py_ssize_t FP,
                        Py_ssize_t k0, Py_ssize_t f0) noexcept nogil:
-    """dwt[k0+a, f0+q] += sum over p < P of xpad[offsets[k0+a] + p] * dT[p, f0+q],
+    """dwt[k0+a, f0+q] += sum over p < P of planes[offsets[k0+a] + p] * dT[p, f0+q],
     for a < KB and q < VL: a register tile of KB taps x VL output channels."""
     cdef floating acc[KB][VL]
     cdef const floating* rows[KB]
@@ -314,7 +345,7 @@ cdef void _weight_tile(const floating* xpad, const floating* dT, floating* dwt,
     cdef floating xv
     cdef Py_ssize_t a, q, p
     for a in range(KB):
-        rows[a] = xpad + offsets[k0 + a]
+        rows[a] = planes + offsets[k0 + a]
         for q in range(VL):
             acc[a][q] = 0
     for p in range(P):
@@ -329,55 +360,54 @@ cdef void _weight_tile(const floating* xpad, const floating* dT, floating* dwt,
 
 
 cdef void _conv_direct_weight(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dout,
-                              floating[:, ::1] dwt, Py_ssize_t kh, Py_ssize_t kw,
-                              Py_ssize_t ph, Py_ssize_t pw, floating[:, ::1] xpad,
+                              floating[:, ::1] dwt, Py_ssize_t sh, Py_ssize_t sw,
+                              Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t WQ, floating[:, ::1] planes,
                               floating[:, ::1] dT, const Py_ssize_t* offsets) noexcept nogil:
-    cdef Py_ssize_t T = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t F = dout.shape[1], OH = dout.shape[2], OW = dout.shape[3]
-    cdef Py_ssize_t WP = W + 2 * pw, P = dT.shape[0], FP = dT.shape[1], KP = dwt.shape[0]
-    cdef Py_ssize_t n, c, h, f, oh, ow, f0, k0
+    cdef Py_ssize_t T = x.shape[0], F = dout.shape[1], OH = dout.shape[2], OW = dout.shape[3]
+    cdef Py_ssize_t P = dT.shape[0], FP = dT.shape[1], KP = dwt.shape[0]
+    cdef Py_ssize_t n, f, oh, ow, f0, k0
     for n in range(T):
-        for c in range(C):
-            for h in range(H):
-                memcpy(&xpad[c, (h + ph) * WP + pw], &x[n, c, h, 0], W * sizeof(floating))
+        _load_planes(x[n], planes, sh, sw, ph, pw, WQ)
         for oh in range(OH):        # dout transposed onto the grid; junk rows stay zero
             for ow in range(OW):
                 for f in range(F):
-                    dT[oh * WP + ow, f] = dout[n, f, oh, ow]
+                    dT[oh * WQ + ow, f] = dout[n, f, oh, ow]
         for k0 in range(0, KP, 8):                  # KB
             for f0 in range(0, FP, 32):             # VL
-                _weight_tile(&xpad[0, 0], &dT[0, 0], &dwt[0, 0], offsets, P, FP, k0, f0)
+                _weight_tile(&planes[0, 0], &dT[0, 0], &dwt[0, 0], offsets, P, FP, k0, f0)
 
 
-def conv_s1_backward_weight(x, dout, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t ph, Py_ssize_t pw):
-    """Weight gradient of a stride-1 convolution over a chunk of images.
+def conv_direct_backward_weight(x, dout, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                                Py_ssize_t ph, Py_ssize_t pw):
+    """Weight gradient of a convolution over a chunk of images.
 
-    x: (T, C, H, W), dout: (T, F, OH, OW), C-contiguous -> dw: (F, C, KH, KW),
-    summed over the chunk. Single-threaded, without the GIL (as conv_s1_forward).
+    x: (T, C, H, W), dout: (T, F, OH, OW) -> dw: (F, C, KH, KW), summed over
+    the chunk. Single-threaded, without the GIL (as conv_direct_forward).
     """
     x, dout = np.ascontiguousarray(x), np.ascontiguousarray(dout)
     t, c, h, wd = x.shape
     f = dout.shape[1]
     k = c * kh * kw
-    p, l = _padded_grid(h, wd, kh, kw, ph, pw)
-    xpad = np.zeros((c, l), dtype=x.dtype)
+    wq, p, l, taps = _grid(x.shape, kh, kw, sh, sw, ph, pw)
+    planes = np.zeros((c * sh * sw, l), dtype=x.dtype)
     dT = np.zeros((p, _round_up(f, VL)), dtype=x.dtype)       # (P, F) padded to VL columns
     dwt = np.zeros((_round_up(k, KB), dT.shape[1]), dtype=x.dtype)
     offsets = np.zeros(dwt.shape[0], dtype=np.intp)           # padding taps read position 0
-    offsets[:k] = [ci * l + i * (wd + 2 * pw) + j for ci in range(c) for i in range(kh) for j in range(kw)]
+    offsets[:k] = taps
     cdef Py_ssize_t[::1] off = offsets
+    cdef Py_ssize_t WQ = wq
     cdef float[:, :, :, ::1] xf, df
     cdef float[:, ::1] pf, tf, wf
     cdef double[:, :, :, ::1] xd, dd
     cdef double[:, ::1] pd, td, wdd
     if x.dtype == np.float32:
-        xf, df, wf, pf, tf = x, dout, dwt, xpad, dT
+        xf, df, wf, pf, tf = x, dout, dwt, planes, dT
         with nogil:
-            _conv_direct_weight[float](xf, df, wf, kh, kw, ph, pw, pf, tf, &off[0])
+            _conv_direct_weight[float](xf, df, wf, sh, sw, ph, pw, WQ, pf, tf, &off[0])
     else:
-        xd, dd, wdd, pd, td = x, dout, dwt, xpad, dT
+        xd, dd, wdd, pd, td = x, dout, dwt, planes, dT
         with nogil:
-            _conv_direct_weight[double](xd, dd, wdd, kh, kw, ph, pw, pd, td, &off[0])
+            _conv_direct_weight[double](xd, dd, wdd, sh, sw, ph, pw, WQ, pd, td, &off[0])
     return np.ascontiguousarray(dwt[:k, :f].T).reshape(f, c, kh, kw)
 
 

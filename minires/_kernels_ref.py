@@ -58,25 +58,25 @@ def col2im(cols, c, h, w, kh, kw, sh, sw, ph, pw, threads=0):
     return xp[:, :, ph:ph + h, pw:pw + w].copy()
 
 
-def conv_s1_forward(x, w, out, ph, pw):
-    """Stride-1 convolution, written into out (the compiled kernel computes it
-    directly on a padded grid; here it is im2col and one product).
+def conv_direct_forward(x, w, out, sh, sw, ph, pw):
+    """Convolution written into out (the compiled kernel computes it directly
+    on a padded grid; here it is im2col and one product).
 
     x: (T, C, H, W), w: (F, C, KH, KW), out: (T, F, OH, OW).
     """
     t, f = x.shape[0], w.shape[0]
     kh, kw = w.shape[2:]
-    cols = im2col(x, kh, kw, 1, 1, ph, pw)              # (C*KH*KW, T*OH*OW)
+    cols = im2col(x, kh, kw, sh, sw, ph, pw)            # (C*KH*KW, T*OH*OW)
     out[...] = (w.reshape(f, -1) @ cols).reshape(f, t, *out.shape[2:]).transpose(1, 0, 2, 3)
 
 
-def conv_s1_backward_weight(x, dout, kh, kw, ph, pw):
-    """Weight gradient of a stride-1 convolution, summed over the images.
+def conv_direct_backward_weight(x, dout, kh, kw, sh, sw, ph, pw):
+    """Weight gradient of a convolution, summed over the images.
 
     x: (T, C, H, W), dout: (T, F, OH, OW) -> dw: (F, C, KH, KW)
     """
     f = dout.shape[1]
-    cols = im2col(x, kh, kw, 1, 1, ph, pw)              # (C*KH*KW, T*OH*OW)
+    cols = im2col(x, kh, kw, sh, sw, ph, pw)            # (C*KH*KW, T*OH*OW)
     d2 = dout.transpose(1, 0, 2, 3).reshape(f, -1)      # (F, T*OH*OW)
     return (d2 @ cols.T).reshape(f, x.shape[1], kh, kw)
 

@@ -36,8 +36,8 @@ else:
 
 im2col = backend.im2col
 col2im = backend.col2im
-conv_s1_forward = backend.conv_s1_forward
-conv_s1_backward_weight = backend.conv_s1_backward_weight
+conv_direct_forward = backend.conv_direct_forward
+conv_direct_backward_weight = backend.conv_direct_backward_weight
 max_pool_forward = backend.max_pool_forward
 max_pool_backward = backend.max_pool_backward
 batchnorm_forward = backend.batchnorm_forward

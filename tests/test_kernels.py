@@ -53,10 +53,11 @@ def test_col2im_matches_reference_and_is_the_adjoint(case):
 
 @st.composite
 def direct_conv_case(draw):
-    """A stride-1 convolution the direct kernels take: padding below the kernel size;
+    """A convolution the direct kernels take: padding below the kernel size, strides 1-3;
     F and C crossing the kernels' register-tile widths (8 and 32 channels)."""
     n, c, f = draw(st.integers(1, 3)), draw(st.integers(1, 5)), draw(st.sampled_from([1, 3, 8, 9, 17, 33]))
     kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     ph, pw = draw(st.integers(0, kh - 1)), draw(st.integers(0, kw - 1))
     h = draw(st.integers(max(1, kh - 2 * ph), 12))
     w = draw(st.integers(max(1, kw - 2 * pw), 12))
@@ -64,23 +65,23 @@ def direct_conv_case(draw):
     rng = np.random.default_rng(draw(st.integers(0, 2**31)))
     x = rng.standard_normal((n, c, h, w)).astype(dtype)
     wt = rng.standard_normal((f, c, kh, kw)).astype(dtype)
-    dout = rng.standard_normal((n, f, h + 2 * ph - kh + 1, w + 2 * pw - kw + 1)).astype(dtype)
-    return x, wt, dout, (ph, pw)
+    dout = rng.standard_normal((n, f, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)).astype(dtype)
+    return x, wt, dout, (sh, sw, ph, pw)
 
 
 @settings(max_examples=150, deadline=None)
 @given(direct_conv_case())
 def test_direct_conv_matches_reference(case):
-    x, w, dout, (ph, pw) = case
+    x, w, dout, geometry = case
     tol = dict(rtol=1e-5, atol=1e-5) if x.dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
     got, want = np.full(dout.shape, np.nan, x.dtype), np.empty(dout.shape, x.dtype)
-    _kernels.conv_s1_forward(x, w, got, ph, pw)
-    _kernels_ref.conv_s1_forward(x, w, want, ph, pw)
+    _kernels.conv_direct_forward(x, w, got, *geometry)
+    _kernels_ref.conv_direct_forward(x, w, want, *geometry)
     np.testing.assert_allclose(got, want, **tol)
     kh, kw = w.shape[2:]
-    dw = _kernels.conv_s1_backward_weight(x, dout, kh, kw, ph, pw)
+    dw = _kernels.conv_direct_backward_weight(x, dout, kh, kw, *geometry)
     assert dw.dtype == x.dtype and dw.shape == w.shape
-    np.testing.assert_allclose(dw, _kernels_ref.conv_s1_backward_weight(x, dout, kh, kw, ph, pw), **tol)
+    np.testing.assert_allclose(dw, _kernels_ref.conv_direct_backward_weight(x, dout, kh, kw, *geometry), **tol)
 
 
 @settings(max_examples=150, deadline=None)

@@ -36,26 +36,27 @@ def test_conv2d(torch, rng, dtype, stride, padding, k):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("channels", [(16, 16), (3, 70), (70, 5)])
-def test_conv2d_direct_and_im2col_paths(torch, rng, dtype, channels, monkeypatch):
-    """Stride-1 convs take the direct kernels; they agree with PyTorch, and forcing
+@pytest.mark.parametrize("channels,stride", [((16, 16), 1), ((3, 70), 1), ((70, 5), 1), ((16, 32), 2),
+                                             ((5, 4), (3, 2))])
+def test_conv2d_direct_and_im2col_paths(torch, rng, dtype, channels, stride, monkeypatch):
+    """Convs take the direct kernels; they agree with PyTorch, and forcing
     the im2col path on the same conv gives the same numbers."""
     import minires.functional.conv as conv
     c, f = channels
     x = rng.standard_normal((3, c, 10, 9)).astype(dtype)
     w = rng.standard_normal((f, c, 3, 3)).astype(dtype)
-    dout = rng.standard_normal((3, f, 10, 9)).astype(dtype)
-    out, cache = F.conv2d_forward(x, w, None, 1, 1)
+    out, cache = F.conv2d_forward(x, w, None, stride, 1)
+    dout = rng.standard_normal(out.shape).astype(dtype)
     grads = F.conv2d_backward(dout, cache)[:2]
     tx, tw = _t(torch, x), _t(torch, w)
-    tout = torch.nn.functional.conv2d(tx, tw, padding=1)
+    tout = torch.nn.functional.conv2d(tx, tw, stride=stride, padding=1)
     tout.backward(torch.tensor(dout))
     np.testing.assert_allclose(out, tout.detach().numpy(), **tol(dtype))
     for mine, theirs in zip(grads, _grads(tx, tw)):
         np.testing.assert_allclose(mine, theirs, **tol(dtype))
     assert conv._direct_applies(cache[2])
     monkeypatch.setattr(conv, "_direct_applies", lambda *a, **k: False)
-    out2, cache2 = F.conv2d_forward(x, w, None, 1, 1)
+    out2, cache2 = F.conv2d_forward(x, w, None, stride, 1)
     np.testing.assert_allclose(out2, out, **tol(dtype))
     for a, b in zip(F.conv2d_backward(dout, cache2)[:2], grads):
         np.testing.assert_allclose(a, b, **tol(dtype))

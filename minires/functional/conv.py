@@ -11,16 +11,20 @@ Why per image and not one product for the whole batch: the batch's columns
 stream through memory several times, while one image's columns stay in
 the CPU cache between im2col and the product.
 
-Direct, for stride 1 (every 3x3 conv of a CIFAR ResNet but the two that
-halve the map): the compiled kernel sums the shifted input planes without
+Direct, the path every conv with padding < kernel size takes (all of them
+in the model zoo): the compiled kernel sums shifted input planes without
 building the columns at all (see _kernels.pyx). Measured on a batch of 128
 (forward + backward): 1.5x faster than im2col + BLAS at 64 channels and
 32x32, 1.1x at 128 channels and 16x16, about even at 256 channels and 8x8.
-The backward pass reuses it: the input gradient of a
-stride-1 convolution is a stride-1 convolution of dout with the kernel
-flipped and its in/out channels swapped,
+The backward pass of a stride-1 conv reuses it: the input gradient is a
+stride-1 convolution of dout with the kernel flipped and its in/out
+channels swapped,
     dx = conv(dout, w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3), padding KH-1-PH, KW-1-PW),
-and the weight gradient has a kernel of its own.
+and the weight gradient has a kernel of its own. A strided conv (two per
+CIFAR ResNet) runs its backward pass through im2col: computed with the
+direct kernel as S*S stride-1 convolutions, one per pixel phase, its input
+gradient alone took 56 ms where im2col's whole backward takes 58 (64->128
+channels, 32x32, batch 128).
 
 Either way images are split across threads (minires.parallel).
 """
@@ -54,7 +58,8 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0):
     if _direct_applies(geometry):
         out = np.empty((n, f, oh, ow), dtype=x.dtype)
         x = np.ascontiguousarray(x)
-        parallel.map_chunks(lambda lo, hi: kernels.conv_s1_forward(x[lo:hi], w, out[lo:hi], ph, pw), n)
+        parallel.map_chunks(lambda lo, hi: kernels.conv_direct_forward(x[lo:hi], w, out[lo:hi], sh, sw, ph, pw),
+                            n)
         if b is not None:
             out += b[:, None, None]
         return out, (x, w, geometry, b is not None)
@@ -92,7 +97,7 @@ def conv2d_backward(dout, cache):
     f = w.shape[0]
     dout = np.ascontiguousarray(dout)
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None
-    if _direct_applies(geometry):
+    if _direct_applies(geometry) and geometry[2:4] == (1, 1):
         return _direct_backward(dout, x, w, geometry) + (db,)
     w2 = w.reshape(f, -1)                              # (F, C*KH*KW)
     dx = np.empty_like(x)
@@ -114,24 +119,29 @@ def conv2d_backward(dout, cache):
 
 
 def _direct_applies(geometry):
-    """Use the direct kernels: stride 1 and padding < kernel size (so that the
-    input gradient is again a convolution)."""
+    """Use the direct kernels: padding < kernel size (so that the input
+    gradient is again a convolution with non-negative padding)."""
     kh, kw, sh, sw, ph, pw = geometry
-    return sh == sw == 1 and ph < kh and pw < kw
+    return ph < kh and pw < kw
 
 
 def _direct_backward(dout, x, w, geometry):
-    """dout: (N, F, OH, OW) -> dx: (N, C, H, W), dw: (F, C, KH, KW) with the direct kernels."""
+    """dout: (N, F, OH, OW) -> dx: (N, C, H, W), dw: (F, C, KH, KW) of a stride-1
+    conv with the direct kernels."""
     kh, kw, _, _, ph, pw = geometry
-    w_flipped = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))  # (C, F, KH, KW)
+    w_flipped = _flipped(w)
     dx = np.empty_like(x)
 
     def images(lo, hi):
-        kernels.conv_s1_forward(dout[lo:hi], w_flipped, dx[lo:hi], kh - 1 - ph, kw - 1 - pw)
-        return kernels.conv_s1_backward_weight(x[lo:hi], dout[lo:hi], kh, kw, ph, pw)
+        kernels.conv_direct_forward(dout[lo:hi], w_flipped, dx[lo:hi], 1, 1, kh - 1 - ph, kw - 1 - pw)
+        return kernels.conv_direct_backward_weight(x[lo:hi], dout[lo:hi], *geometry)
 
-    dw = sum(parallel.map_chunks(images, x.shape[0]))
-    return dx, dw
+    return dx, sum(parallel.map_chunks(images, x.shape[0]))
+
+
+def _flipped(w):
+    """w: (F, C, KH, KW) -> the kernel of the transposed convolution, (C, F, KH, KW), flipped."""
+    return np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
 
 
 def _images_per_tile(positions, columns=1024):
