@@ -294,9 +294,9 @@ def _grid(shape, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_
     oh = (h + 2 * ph - kh) // sh + 1
     p = _round_up(oh * wq, PB)
     l = max(hq * wq, p + ((kh - 1) // sh) * wq + (kw - 1) // sw)
-    offsets = np.array([((ci * sh + i % sh) * sw + j % sw) * l + (i // sh) * wq + j // sw
-                        for ci in range(c) for i in range(kh) for j in range(kw)], dtype=np.intp)
-    return wq, p, l, offsets
+    ci, i, j = np.ix_(np.arange(c), np.arange(kh), np.arange(kw))
+    offsets = ((ci * sh + i % sh) * sw + j % sw) * l + (i // sh) * wq + j // sw   # (C, KH, KW)
+    return wq, p, l, offsets.astype(np.intp).reshape(-1)
 
 
 def conv_direct_forward(x, w, out, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw):
