@@ -9,7 +9,7 @@ across threads. Without OpenMP, ``prange`` runs serially and stays correct.
 """
 import numpy as np
 from cython cimport floating
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 from cython.parallel cimport prange
 
 from minires.parallel import default_threads
@@ -193,21 +193,25 @@ def col2im(cols, Py_ssize_t c, Py_ssize_t h, Py_ssize_t w, Py_ssize_t kh, Py_ssi
 
 
 # ---------------------------------------------------------------- direct convolution
-# A convolution without im2col. Each image is copied once into a zero-bordered
-# plane per channel, of padded width WP, and flattened. On that flat "padded
-# grid" a window tap (i, j) is a plain shift by i*WP + j:
-#     opg[f, p] = sum over c, i, j of w[f, c, i, j] * xpad[c, p + i*WP + j]
-# where p = oh*WP + ow. Columns ow >= OW of opg are junk (their windows wrap
+# A convolution without im2col. Images are copied once into a zero-bordered
+# plane per channel, of row pitch WQ, and flattened. On that flat "padded
+# grid" a window tap (i, j) is a plain shift by i*WQ + j:
+#     opg[f, p] = sum over c, i, j of w[f, c, i, j] * xpad[c, p + i*WQ + j]
+# where p = oh*WQ + ow. Columns ow >= OW of opg are junk (their windows wrap
 # into the next row) and are dropped when copying out. Every read is
 # contiguous, so the compiler vectorises the p loop, and a tile of FB output
 # channels x PB positions stays in vector registers across the whole sum.
-# The junk columns cost WP/OW extra work (6% at 32x32, 25% at 8x8); im2col's
-# copy of every input KH*KW times costs more.
+# Stride 1: one zero column serves as the right border of a row and the left
+# border of the next (WQ = W + PW), and the images of a tile sit one below
+# the other, sharing their border rows, so that small maps fill a grid of
+# about 512 positions (fewer: the tile leaves the L2 cache for wide layers;
+# more: rounding to PB wastes work): the junk costs 3% at 32x32, 12% at 8x8
+# (im2col's copy of every input KH*KW times costs more).
 # Stride S: the padded image is split into S*S phase planes, plane (a, b)
 # holding the pixels at rows = a and columns = b (mod S), each WQ = ceil(WP/S)
 # wide. Tap (i, j) then reads plane (i % S, j % S) shifted by (i//S)*WQ + j//S,
 # contiguous again; the tap table `offsets` hides the difference, so one
-# kernel serves every stride (at S = 1 there is one plane per channel).
+# kernel serves every stride.
 # Weight gradients use the same shifts: dw[f, c, i, j] = sum over p of
 # dpg[f, p] * plane[p + shift], with dpg (dout on the grid) zero in the junk.
 cdef enum:
@@ -243,71 +247,94 @@ cdef void _forward_tile(const floating* xpad, const floating* wt, floating* opg,
             opg[(f0 + a) * P + p0 + q] = acc[a][q]
 
 
-cdef void _load_planes(const floating[:, :, ::1] x, floating[:, ::1] planes, Py_ssize_t sh,
-                       Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t WQ) noexcept nogil:
-    """One image x: (C, H, W) into its zero-bordered phase planes (C*SH*SW, L).
-    Only the interior is written, so the borders stay zero from allocation."""
-    cdef Py_ssize_t C = x.shape[0], H = x.shape[1], W = x.shape[2]
-    cdef Py_ssize_t c, h, hp, b, w0, k, count
+cdef void _load_images(const floating[:, :, :, ::1] x, Py_ssize_t n0, Py_ssize_t count,
+                       floating[:, ::1] planes, Py_ssize_t T, Py_ssize_t HS, Py_ssize_t WQ,
+                       Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw) noexcept nogil:
+    """Images x[n0:n0+count] into the planes; only interiors are written, so
+    borders stay zero from allocation. Stride 1: image t's row h goes to plane
+    row ph + t*HS + h, from column pw; slots t >= count (a partial last tile)
+    are zeroed. Stride S (T = 1): the phase planes of image n0."""
+    cdef Py_ssize_t C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t t, c, h, hp, b, w0, k, count_b
     cdef floating* dst
     cdef const floating* src
+    if sh == 1 and sw == 1:
+        for t in range(T):
+            for c in range(C):
+                for h in range(H):
+                    dst = &planes[c, (ph + t * HS + h) * WQ + pw]
+                    if t < count:
+                        memcpy(dst, &x[n0 + t, c, h, 0], W * sizeof(floating))
+                    else:
+                        memset(dst, 0, W * sizeof(floating))
+        return
     for c in range(C):
         for h in range(H):
             hp = h + ph
-            if sh == 1 and sw == 1:
-                memcpy(&planes[c, hp * WQ + pw], &x[c, h, 0], W * sizeof(floating))
-                continue
             for b in range(sw):     # input columns w with (w + pw) % sw == b, every sw-th from w0
                 w0 = ((b - pw) % sw + sw) % sw        # C remainder: keep it non-negative
                 if w0 >= W:
                     continue
-                count = (W - w0 + sw - 1) // sw
+                count_b = (W - w0 + sw - 1) // sw
                 dst = &planes[(c * sh + hp % sh) * sw + b, (hp // sh) * WQ + (w0 + pw) // sw]
-                src = &x[c, h, w0]
-                for k in range(count):
+                src = &x[n0, c, h, w0]
+                for k in range(count_b):
                     dst[k] = src[k * sw]
 
 
 cdef void _conv_direct(const floating[:, :, :, ::1] x, const floating[:, ::1] wt,
                        floating[:, :, :, ::1] out, Py_ssize_t sh, Py_ssize_t sw,
-                       Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t WQ, floating[:, ::1] planes,
-                       floating[:, ::1] opg, const Py_ssize_t* offsets, Py_ssize_t K) noexcept nogil:
-    cdef Py_ssize_t T = x.shape[0], F = out.shape[1], OH = out.shape[2], OW = out.shape[3]
+                       Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t T, Py_ssize_t HS, Py_ssize_t WQ,
+                       floating[:, ::1] planes, floating[:, ::1] opg, const Py_ssize_t* offsets,
+                       Py_ssize_t K) noexcept nogil:
+    cdef Py_ssize_t N = x.shape[0], F = out.shape[1], OH = out.shape[2], OW = out.shape[3]
     cdef Py_ssize_t FP = opg.shape[0], P = opg.shape[1]
-    cdef Py_ssize_t n, f, oh, f0, p0
-    for n in range(T):
-        _load_planes(x[n], planes, sh, sw, ph, pw, WQ)
+    cdef Py_ssize_t tile, n0, count, t, f, oh, f0, p0
+    for tile in range((N + T - 1) // T):
+        n0 = tile * T
+        count = min(T, N - n0)
+        _load_images(x, n0, count, planes, T, HS, WQ, sh, sw, ph, pw)
         for f0 in range(0, FP, 8):               # FB
             for p0 in range(0, P, 32):           # PB
                 _forward_tile(&planes[0, 0], &wt[0, 0], &opg[0, 0], offsets, K, FP, P, f0, p0)
-        for f in range(F):
-            for oh in range(OH):
-                memcpy(&out[n, f, oh, 0], &opg[f, oh * WQ], OW * sizeof(floating))
+        for t in range(count):
+            for f in range(F):
+                for oh in range(OH):
+                    memcpy(&out[n0 + t, f, oh, 0], &opg[f, (t * HS + oh) * WQ], OW * sizeof(floating))
 
 
 def _grid(shape, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw):
-    """For input (T, C, H, W) -> (WQ, P, L, offsets): the planes' width, the
-    grid positions computed (a multiple of PB), the length of one flat plane
-    (room for every shifted read) and the tap table offsets: (C*KH*KW,)."""
-    c, h, w = shape[1], shape[2], shape[3]
-    hq, wq = -(-(h + 2 * ph) // sh), -(-(w + 2 * pw) // sw)
+    """For input (N, C, H, W) -> (T, HS, WQ, P, L, offsets): images per grid,
+    grid rows per image, row pitch, positions computed (a multiple of PB),
+    length of one flat plane (room for every shifted read) and the tap
+    table: offsets (C*KH*KW,) into the planes."""
+    n, c, h, w = shape
     oh = (h + 2 * ph - kh) // sh + 1
-    p = _round_up(oh * wq, PB)
-    l = max(hq * wq, p + ((kh - 1) // sh) * wq + (kw - 1) // sw)
     ci, i, j = np.ix_(np.arange(c), np.arange(kh), np.arange(kw))
-    offsets = ((ci * sh + i % sh) * sw + j % sw) * l + (i // sh) * wq + j // sw   # (C, KH, KW)
-    return wq, p, l, offsets.astype(np.intp).reshape(-1)
+    if sh == 1 and sw == 1:
+        hs, wq = h + ph, w + pw
+        t = max(1, min(n, 512 // (hs * wq)))
+        p = _round_up(((t - 1) * hs + oh) * wq, PB)
+        l = max((t * hs + ph) * wq, p + (kh - 1) * wq + kw - 1)
+        offsets = ci * l + i * wq + j
+    else:
+        t, hs = 1, 0
+        hq, wq = -(-(h + 2 * ph) // sh), -(-(w + 2 * pw) // sw)
+        p = _round_up(oh * wq, PB)
+        l = max(hq * wq, p + ((kh - 1) // sh) * wq + (kw - 1) // sw)
+        offsets = ((ci * sh + i % sh) * sw + j % sw) * l + (i // sh) * wq + j // sw
+    return t, hs, wq, p, l, offsets.astype(np.intp).reshape(-1)
 
 
 def conv_direct_forward(x, w, out, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw):
     """Convolution of a chunk of images, written into out.
 
-    x: (T, C, H, W), w: (F, C, KH, KW), out: (T, F, OH, OW), out C-contiguous,
+    x: (N, C, H, W), w: (F, C, KH, KW), out: (N, F, OH, OW), out C-contiguous,
     OH = (H + 2*PH - KH) // SH + 1 (likewise OW). Single-threaded, without the
     GIL: callers run chunks of the batch side by side (minires.parallel).
     """
     x = np.ascontiguousarray(x)
-    t, c, h, wd = x.shape
+    c = x.shape[1]
     f = w.shape[0]
     cdef Py_ssize_t kh = w.shape[2], kw = w.shape[3]
     fp = _round_up(f, FB)
@@ -315,11 +342,11 @@ def conv_direct_forward(x, w, out, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, 
     wt = np.zeros((fp, c * kh * kw), dtype=x.dtype)
     wt[:f] = w.reshape(f, -1)
     wt = np.ascontiguousarray(wt.reshape(fp // FB, FB, -1).transpose(0, 2, 1)).reshape(fp // FB, -1)
-    wq, p, l, offsets = _grid(x.shape, kh, kw, sh, sw, ph, pw)
+    t, hs, wq, p, l, offsets = _grid(x.shape, kh, kw, sh, sw, ph, pw)
     planes = np.zeros((c * sh * sw, l), dtype=x.dtype)
     opg = np.empty((fp, p), dtype=x.dtype)
     cdef Py_ssize_t[::1] off = offsets
-    cdef Py_ssize_t K = c * kh * kw, WQ = wq
+    cdef Py_ssize_t K = c * kh * kw, T = t, HS = hs, WQ = wq
     cdef float[:, :, :, ::1] xf, of
     cdef float[:, ::1] wf, pf, gf
     cdef double[:, :, :, ::1] xd, od
@@ -327,11 +354,11 @@ def conv_direct_forward(x, w, out, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, 
     if x.dtype == np.float32:
         xf, wf, of, pf, gf = x, wt, out, planes, opg
         with nogil:
-            _conv_direct[float](xf, wf, of, sh, sw, ph, pw, WQ, pf, gf, &off[0], K)
+            _conv_direct[float](xf, wf, of, sh, sw, ph, pw, T, HS, WQ, pf, gf, &off[0], K)
     else:
         xd, wdd, od, pd, gd = x, wt, out, planes, opg
         with nogil:
-            _conv_direct[double](xd, wdd, od, sh, sw, ph, pw, WQ, pd, gd, &off[0], K)
+            _conv_direct[double](xd, wdd, od, sh, sw, ph, pw, T, HS, WQ, pd, gd, &off[0], K)
 
 
 cdef void _weight_tile(const floating* planes, const floating* dT, floating* dwt,
@@ -361,17 +388,21 @@ cdef void _weight_tile(const floating* planes, const floating* dT, floating* dwt
 
 cdef void _conv_direct_weight(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dout,
                               floating[:, ::1] dwt, Py_ssize_t sh, Py_ssize_t sw,
-                              Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t WQ, floating[:, ::1] planes,
-                              floating[:, ::1] dT, const Py_ssize_t* offsets) noexcept nogil:
-    cdef Py_ssize_t T = x.shape[0], F = dout.shape[1], OH = dout.shape[2], OW = dout.shape[3]
+                              Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t T, Py_ssize_t HS, Py_ssize_t WQ,
+                              floating[:, ::1] planes, floating[:, ::1] dT,
+                              const Py_ssize_t* offsets) noexcept nogil:
+    cdef Py_ssize_t N = x.shape[0], F = dout.shape[1], OH = dout.shape[2], OW = dout.shape[3]
     cdef Py_ssize_t P = dT.shape[0], FP = dT.shape[1], KP = dwt.shape[0]
-    cdef Py_ssize_t n, f, oh, ow, f0, k0
-    for n in range(T):
-        _load_planes(x[n], planes, sh, sw, ph, pw, WQ)
-        for oh in range(OH):        # dout transposed onto the grid; junk rows stay zero
-            for ow in range(OW):
-                for f in range(F):
-                    dT[oh * WQ + ow, f] = dout[n, f, oh, ow]
+    cdef Py_ssize_t tile, n0, count, t, f, oh, ow, f0, k0
+    for tile in range((N + T - 1) // T):
+        n0 = tile * T
+        count = min(T, N - n0)
+        _load_images(x, n0, count, planes, T, HS, WQ, sh, sw, ph, pw)
+        for t in range(T):          # dout transposed onto the grid; junk rows stay zero
+            for oh in range(OH):
+                for ow in range(OW):
+                    for f in range(F):
+                        dT[(t * HS + oh) * WQ + ow, f] = dout[n0 + t, f, oh, ow] if t < count else 0
         for k0 in range(0, KP, 8):                  # KB
             for f0 in range(0, FP, 32):             # VL
                 _weight_tile(&planes[0, 0], &dT[0, 0], &dwt[0, 0], offsets, P, FP, k0, f0)
@@ -381,21 +412,21 @@ def conv_direct_backward_weight(x, dout, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_
                                 Py_ssize_t ph, Py_ssize_t pw):
     """Weight gradient of a convolution over a chunk of images.
 
-    x: (T, C, H, W), dout: (T, F, OH, OW) -> dw: (F, C, KH, KW), summed over
+    x: (N, C, H, W), dout: (N, F, OH, OW) -> dw: (F, C, KH, KW), summed over
     the chunk. Single-threaded, without the GIL (as conv_direct_forward).
     """
     x, dout = np.ascontiguousarray(x), np.ascontiguousarray(dout)
-    t, c, h, wd = x.shape
+    c = x.shape[1]
     f = dout.shape[1]
     k = c * kh * kw
-    wq, p, l, taps = _grid(x.shape, kh, kw, sh, sw, ph, pw)
+    t, hs, wq, p, l, taps = _grid(x.shape, kh, kw, sh, sw, ph, pw)
     planes = np.zeros((c * sh * sw, l), dtype=x.dtype)
     dT = np.zeros((p, _round_up(f, VL)), dtype=x.dtype)       # (P, F) padded to VL columns
     dwt = np.zeros((_round_up(k, KB), dT.shape[1]), dtype=x.dtype)
     offsets = np.zeros(dwt.shape[0], dtype=np.intp)           # padding taps read position 0
     offsets[:k] = taps
     cdef Py_ssize_t[::1] off = offsets
-    cdef Py_ssize_t WQ = wq
+    cdef Py_ssize_t T = t, HS = hs, WQ = wq
     cdef float[:, :, :, ::1] xf, df
     cdef float[:, ::1] pf, tf, wf
     cdef double[:, :, :, ::1] xd, dd
@@ -403,11 +434,11 @@ def conv_direct_backward_weight(x, dout, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_
     if x.dtype == np.float32:
         xf, df, wf, pf, tf = x, dout, dwt, planes, dT
         with nogil:
-            _conv_direct_weight[float](xf, df, wf, sh, sw, ph, pw, WQ, pf, tf, &off[0])
+            _conv_direct_weight[float](xf, df, wf, sh, sw, ph, pw, T, HS, WQ, pf, tf, &off[0])
     else:
         xd, dd, wdd, pd, td = x, dout, dwt, planes, dT
         with nogil:
-            _conv_direct_weight[double](xd, dd, wdd, sh, sw, ph, pw, WQ, pd, td, &off[0])
+            _conv_direct_weight[double](xd, dd, wdd, sh, sw, ph, pw, T, HS, WQ, pd, td, &off[0])
     return np.ascontiguousarray(dwt[:k, :f].T).reshape(f, c, kh, kw)
 
 

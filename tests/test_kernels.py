@@ -84,6 +84,23 @@ def test_direct_conv_matches_reference(case):
     np.testing.assert_allclose(dw, _kernels_ref.conv_direct_backward_weight(x, dout, kh, kw, *geometry), **tol)
 
 
+@pytest.mark.parametrize("n", [6, 7, 13])
+def test_direct_conv_tiles_of_several_images(n):
+    """8x8 maps run 6 images to a grid: whole tiles, and a partial last tile
+    whose empty slots must contribute nothing to the weight gradient."""
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((n, 3, 8, 8))
+    w = rng.standard_normal((5, 3, 3, 3))
+    dout = rng.standard_normal((n, 5, 8, 8))
+    got, want = np.empty(dout.shape), np.empty(dout.shape)
+    _kernels.conv_direct_forward(x, w, got, 1, 1, 1, 1)
+    _kernels_ref.conv_direct_forward(x, w, want, 1, 1, 1, 1)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(_kernels.conv_direct_backward_weight(x, dout, 3, 3, 1, 1, 1, 1),
+                               _kernels_ref.conv_direct_backward_weight(x, dout, 3, 3, 1, 1, 1, 1),
+                               rtol=1e-12, atol=1e-12)
+
+
 @settings(max_examples=150, deadline=None)
 @given(window_case())
 def test_max_pool_matches_reference(case):
