@@ -205,8 +205,9 @@ def col2im(cols, Py_ssize_t c, Py_ssize_t h, Py_ssize_t w, Py_ssize_t kh, Py_ssi
 # border of the next (WQ = W + PW), and the images of a tile sit one below
 # the other, sharing their border rows, so that small maps fill a grid of
 # about 512 positions (fewer: the tile leaves the L2 cache for wide layers;
-# more: rounding to PB wastes work): the junk costs 3% at 32x32, 12% at 8x8
-# (im2col's copy of every input KH*KW times costs more).
+# more: rounding to PB wastes work). The junk then costs 3% at 32x32, 12% at
+# 16x16 and 25% at 8x8 (50% with one image and full borders); im2col's copy
+# of every input KH*KW times costs more.
 # Stride S: the padded image is split into S*S phase planes, plane (a, b)
 # holding the pixels at rows = a and columns = b (mod S), each WQ = ceil(WP/S)
 # wide. Tap (i, j) then reads plane (i % S, j % S) shifted by (i//S)*WQ + j//S,

@@ -1,9 +1,10 @@
 """Split a batch across threads, one contiguous chunk of images each.
 
-The convolution runs each image as a small im2col + matrix product that
-stays in cache. Python threads can run these side by side because the
-Cython loops and NumPy's BLAS release the GIL; BLAS itself is kept to one
-thread meanwhile, so the two levels of threading never fight over the cores.
+The convolutions work image by image (or a few small images at a time), on
+data that stays in cache. Python threads can run the chunks side by side
+because the Cython loops and NumPy's BLAS release the GIL; BLAS itself is
+kept to one thread meanwhile, so the two levels of threading never fight
+over the cores.
 """
 import os
 from concurrent.futures import ThreadPoolExecutor

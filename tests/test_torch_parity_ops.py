@@ -78,42 +78,27 @@ def test_linear(torch, rng, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("training", [True, False])
-def test_batchnorm2d_with_running_statistics(torch, rng, dtype, training):
+@pytest.mark.parametrize("fused_relu", [False, True])
+def test_batchnorm2d_with_running_statistics(torch, rng, dtype, training, fused_relu):
     x = (rng.standard_normal((4, 3, 5, 6)) * 2 + 1).astype(dtype)
     g, b = rng.standard_normal(3).astype(dtype), rng.standard_normal(3).astype(dtype)
     rm, rv = rng.standard_normal(3).astype(dtype), rng.uniform(0.5, 2, 3).astype(dtype)
     t_rm, t_rv = torch.tensor(rm.copy()), torch.tensor(rv.copy())
-    out, cache = F.batchnorm2d_forward(x, g, b, rm, rv, training, momentum=0.1, eps=1e-5)
+    forward, backward = ((F.batchnorm2d_relu_forward, F.batchnorm2d_relu_backward) if fused_relu
+                         else (F.batchnorm2d_forward, F.batchnorm2d_backward))
+    out, cache = forward(x, g, b, rm, rv, training, momentum=0.1, eps=1e-5)
     dout = rng.standard_normal(out.shape).astype(dtype)
-    grads = F.batchnorm2d_backward(dout, cache)
+    grads = backward(dout, cache)
     tx, tg, tb = _t(torch, x), _t(torch, g), _t(torch, b)
     tout = torch.nn.functional.batch_norm(tx, t_rm, t_rv, tg, tb, training, 0.1, 1e-5)
+    if fused_relu:
+        tout = torch.relu(tout)
+        assert (out == 0).mean() > 0.2                 # the ReLU does cut
     tout.backward(torch.tensor(dout))
     np.testing.assert_allclose(out, tout.detach().numpy(), **tol(dtype))
     for mine, theirs in zip(grads, _grads(tx, tg, tb)):
         np.testing.assert_allclose(mine, theirs, **tol(dtype))
     # running statistics updated in place exactly as PyTorch (unbiased variance)
-    np.testing.assert_allclose(rm, t_rm.numpy(), **tol(dtype))
-    np.testing.assert_allclose(rv, t_rv.numpy(), **tol(dtype))
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("training", [True, False])
-def test_batchnorm2d_relu(torch, rng, dtype, training):
-    x = (rng.standard_normal((4, 3, 5, 6)) * 2 + 1).astype(dtype)
-    g, b = rng.standard_normal(3).astype(dtype), rng.standard_normal(3).astype(dtype)
-    rm, rv = rng.standard_normal(3).astype(dtype), rng.uniform(0.5, 2, 3).astype(dtype)
-    t_rm, t_rv = torch.tensor(rm.copy()), torch.tensor(rv.copy())
-    out, cache = F.batchnorm2d_relu_forward(x, g, b, rm, rv, training, momentum=0.1, eps=1e-5)
-    assert (out == 0).mean() > 0.2                     # the ReLU does cut
-    dout = rng.standard_normal(out.shape).astype(dtype)
-    grads = F.batchnorm2d_relu_backward(dout, cache)
-    tx, tg, tb = _t(torch, x), _t(torch, g), _t(torch, b)
-    tout = torch.relu(torch.nn.functional.batch_norm(tx, t_rm, t_rv, tg, tb, training, 0.1, 1e-5))
-    tout.backward(torch.tensor(dout))
-    np.testing.assert_allclose(out, tout.detach().numpy(), **tol(dtype))
-    for mine, theirs in zip(grads, _grads(tx, tg, tb)):
-        np.testing.assert_allclose(mine, theirs, **tol(dtype))
     np.testing.assert_allclose(rm, t_rm.numpy(), **tol(dtype))
     np.testing.assert_allclose(rv, t_rv.numpy(), **tol(dtype))
 
@@ -165,26 +150,16 @@ def test_global_avg_pool2d(torch, rng, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_add(torch, rng, dtype):
+@pytest.mark.parametrize("fused_relu", [False, True])
+def test_add(torch, rng, dtype, fused_relu):
     a, b = (rng.standard_normal((2, 3, 4, 4)).astype(dtype) for _ in range(2))
-    out, cache = F.add_forward(a, b)
+    forward, backward = ((F.add_relu_forward, F.add_relu_backward) if fused_relu
+                         else (F.add_forward, F.add_backward))
+    out, cache = forward(a, b)
     dout = rng.standard_normal(out.shape).astype(dtype)
-    da, db = F.add_backward(dout, cache)
+    da, db = backward(dout, cache)
     ta, tb = _t(torch, a), _t(torch, b)
-    (ta + tb).backward(torch.tensor(dout))
-    np.testing.assert_allclose(out, (torch.tensor(a) + torch.tensor(b)).numpy(), **tol(dtype))
-    np.testing.assert_allclose(da, ta.grad.numpy(), **tol(dtype))
-    np.testing.assert_allclose(db, tb.grad.numpy(), **tol(dtype))
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_add_relu(torch, rng, dtype):
-    a, b = (rng.standard_normal((2, 3, 4, 4)).astype(dtype) for _ in range(2))
-    out, cache = F.add_relu_forward(a, b)
-    dout = rng.standard_normal(out.shape).astype(dtype)
-    da, db = F.add_relu_backward(dout, cache)
-    ta, tb = _t(torch, a), _t(torch, b)
-    tout = torch.relu(ta + tb)
+    tout = torch.relu(ta + tb) if fused_relu else ta + tb
     tout.backward(torch.tensor(dout))
     np.testing.assert_allclose(out, tout.detach().numpy(), **tol(dtype))
     np.testing.assert_allclose(da, ta.grad.numpy(), **tol(dtype))
