@@ -11,6 +11,7 @@ import platform
 import resource
 import subprocess
 import sys
+import threading
 import time
 
 DEFAULT_MODELS = ["resnet-20", "seed-cnn", "bottleneck-29", "wrn-16-4"]
@@ -69,6 +70,7 @@ def _minires_worker(model_name, batch, repeats, breakdown):
 def _breakdown(step, model, opt):
     """Time spent per op type in one step, by wrapping the functions the layers call."""
     from . import functional as F
+    from . import kernels, parallel
     groups = {
         # the conv kernels run on several threads inside these calls: counted here
         "conv forward": [(F, "conv2d_forward")],
@@ -86,9 +88,10 @@ def _breakdown(step, model, opt):
         "optimizer": [(opt, "step")],
     }
     spent = {g: 0.0 for g in groups}
-    originals = []
+    inside = {g: 0.0 for g in INSIDE_CONV}
+    originals, lock, in_backward = [], threading.Lock(), [False]
 
-    def wrap(group, owner, name):
+    def wrap(owner, name, account):
         fn = getattr(owner, name)
         originals.append((owner, name, fn))
 
@@ -97,12 +100,27 @@ def _breakdown(step, model, opt):
             try:
                 return fn(*a, **k)
             finally:
-                spent[group] += time.perf_counter() - t
+                with lock:              # the conv kernels run on several threads at once
+                    account(time.perf_counter() - t)
         setattr(owner, name, timed)
+
+    def to(table, group):
+        def account(seconds):
+            table[group] += seconds
+        return account
+
+    def conv_backward(seconds):
+        spent["conv backward (dx and dw)"] += seconds
+        in_backward[0] = False
 
     for group, targets in groups.items():
         for owner, name in targets:
-            wrap(group, owner, name)
+            wrap(owner, name, conv_backward if name == "conv2d_backward" else to(spent, group))
+    _mark_backward(F, originals, in_backward)
+    wrap(kernels, "conv_direct_forward", lambda s: _account_direct(inside, in_backward, s))
+    wrap(kernels, "conv_direct_backward_weight", to(inside, "weight gradient (dw) kernel"))
+    wrap(kernels, "im2col", to(inside, "im2col + col2im (strided convs)"))
+    wrap(kernels, "col2im", to(inside, "im2col + col2im (strided convs)"))
     try:
         t = time.perf_counter()
         step()
@@ -111,7 +129,30 @@ def _breakdown(step, model, opt):
         for owner, name, fn in reversed(originals):
             setattr(owner, name, fn)
     spent["Python and the rest"] = total - sum(spent.values())
-    return {k: round(v * 1000, 1) for k, v in spent.items()}
+    result = {k: round(v * 1000, 1) for k, v in spent.items()}
+    result["inside conv"] = {k: round(v * 1000 / parallel.get_threads(), 1) for k, v in inside.items()}
+    return result
+
+
+# Kernel time inside the conv calls, summed over threads and divided by their
+# number: a share of the conv rows above, not more time.
+INSIDE_CONV = ("forward kernel", "input gradient (dx) kernel", "weight gradient (dw) kernel",
+               "im2col + col2im (strided convs)")
+
+
+def _mark_backward(F, originals, in_backward):
+    """Wrap (the already timed) F.conv2d_backward so that kernels called inside it count as backward."""
+    fn = F.conv2d_backward
+    originals.append((F, "conv2d_backward", fn))
+
+    def marked(*a, **k):
+        in_backward[0] = True
+        return fn(*a, **k)
+    F.conv2d_backward = marked
+
+
+def _account_direct(inside, in_backward, seconds):
+    inside["input gradient (dx) kernel" if in_backward[0] else "forward kernel"] += seconds
 
 
 def _torch_worker(model_name, batch, repeats):
@@ -246,8 +287,13 @@ def to_markdown(res):
               + (f", torch {c['torch']:.1f} ms, ratio {c['minires'] / c['torch']:.2f}" if "torch" in c else "")]
     for r in res["models"]:
         if r["minires"].get("breakdown"):
-            parts = sorted(r["minires"]["breakdown"].items(), key=lambda kv: -kv[1])
+            parts = dict(r["minires"]["breakdown"])
+            inside = parts.pop("inside conv", {})
+            parts = sorted(parts.items(), key=lambda kv: -kv[1])
             lines += ["", f"Where a {r['model']} step goes (ms): " + ", ".join(f"{k} {v}" for k, v in parts)]
+            if inside:
+                lines += ["Inside its convs (kernel time over all threads / threads, ms): "
+                          + ", ".join(f"{k} {v}" for k, v in inside.items())]
     return "\n".join(lines)
 
 

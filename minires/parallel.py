@@ -21,6 +21,10 @@ _pool = None
 _controller = None
 
 
+def get_threads():
+    return _threads
+
+
 def set_threads(n):
     global _threads, _pool
     if n < 1:
