@@ -283,25 +283,27 @@ cdef void _load_images(const floating[:, :, :, ::1] x, Py_ssize_t n0, Py_ssize_t
                     dst[k] = src[k * sw]
 
 
-cdef void _conv_direct(const floating[:, :, :, ::1] x, const floating[:, ::1] wt,
-                       floating[:, :, :, ::1] out, Py_ssize_t sh, Py_ssize_t sw,
-                       Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t T, Py_ssize_t HS, Py_ssize_t WQ,
-                       floating[:, ::1] planes, floating[:, ::1] opg, const Py_ssize_t* offsets,
-                       Py_ssize_t K) noexcept nogil:
+def _conv_direct(const floating[:, :, :, ::1] x, const floating[:, ::1] wt,
+                 floating[:, :, :, ::1] out, Py_ssize_t sh, Py_ssize_t sw,
+                 Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t T, Py_ssize_t HS, Py_ssize_t WQ,
+                 floating[:, ::1] planes, floating[:, ::1] opg, const Py_ssize_t[::1] offsets):
+    """The loop of conv_direct_forward. A def over fused memoryviews: Cython
+    picks the float or the double version from the arrays passed."""
     cdef Py_ssize_t N = x.shape[0], F = out.shape[1], OH = out.shape[2], OW = out.shape[3]
-    cdef Py_ssize_t FP = opg.shape[0], P = opg.shape[1]
+    cdef Py_ssize_t FP = opg.shape[0], P = opg.shape[1], K = offsets.shape[0]
     cdef Py_ssize_t tile, n0, count, t, f, oh, f0, p0
-    for tile in range((N + T - 1) // T):
-        n0 = tile * T
-        count = min(T, N - n0)
-        _load_images(x, n0, count, planes, T, HS, WQ, sh, sw, ph, pw)
-        for f0 in range(0, FP, 8):               # FB
-            for p0 in range(0, P, 32):           # PB
-                _forward_tile(&planes[0, 0], &wt[0, 0], &opg[0, 0], offsets, K, FP, P, f0, p0)
-        for t in range(count):
-            for f in range(F):
-                for oh in range(OH):
-                    memcpy(&out[n0 + t, f, oh, 0], &opg[f, (t * HS + oh) * WQ], OW * sizeof(floating))
+    with nogil:
+        for tile in range((N + T - 1) // T):
+            n0 = tile * T
+            count = min(T, N - n0)
+            _load_images(x, n0, count, planes, T, HS, WQ, sh, sw, ph, pw)
+            for f0 in range(0, FP, 8):               # FB
+                for p0 in range(0, P, 32):           # PB
+                    _forward_tile(&planes[0, 0], &wt[0, 0], &opg[0, 0], &offsets[0], K, FP, P, f0, p0)
+            for t in range(count):
+                for f in range(F):
+                    for oh in range(OH):
+                        memcpy(&out[n0 + t, f, oh, 0], &opg[f, (t * HS + oh) * WQ], OW * sizeof(floating))
 
 
 def _grid(shape, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw):
@@ -346,20 +348,7 @@ def conv_direct_forward(x, w, out, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, 
     t, hs, wq, p, l, offsets = _grid(x.shape, kh, kw, sh, sw, ph, pw)
     planes = np.zeros((c * sh * sw, l), dtype=x.dtype)
     opg = np.empty((fp, p), dtype=x.dtype)
-    cdef Py_ssize_t[::1] off = offsets
-    cdef Py_ssize_t K = c * kh * kw, T = t, HS = hs, WQ = wq
-    cdef float[:, :, :, ::1] xf, of
-    cdef float[:, ::1] wf, pf, gf
-    cdef double[:, :, :, ::1] xd, od
-    cdef double[:, ::1] wdd, pd, gd
-    if x.dtype == np.float32:
-        xf, wf, of, pf, gf = x, wt, out, planes, opg
-        with nogil:
-            _conv_direct[float](xf, wf, of, sh, sw, ph, pw, T, HS, WQ, pf, gf, &off[0], K)
-    else:
-        xd, wdd, od, pd, gd = x, wt, out, planes, opg
-        with nogil:
-            _conv_direct[double](xd, wdd, od, sh, sw, ph, pw, T, HS, WQ, pd, gd, &off[0], K)
+    _conv_direct(x, wt, out, sh, sw, ph, pw, t, hs, wq, planes, opg, offsets)
 
 
 cdef void _weight_tile(const floating* planes, const floating* dT, floating* dwt,
@@ -387,26 +376,27 @@ cdef void _weight_tile(const floating* planes, const floating* dT, floating* dwt
             dwt[(k0 + a) * FP + f0 + q] += acc[a][q]
 
 
-cdef void _conv_direct_weight(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dout,
-                              floating[:, ::1] dwt, Py_ssize_t sh, Py_ssize_t sw,
-                              Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t T, Py_ssize_t HS, Py_ssize_t WQ,
-                              floating[:, ::1] planes, floating[:, ::1] dT,
-                              const Py_ssize_t* offsets) noexcept nogil:
+def _conv_direct_weight(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dout,
+                        floating[:, ::1] dwt, Py_ssize_t sh, Py_ssize_t sw,
+                        Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t T, Py_ssize_t HS, Py_ssize_t WQ,
+                        floating[:, ::1] planes, floating[:, ::1] dT, const Py_ssize_t[::1] offsets):
+    """The loop of conv_direct_backward_weight (a def over fused memoryviews, as _conv_direct)."""
     cdef Py_ssize_t N = x.shape[0], F = dout.shape[1], OH = dout.shape[2], OW = dout.shape[3]
     cdef Py_ssize_t P = dT.shape[0], FP = dT.shape[1], KP = dwt.shape[0]
     cdef Py_ssize_t tile, n0, count, t, f, oh, ow, f0, k0
-    for tile in range((N + T - 1) // T):
-        n0 = tile * T
-        count = min(T, N - n0)
-        _load_images(x, n0, count, planes, T, HS, WQ, sh, sw, ph, pw)
-        for t in range(T):          # dout transposed onto the grid; junk rows stay zero
-            for oh in range(OH):
-                for ow in range(OW):
-                    for f in range(F):
-                        dT[(t * HS + oh) * WQ + ow, f] = dout[n0 + t, f, oh, ow] if t < count else 0
-        for k0 in range(0, KP, 8):                  # KB
-            for f0 in range(0, FP, 32):             # VL
-                _weight_tile(&planes[0, 0], &dT[0, 0], &dwt[0, 0], offsets, P, FP, k0, f0)
+    with nogil:
+        for tile in range((N + T - 1) // T):
+            n0 = tile * T
+            count = min(T, N - n0)
+            _load_images(x, n0, count, planes, T, HS, WQ, sh, sw, ph, pw)
+            for t in range(T):          # dout transposed onto the grid; junk rows stay zero
+                for oh in range(OH):
+                    for ow in range(OW):
+                        for f in range(F):
+                            dT[(t * HS + oh) * WQ + ow, f] = dout[n0 + t, f, oh, ow] if t < count else 0
+            for k0 in range(0, KP, 8):                  # KB
+                for f0 in range(0, FP, 32):             # VL
+                    _weight_tile(&planes[0, 0], &dT[0, 0], &dwt[0, 0], &offsets[0], P, FP, k0, f0)
 
 
 def conv_direct_backward_weight(x, dout, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
@@ -426,20 +416,7 @@ def conv_direct_backward_weight(x, dout, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_
     dwt = np.zeros((_round_up(k, KB), dT.shape[1]), dtype=x.dtype)
     offsets = np.zeros(dwt.shape[0], dtype=np.intp)           # padding taps read position 0
     offsets[:k] = taps
-    cdef Py_ssize_t[::1] off = offsets
-    cdef Py_ssize_t T = t, HS = hs, WQ = wq
-    cdef float[:, :, :, ::1] xf, df
-    cdef float[:, ::1] pf, tf, wf
-    cdef double[:, :, :, ::1] xd, dd
-    cdef double[:, ::1] pd, td, wdd
-    if x.dtype == np.float32:
-        xf, df, wf, pf, tf = x, dout, dwt, planes, dT
-        with nogil:
-            _conv_direct_weight[float](xf, df, wf, sh, sw, ph, pw, T, HS, WQ, pf, tf, &off[0])
-    else:
-        xd, dd, wdd, pd, td = x, dout, dwt, planes, dT
-        with nogil:
-            _conv_direct_weight[double](xd, dd, wdd, sh, sw, ph, pw, T, HS, WQ, pd, td, &off[0])
+    _conv_direct_weight(x, dout, dwt, sh, sw, ph, pw, t, hs, wq, planes, dT, offsets)
     return np.ascontiguousarray(dwt[:k, :f].T).reshape(f, c, kh, kw)
 
 
