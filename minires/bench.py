@@ -91,36 +91,33 @@ def _breakdown(step, model, opt):
     inside = {g: 0.0 for g in INSIDE_CONV}
     originals, lock, in_backward = [], threading.Lock(), [False]
 
-    def wrap(owner, name, account):
+    def wrap(owner, name, table, key, marks_backward=False):
+        """Add the call's time to table[key] (key may be a function of the moment)."""
         fn = getattr(owner, name)
         originals.append((owner, name, fn))
 
         def timed(*a, **k):
+            if marks_backward:
+                in_backward[0] = True
             t = time.perf_counter()
             try:
                 return fn(*a, **k)
             finally:
+                seconds = time.perf_counter() - t
                 with lock:              # the conv kernels run on several threads at once
-                    account(time.perf_counter() - t)
+                    table[key() if callable(key) else key] += seconds
+                if marks_backward:
+                    in_backward[0] = False
         setattr(owner, name, timed)
-
-    def to(table, group):
-        def account(seconds):
-            table[group] += seconds
-        return account
-
-    def conv_backward(seconds):
-        spent["conv backward (dx and dw)"] += seconds
-        in_backward[0] = False
 
     for group, targets in groups.items():
         for owner, name in targets:
-            wrap(owner, name, conv_backward if name == "conv2d_backward" else to(spent, group))
-    _mark_backward(F, originals, in_backward)
-    wrap(kernels, "conv_direct_forward", lambda s: _account_direct(inside, in_backward, s))
-    wrap(kernels, "conv_direct_backward_weight", to(inside, "weight gradient (dw) kernel"))
-    wrap(kernels, "im2col", to(inside, "im2col + col2im (strided convs)"))
-    wrap(kernels, "col2im", to(inside, "im2col + col2im (strided convs)"))
+            wrap(owner, name, spent, group, marks_backward=name == "conv2d_backward")
+    wrap(kernels, "conv_direct_forward", inside,      # in a backward pass it computes dx
+         lambda: "input gradient (dx) kernel" if in_backward[0] else "forward kernel")
+    wrap(kernels, "conv_direct_backward_weight", inside, "weight gradient (dw) kernel")
+    for name in ("im2col", "col2im"):
+        wrap(kernels, name, inside, "im2col + col2im (strided convs)")
     try:
         t = time.perf_counter()
         step()
@@ -138,21 +135,6 @@ def _breakdown(step, model, opt):
 # number: a share of the conv rows above, not more time.
 INSIDE_CONV = ("forward kernel", "input gradient (dx) kernel", "weight gradient (dw) kernel",
                "im2col + col2im (strided convs)")
-
-
-def _mark_backward(F, originals, in_backward):
-    """Wrap (the already timed) F.conv2d_backward so that kernels called inside it count as backward."""
-    fn = F.conv2d_backward
-    originals.append((F, "conv2d_backward", fn))
-
-    def marked(*a, **k):
-        in_backward[0] = True
-        return fn(*a, **k)
-    F.conv2d_backward = marked
-
-
-def _account_direct(inside, in_backward, seconds):
-    inside["input gradient (dx) kernel" if in_backward[0] else "forward kernel"] += seconds
 
 
 def _torch_worker(model_name, batch, repeats):
