@@ -3,9 +3,15 @@
 
 Each public function has a twin in ``_kernels_ref.py`` (the readable spec)
 with the same signature and result. The pattern is the same everywhere:
-a Python wrapper checks and allocates, then a ``nogil`` loop over typed
-memoryviews does the work, ``prange`` splitting the (image, channel) pairs
-across threads. Without OpenMP, ``prange`` runs serially and stays correct.
+a Python wrapper allocates the result and makes its inputs C-contiguous,
+then a loop function over typed memoryviews does the work without the GIL,
+``prange`` splitting the (image, channel) pairs across threads. Loop
+functions take fused ``floating`` memoryviews, so Cython picks the float
+or the double version from the arrays passed; inputs are ``const``, so
+read-only arrays are accepted. Without OpenMP, ``prange`` runs serially
+and stays correct. NaN and inf propagate as in PyTorch: a ReLU is written
+"0 if v <= 0 else v" (false for NaN, so NaN passes), and a NaN wins its
+max-pooling window.
 """
 import numpy as np
 from cython cimport floating
@@ -67,46 +73,47 @@ cdef inline Py_ssize_t _end_inside(Py_ssize_t offset, Py_ssize_t stride, Py_ssiz
     return e if e < count else count
 
 
-cdef void _im2col(const floating[:, :, :, ::1] x, floating[:, ::1] cols,
-                  Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
-                  Py_ssize_t ph, Py_ssize_t pw, int nthreads) noexcept nogil:
+def _im2col(const floating[:, :, :, ::1] x, floating[:, ::1] cols,
+            Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+            Py_ssize_t ph, Py_ssize_t pw, int nthreads):
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = _out_size(H, kh, sh, ph), OW = _out_size(W, kw, sw, pw)
     cdef Py_ssize_t P = OH * OW
     cdef Py_ssize_t nc, n, c, i, j, row, oh, ow, hh, base, lo, hi
     cdef floating* dst
     cdef const floating* src
-    for nc in prange(N * C, num_threads=nthreads, schedule="static"):
-        n = nc // C
-        c = nc % C
-        for i in range(kh):
-            for j in range(kw):
-                row = (c * kh + i) * kw + j
-                # Output columns [lo, hi) read inside the image; the rest read padding.
-                lo = _first_inside(j - pw, sw)
-                hi = _end_inside(j - pw, sw, W, OW)
-                if lo > hi:
-                    lo = hi
-                for oh in range(OH):
-                    dst = &cols[row, n * P + oh * OW]
-                    hh = oh * sh - ph + i
-                    if hh < 0 or hh >= H:
-                        for ow in range(OW):
+    with nogil:
+        for nc in prange(N * C, num_threads=nthreads, schedule="static"):
+            n = nc // C
+            c = nc % C
+            for i in range(kh):
+                for j in range(kw):
+                    row = (c * kh + i) * kw + j
+                    # Output columns [lo, hi) read inside the image; the rest read padding.
+                    lo = _first_inside(j - pw, sw)
+                    hi = _end_inside(j - pw, sw, W, OW)
+                    if lo > hi:
+                        lo = hi
+                    for oh in range(OH):
+                        dst = &cols[row, n * P + oh * OW]
+                        hh = oh * sh - ph + i
+                        if hh < 0 or hh >= H:
+                            for ow in range(OW):
+                                dst[ow] = 0
+                            continue
+                        # Branch-free middle; zeros only where the window hangs over the padding.
+                        for ow in range(lo):
                             dst[ow] = 0
-                        continue
-                    # Branch-free middle; zeros only where the window hangs over the padding.
-                    for ow in range(lo):
-                        dst[ow] = 0
-                    base = j - pw
-                    src = &x[n, c, hh, 0]
-                    if sw == 1:         # a contiguous run: one memcpy
-                        if hi > lo:
-                            memcpy(&dst[lo], &src[lo + base], (hi - lo) * sizeof(floating))
-                    else:
-                        for ow in range(lo, hi):
-                            dst[ow] = src[ow * sw + base]
-                    for ow in range(hi, OW):
-                        dst[ow] = 0
+                        base = j - pw
+                        src = &x[n, c, hh, 0]
+                        if sw == 1:         # a contiguous run: one memcpy
+                            if hi > lo:
+                                memcpy(&dst[lo], &src[lo + base], (hi - lo) * sizeof(floating))
+                        else:
+                            for ow in range(lo, hi):
+                                dst[ow] = src[ow * sw + base]
+                        for ow in range(hi, OW):
+                            dst[ow] = 0
 
 
 def im2col(x, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
@@ -120,53 +127,42 @@ def im2col(x, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
     n, c, h, w = x.shape
     oh, ow = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
     cols = np.empty((c * kh * kw, n * oh * ow), dtype=x.dtype)
-    cdef int nt = threads or _num_threads
-    cdef float[:, :, :, ::1] xf
-    cdef float[:, ::1] cf
-    cdef double[:, :, :, ::1] xd
-    cdef double[:, ::1] cd
-    if x.dtype == np.float32:
-        xf, cf = x, cols
-        with nogil:
-            _im2col[float](xf, cf, kh, kw, sh, sw, ph, pw, nt)
-    else:
-        xd, cd = x, cols
-        with nogil:
-            _im2col[double](xd, cd, kh, kw, sh, sw, ph, pw, nt)
+    _im2col(x, cols, kh, kw, sh, sw, ph, pw, threads or _num_threads)
     return cols
 
 
 # ---------------------------------------------------------------- col2im
-cdef void _col2im(const floating[:, ::1] cols, floating[:, :, :, ::1] x,
-                  Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
-                  Py_ssize_t ph, Py_ssize_t pw, int nthreads) noexcept nogil:
+def _col2im(const floating[:, ::1] cols, floating[:, :, :, ::1] x,
+            Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+            Py_ssize_t ph, Py_ssize_t pw, int nthreads):
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = _out_size(H, kh, sh, ph), OW = _out_size(W, kw, sw, pw)
     cdef Py_ssize_t P = OH * OW
     cdef Py_ssize_t nc, n, c, i, j, row, oh, ow, hh, base, lo, hi
     cdef const floating* src
     cdef floating* dst
-    # Each thread owns whole (n, c) planes of x, so the += never races.
-    for nc in prange(N * C, num_threads=nthreads, schedule="static"):
-        n = nc // C
-        c = nc % C
-        for i in range(kh):
-            for j in range(kw):
-                row = (c * kh + i) * kw + j
-                # Output columns [lo, hi) read inside the image; the rest read padding.
-                lo = _first_inside(j - pw, sw)
-                hi = _end_inside(j - pw, sw, W, OW)
-                if lo > hi:
-                    lo = hi
-                base = j - pw
-                for oh in range(OH):
-                    hh = oh * sh - ph + i
-                    if hh < 0 or hh >= H:
-                        continue
-                    src = &cols[row, n * P + oh * OW]
-                    dst = &x[n, c, hh, 0]
-                    for ow in range(lo, hi):
-                        dst[ow * sw + base] += src[ow]
+    with nogil:
+        # Each thread owns whole (n, c) planes of x, so the += never races.
+        for nc in prange(N * C, num_threads=nthreads, schedule="static"):
+            n = nc // C
+            c = nc % C
+            for i in range(kh):
+                for j in range(kw):
+                    row = (c * kh + i) * kw + j
+                    # Output columns [lo, hi) read inside the image; the rest read padding.
+                    lo = _first_inside(j - pw, sw)
+                    hi = _end_inside(j - pw, sw, W, OW)
+                    if lo > hi:
+                        lo = hi
+                    base = j - pw
+                    for oh in range(OH):
+                        hh = oh * sh - ph + i
+                        if hh < 0 or hh >= H:
+                            continue
+                        src = &cols[row, n * P + oh * OW]
+                        dst = &x[n, c, hh, 0]
+                        for ow in range(lo, hi):
+                            dst[ow * sw + base] += src[ow]
 
 
 def col2im(cols, Py_ssize_t c, Py_ssize_t h, Py_ssize_t w, Py_ssize_t kh, Py_ssize_t kw,
@@ -176,19 +172,7 @@ def col2im(cols, Py_ssize_t c, Py_ssize_t h, Py_ssize_t w, Py_ssize_t kh, Py_ssi
     cols = np.ascontiguousarray(cols)
     n = cols.shape[1] // (_out_size(h, kh, sh, ph) * _out_size(w, kw, sw, pw))
     x = np.zeros((n, c, h, w), dtype=cols.dtype)
-    cdef int nt = threads or _num_threads
-    cdef float[:, ::1] cf
-    cdef float[:, :, :, ::1] xf
-    cdef double[:, ::1] cd
-    cdef double[:, :, :, ::1] xd
-    if cols.dtype == np.float32:
-        cf, xf = cols, x
-        with nogil:
-            _col2im[float](cf, xf, kh, kw, sh, sw, ph, pw, nt)
-    else:
-        cd, xd = cols, x
-        with nogil:
-            _col2im[double](cd, xd, kh, kw, sh, sw, ph, pw, nt)
+    _col2im(cols, x, kh, kw, sh, sw, ph, pw, threads or _num_threads)
     return x
 
 
@@ -421,42 +405,45 @@ def conv_direct_backward_weight(x, dout, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_
 
 
 # ---------------------------------------------------------------- max pool
-cdef void _max_pool_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
-                            long long[:, :, :, ::1] argmax,
-                            Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
-                            Py_ssize_t ph, Py_ssize_t pw, int nthreads) noexcept nogil:
+def _max_pool_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
+                      long long[:, :, :, ::1] argmax,
+                      Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                      Py_ssize_t ph, Py_ssize_t pw, int nthreads):
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3]
     cdef Py_ssize_t nc, n, c, i, j, oh, ow, hh, ww, best_k
     cdef floating best, v
     cdef bint found
-    if ph == 0 and pw == 0:         # every window lies inside the image: no bounds checks
-        _max_pool_inside(x, out, argmax, kh, kw, sh, sw, nthreads)
+    if ph == 0 and pw == 0:             # every window lies inside the image: no bounds checks
+        with nogil:
+            _max_pool_inside(x, out, argmax, kh, kw, sh, sw, nthreads)
         return
-    for nc in prange(N * C, num_threads=nthreads, schedule="static"):
-        n = nc // C
-        c = nc % C
-        for oh in range(OH):
-            for ow in range(OW):
-                found = False
-                best = 0
-                best_k = 0
-                for i in range(kh):
-                    hh = oh * sh - ph + i
-                    if hh < 0 or hh >= H:
-                        continue
-                    for j in range(kw):
-                        ww = ow * sw - pw + j
-                        if ww < 0 or ww >= W:
+    with nogil:
+        for nc in prange(N * C, num_threads=nthreads, schedule="static"):
+            n = nc // C
+            c = nc % C
+            for oh in range(OH):
+                for ow in range(OW):
+                    found = False
+                    best = 0
+                    best_k = 0
+                    for i in range(kh):
+                        hh = oh * sh - ph + i
+                        if hh < 0 or hh >= H:
                             continue
-                        v = x[n, c, hh, ww]
-                        # Strict > keeps the first maximum, like the reference.
-                        if not found or v > best:
-                            best = v
-                            best_k = i * kw + j
-                            found = True
-                out[n, c, oh, ow] = best
-                argmax[n, c, oh, ow] = best_k
+                        for j in range(kw):
+                            ww = ow * sw - pw + j
+                            if ww < 0 or ww >= W:
+                                continue
+                            v = x[n, c, hh, ww]
+                            # As PyTorch: strict > keeps the first maximum; a NaN
+                            # always wins (so the last NaN, where there are several).
+                            if not found or v > best or v != v:
+                                best = v
+                                best_k = i * kw + j
+                                found = True
+                    out[n, c, oh, ow] = best
+                    argmax[n, c, oh, ow] = best_k
 
 
 cdef void _max_pool_inside(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
@@ -479,8 +466,9 @@ cdef void _max_pool_inside(const floating[:, :, :, ::1] x, floating[:, :, :, ::1
                     for j in range(kw):
                         v = x[n, c, oh * sh + i, ow * sw + j]
                         k = i * kw + j
-                        best_k = k if v > best else best_k     # strict >: the first maximum wins
-                        best = v if v > best else best
+                        # strict >: the first maximum wins; v != v: a NaN wins (as PyTorch)
+                        best_k = k if (v > best or v != v) else best_k
+                        best = v if (v > best or v != v) else best
                 out[n, c, oh, ow] = best
                 argmax[n, c, oh, ow] = best_k
 
@@ -493,26 +481,24 @@ def max_pool_forward(x, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t 
     oh, ow = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
     out = np.empty((n, c, oh, ow), dtype=x.dtype)
     argmax = np.empty((n, c, oh, ow), dtype=np.int64)
-    if x.dtype == np.float32:
-        _max_pool_forward[float](x, out, argmax, kh, kw, sh, sw, ph, pw, _num_threads)
-    else:
-        _max_pool_forward[double](x, out, argmax, kh, kw, sh, sw, ph, pw, _num_threads)
+    _max_pool_forward(x, out, argmax, kh, kw, sh, sw, ph, pw, _num_threads)
     return out, argmax
 
 
-cdef void _max_pool_backward(const floating[:, :, :, ::1] dout, const long long[:, :, :, ::1] argmax,
-                             floating[:, :, :, ::1] dx,
-                             Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
-                             Py_ssize_t ph, Py_ssize_t pw, int nthreads) noexcept nogil:
+def _max_pool_backward(const floating[:, :, :, ::1] dout, const long long[:, :, :, ::1] argmax,
+                       floating[:, :, :, ::1] dx,
+                       Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                       Py_ssize_t ph, Py_ssize_t pw, int nthreads):
     cdef Py_ssize_t C = dout.shape[1], OH = dout.shape[2], OW = dout.shape[3]
     cdef Py_ssize_t nc, n, c, oh, ow, k
-    for nc in prange(dout.shape[0] * C, num_threads=nthreads, schedule="static"):
-        n = nc // C
-        c = nc % C
-        for oh in range(OH):
-            for ow in range(OW):
-                k = argmax[n, c, oh, ow]
-                dx[n, c, oh * sh - ph + k // kw, ow * sw - pw + k % kw] += dout[n, c, oh, ow]
+    with nogil:
+        for nc in prange(dout.shape[0] * C, num_threads=nthreads, schedule="static"):
+            n = nc // C
+            c = nc % C
+            for oh in range(OH):
+                for ow in range(OW):
+                    k = argmax[n, c, oh, ow]
+                    dx[n, c, oh * sh - ph + k // kw, ow * sw - pw + k % kw] += dout[n, c, oh, ow]
 
 
 def max_pool_backward(dout, argmax, Py_ssize_t h, Py_ssize_t w, Py_ssize_t kh, Py_ssize_t kw,
@@ -521,10 +507,7 @@ def max_pool_backward(dout, argmax, Py_ssize_t h, Py_ssize_t w, Py_ssize_t kh, P
     dout = np.ascontiguousarray(dout)
     argmax = np.ascontiguousarray(argmax, dtype=np.int64)
     dx = np.zeros((dout.shape[0], dout.shape[1], h, w), dtype=dout.dtype)
-    if dout.dtype == np.float32:
-        _max_pool_backward[float](dout, argmax, dx, kh, kw, sh, sw, ph, pw, _num_threads)
-    else:
-        _max_pool_backward[double](dout, argmax, dx, kh, kw, sh, sw, ph, pw, _num_threads)
+    _max_pool_backward(dout, argmax, dx, kh, kw, sh, sw, ph, pw, _num_threads)
     return dx
 
 
@@ -586,9 +569,9 @@ cdef inline floating _bn_value(floating x, floating mf, floating scale, floating
 
 cdef inline floating _masked(floating d, floating x, floating mf, floating scale,
                              floating bias) noexcept nogil:
-    """d where the fused BN + ReLU output was positive, else 0."""
+    """0 where the fused BN + ReLU output was <= 0, else d (a NaN output passes d, as in PyTorch)."""
     cdef floating zero = 0      # typed: a bare 0 would compare in double
-    return d if _bn_value(x, mf, scale, bias) > zero else zero
+    return zero if _bn_value(x, mf, scale, bias) <= zero else d
 
 
 cdef inline void _row_grad_sums(const floating* dr, const floating* xr, Py_ssize_t n, double m,
@@ -624,39 +607,41 @@ cdef inline void _row_grad_sums(const floating* dr, const floating* xr, Py_ssize
         sdx[0] += a2[q]
 
 
-cdef void _bn_stats(const floating[:, :, ::1] x, double[::1] mean, double[::1] var,
-                    int nthreads) noexcept nogil:
+def _bn_stats(const floating[:, :, ::1] x, double[::1] mean, double[::1] var,
+              int nthreads):
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], P = x.shape[2]
     cdef Py_ssize_t c, n
     cdef double s, m
-    for c in prange(C, num_threads=nthreads, schedule="static"):
-        s = 0
-        for n in range(N):
-            s = s + _row_sum(&x[n, c, 0], P)
-        m = s / (N * P)
-        s = 0
-        for n in range(N):        # two passes: exact even when |mean| >> std
-            s = s + _row_sq_dev(&x[n, c, 0], P, m)
-        mean[c] = m
-        var[c] = s / (N * P)
+    with nogil:
+        for c in prange(C, num_threads=nthreads, schedule="static"):
+            s = 0
+            for n in range(N):
+                s = s + _row_sum(&x[n, c, 0], P)
+            m = s / (N * P)
+            s = 0
+            for n in range(N):        # two passes: exact even when |mean| >> std
+                s = s + _row_sq_dev(&x[n, c, 0], P, m)
+            mean[c] = m
+            var[c] = s / (N * P)
 
 
-cdef void _bn_apply(const floating[:, :, ::1] x, floating[:, :, ::1] out, const double[::1] mean,
-                    const double[::1] rstd, const floating[::1] gamma, const floating[::1] beta,
-                    bint relu, int nthreads) noexcept nogil:
+def _bn_apply(const floating[:, :, ::1] x, floating[:, :, ::1] out, const double[::1] mean,
+              const double[::1] rstd, const floating[::1] gamma, const floating[::1] beta,
+              bint relu, int nthreads):
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], P = x.shape[2]
     cdef Py_ssize_t c, n, p
     cdef floating scale, mf, bias, v
-    for c in prange(C, num_threads=nthreads, schedule="static"):
-        # (x - mean) * scale + beta, not x * scale + (beta - mean * scale): the
-        # latter cancels badly in float32 when scale is large (tiny variance)
-        scale = <floating>(gamma[c] * rstd[c])
-        mf = <floating>mean[c]
-        bias = beta[c]
-        for n in range(N):
-            for p in range(P):
-                v = _bn_value(x[n, c, p], mf, scale, bias)
-                out[n, c, p] = (v if v > 0 else 0) if relu else v
+    with nogil:
+        for c in prange(C, num_threads=nthreads, schedule="static"):
+            # (x - mean) * scale + beta, not x * scale + (beta - mean * scale): the
+            # latter cancels badly in float32 when scale is large (tiny variance)
+            scale = <floating>(gamma[c] * rstd[c])
+            mf = <floating>mean[c]
+            bias = beta[c]
+            for n in range(N):
+                for p in range(P):
+                    v = _bn_value(x[n, c, p], mf, scale, bias)
+                    out[n, c, p] = (0 if v <= 0 else v) if relu else v     # <=: NaN stays NaN
 
 
 def batchnorm_forward(x, gamma, beta, running_mean, running_var, bint training, double eps,
@@ -673,62 +658,63 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, bint training, 
     if training:
         mean = np.empty(c)
         var = np.empty(c)
-        if x.dtype == np.float32:
-            _bn_stats[float](x3, mean, var, _num_threads)
-        else:
-            _bn_stats[double](x3, mean, var, _num_threads)
+        _bn_stats(x3, mean, var, _num_threads)
     else:
         mean = np.asarray(running_mean, dtype=np.float64)
         var = np.asarray(running_var, dtype=np.float64)
     rstd = 1.0 / np.sqrt(var + eps)
-    out = np.empty_like(x)
+    out = np.empty(x.shape, dtype=x.dtype)
     g = np.ascontiguousarray(gamma, dtype=x.dtype)
     b = np.ascontiguousarray(beta, dtype=x.dtype)
-    if x.dtype == np.float32:
-        _bn_apply[float](x3, out.reshape(n, c, -1), mean, rstd, g, b, relu, _num_threads)
-    else:
-        _bn_apply[double](x3, out.reshape(n, c, -1), mean, rstd, g, b, relu, _num_threads)
+    _bn_apply(x3, out.reshape(n, c, -1), mean, rstd, g, b, relu, _num_threads)
     return out, mean, var
 
 
-cdef void _bn_backward(const floating[:, :, ::1] dout, const floating[:, :, ::1] x,
-                       floating[:, :, ::1] dx, const double[::1] mean, const double[::1] rstd,
-                       const floating[::1] gamma, const floating[::1] beta, double[::1] dgamma,
-                       double[::1] dbeta, bint training, bint relu, int nthreads) noexcept nogil:
+def _bn_backward(const floating[:, :, ::1] dout, const floating[:, :, ::1] x,
+                 floating[:, :, ::1] dx, const double[::1] mean, const double[::1] rstd,
+                 const floating[::1] gamma, const floating[::1] beta, double[::1] dgamma,
+                 double[::1] dbeta, bint training, bint relu, int nthreads):
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], P = x.shape[2]
     cdef Py_ssize_t c, n, p
     cdef double sd, sdx, k1, k2, g, m, r, M = N * P
     cdef floating a, b, k1f, mf, scale, bias, g2
-    for c in prange(C, num_threads=nthreads, schedule="static"):
-        m = mean[c]
-        r = rstd[c]
-        g = gamma[c]
-        mf = <floating>m                     # as in _bn_apply, for the ReLU mask
-        scale = <floating>(gamma[c] * rstd[c])
-        bias = beta[c]
-        sd = 0
-        sdx = 0
-        for n in range(N):
-            _row_grad_sums(&dout[n, c, 0], &x[n, c, 0], P, m, relu, mf, scale, bias, &sd, &sdx)
-        sdx = sdx * r
-        dbeta[c] = sd
-        dgamma[c] = sdx
-        # dx = g*r*(dout - mean(dout) - xhat*mean(dout*xhat)) in training, g*r*dout in eval
-        k1 = sd / M if training else 0.0
-        k2 = sdx / M if training else 0.0
-        # the same as g*r*(dout - k1 - (x - m)*r*k2), with per-channel constants
-        # folded so that the per-value work stays in x's precision
-        a = <floating>(g * r)
-        b = <floating>(g * r * r * k2)
-        k1f = <floating>k1
-        for n in range(N):
-            if relu:
-                for p in range(P):
-                    g2 = _masked(dout[n, c, p], x[n, c, p], mf, scale, bias)
-                    dx[n, c, p] = a * (g2 - k1f) - b * (x[n, c, p] - mf)
-            else:
-                for p in range(P):
-                    dx[n, c, p] = a * (dout[n, c, p] - k1f) - b * (x[n, c, p] - mf)
+    with nogil:
+        for c in prange(C, num_threads=nthreads, schedule="static"):
+            m = mean[c]
+            r = rstd[c]
+            g = gamma[c]
+            mf = <floating>m                     # as in _bn_apply, for the ReLU mask
+            scale = <floating>(gamma[c] * rstd[c])
+            bias = beta[c]
+            sd = 0
+            sdx = 0
+            for n in range(N):
+                _row_grad_sums(&dout[n, c, 0], &x[n, c, 0], P, m, relu, mf, scale, bias, &sd, &sdx)
+            sdx = sdx * r
+            dbeta[c] = sd
+            dgamma[c] = sdx
+            # dx = g*r*(dout - mean(dout) - xhat*mean(dout*xhat)) in training, g*r*dout in eval
+            k1 = sd / M if training else 0.0
+            k2 = sdx / M if training else 0.0
+            # the same as g*r*(dout - k1 - (x - m)*r*k2), with per-channel constants
+            # folded so that the per-value work stays in x's precision
+            a = <floating>(g * r)
+            b = <floating>(g * r * r * k2)
+            k1f = <floating>k1
+            for n in range(N):
+                if relu and training:
+                    for p in range(P):
+                        g2 = _masked(dout[n, c, p], x[n, c, p], mf, scale, bias)
+                        dx[n, c, p] = a * (g2 - k1f) - b * (x[n, c, p] - mf)
+                elif training:
+                    for p in range(P):
+                        dx[n, c, p] = a * (dout[n, c, p] - k1f) - b * (x[n, c, p] - mf)
+                elif relu:      # evaluation: no x term, so an inf in x cannot make 0 * inf
+                    for p in range(P):
+                        dx[n, c, p] = a * _masked(dout[n, c, p], x[n, c, p], mf, scale, bias)
+                else:
+                    for p in range(P):
+                        dx[n, c, p] = a * dout[n, c, p]
 
 
 def batchnorm_backward(dout, x, mean, rstd, gamma, beta, bint training, bint relu=False):
@@ -738,72 +724,64 @@ def batchnorm_backward(dout, x, mean, rstd, gamma, beta, bint training, bint rel
     is masked where the output was <= 0, recomputed from x, so that the
     output need not be kept. beta is used only for that mask.
     """
+    x = np.ascontiguousarray(x)
     dout = np.ascontiguousarray(dout, dtype=x.dtype)
     n, c = x.shape[0], x.shape[1]
-    dx = np.empty_like(x)
+    dx = np.empty(x.shape, dtype=x.dtype)
     dgamma, dbeta = np.empty(c), np.empty(c)
     g = np.ascontiguousarray(gamma, dtype=x.dtype)
     b = np.ascontiguousarray(beta, dtype=x.dtype)
-    if x.dtype == np.float32:
-        _bn_backward[float](dout.reshape(n, c, -1), x.reshape(n, c, -1), dx.reshape(n, c, -1),
-                            mean, rstd, g, b, dgamma, dbeta, training, relu, _num_threads)
-    else:
-        _bn_backward[double](dout.reshape(n, c, -1), x.reshape(n, c, -1), dx.reshape(n, c, -1),
-                             mean, rstd, g, b, dgamma, dbeta, training, relu, _num_threads)
+    _bn_backward(dout.reshape(n, c, -1), x.reshape(n, c, -1), dx.reshape(n, c, -1),
+                 mean, rstd, g, b, dgamma, dbeta, training, relu, _num_threads)
     return dx, dgamma.astype(x.dtype), dbeta.astype(x.dtype)
 
 
 # ---------------------------------------------------------------- relu
-cdef void _relu_forward(const floating[::1] x, floating[::1] out, int nthreads) noexcept nogil:
+def _relu_forward(const floating[::1] x, floating[::1] out, int nthreads):
     cdef Py_ssize_t i
-    for i in prange(x.shape[0], num_threads=nthreads, schedule="static"):
-        out[i] = x[i] if x[i] > 0 else 0
+    with nogil:
+        for i in prange(x.shape[0], num_threads=nthreads, schedule="static"):
+            out[i] = 0 if x[i] <= 0 else x[i]      # <=: NaN stays NaN, as in PyTorch
 
 
-cdef void _relu_backward(const floating[::1] dout, const floating[::1] out, floating[::1] dx,
-                         int nthreads) noexcept nogil:
+def _relu_backward(const floating[::1] dout, const floating[::1] out, floating[::1] dx,
+                   int nthreads):
     cdef Py_ssize_t i
-    for i in prange(dout.shape[0], num_threads=nthreads, schedule="static"):
-        dx[i] = dout[i] if out[i] > 0 else 0
+    with nogil:
+        for i in prange(dout.shape[0], num_threads=nthreads, schedule="static"):
+            dx[i] = 0 if out[i] <= 0 else dout[i]  # a NaN output passes the gradient, as in PyTorch
 
 
-cdef void _add_relu_forward(const floating[::1] a, const floating[::1] b, floating[::1] out,
-                            int nthreads) noexcept nogil:
+def _add_relu_forward(const floating[::1] a, const floating[::1] b, floating[::1] out,
+                      int nthreads):
     cdef Py_ssize_t i
     cdef floating v
-    for i in prange(a.shape[0], num_threads=nthreads, schedule="static"):
-        v = a[i] + b[i]
-        out[i] = v if v > 0 else 0
+    with nogil:
+        for i in prange(a.shape[0], num_threads=nthreads, schedule="static"):
+            v = a[i] + b[i]
+            out[i] = 0 if v <= 0 else v
 
 
 def add_relu_forward(a, b):
     """max(a + b, 0) for two arrays of one shape, in one parallel pass."""
     a, b = np.ascontiguousarray(a), np.ascontiguousarray(b, dtype=a.dtype)
-    out = np.empty_like(a)
-    if a.dtype == np.float32:
-        _add_relu_forward[float](a.reshape(-1), b.reshape(-1), out.reshape(-1), _num_threads)
-    else:
-        _add_relu_forward[double](a.reshape(-1), b.reshape(-1), out.reshape(-1), _num_threads)
+    out = np.empty(a.shape, dtype=a.dtype)
+    _add_relu_forward(a.reshape(-1), b.reshape(-1), out.reshape(-1), _num_threads)
     return out
 
 
 def relu_forward(x):
     """max(x, 0), any shape, in one parallel pass."""
     x = np.ascontiguousarray(x)
-    out = np.empty_like(x)
-    if x.dtype == np.float32:
-        _relu_forward[float](x.reshape(-1), out.reshape(-1), _num_threads)
-    else:
-        _relu_forward[double](x.reshape(-1), out.reshape(-1), _num_threads)
+    out = np.empty(x.shape, dtype=x.dtype)
+    _relu_forward(x.reshape(-1), out.reshape(-1), _num_threads)
     return out
 
 
 def relu_backward(dout, out):
     """dout where out > 0, else 0; a new array (dout is never written)."""
+    out = np.ascontiguousarray(out)
     dout = np.ascontiguousarray(dout, dtype=out.dtype)
-    dx = np.empty_like(out)
-    if out.dtype == np.float32:
-        _relu_backward[float](dout.reshape(-1), out.reshape(-1), dx.reshape(-1), _num_threads)
-    else:
-        _relu_backward[double](dout.reshape(-1), out.reshape(-1), dx.reshape(-1), _num_threads)
+    dx = np.empty(out.shape, dtype=out.dtype)
+    _relu_backward(dout.reshape(-1), out.reshape(-1), dx.reshape(-1), _num_threads)
     return dx

@@ -82,17 +82,28 @@ def conv_direct_backward_weight(x, dout, kh, kw, sh, sw, ph, pw):
 
 
 def max_pool_forward(x, kh, kw, sh, sw, ph, pw):
-    """Max over each window; padding never wins (it is -inf).
+    """Max over each window; padding never wins.
 
     x: (N, C, H, W) -> out: (N, C, OH, OW) and argmax: (N, C, OH, OW) int64,
-    the flat index kh*KW + kw of the winner inside its window (first on ties).
+    the flat index kh*KW + kw of the winner inside its window. As PyTorch:
+    on ties the first maximum wins; a NaN wins over any number (the last
+    NaN of the window, where there are several); a window of -inf picks
+    its first pixel inside the image.
     """
-    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf)
-    win = _windows(xp, kh, kw, sh, sw)                  # (N, C, OH, OW, KH, KW)
-    flat = win.reshape(win.shape[:4] + (kh * kw,))      # (N, C, OH, OW, KH*KW)
-    argmax = flat.argmax(axis=-1)
-    out = np.take_along_axis(flat, argmax[..., None], axis=-1)[..., 0]
-    return out.astype(x.dtype), argmax.astype(np.int64)
+    pad = ((0, 0), (0, 0), (ph, ph), (pw, pw))
+    xp = np.pad(x, pad, constant_values=-np.inf)
+    inside = np.pad(np.ones(x.shape, dtype=bool), pad)  # False on the padding
+    k = kh * kw
+    flat = _windows(xp, kh, kw, sh, sw).reshape(-1, k)  # (N*C*OH*OW, KH*KW)
+    valid = _windows(inside, kh, kw, sh, sw).reshape(-1, k)
+    nan = np.isnan(flat)
+    best = np.max(flat, axis=1, where=valid & ~nan, initial=-np.inf)
+    first_best = np.argmax(valid & (flat == best[:, None]), axis=1)
+    last_nan = k - 1 - np.argmax(nan[:, ::-1], axis=1)
+    argmax = np.where(nan.any(axis=1), last_nan, first_best)
+    out = flat[np.arange(len(flat)), argmax]
+    shape = x.shape[:2] + (output_size(x.shape[2], kh, sh, ph), output_size(x.shape[3], kw, sw, pw))
+    return out.reshape(shape).astype(x.dtype), argmax.reshape(shape).astype(np.int64)
 
 
 def max_pool_backward(dout, argmax, h, w, kh, kw, sh, sw, ph, pw):
@@ -139,16 +150,18 @@ def batchnorm_backward(dout, x, mean, rstd, gamma, beta, training, relu=False):
     dx = gamma * rstd * (dout - sum(dout)/M - xhat * sum(dout * xhat)/M) in training,
     dx = gamma * rstd * dout in evaluation (the statistics are constants).
     relu: for a fused BN + ReLU, dout first passes only where the output was > 0."""
-    if relu:
-        dout = np.where(_normalised(x, mean, rstd, gamma, beta) > 0, dout, 0).astype(x.dtype)
+    if relu:    # "<= 0 gives 0": where the output was NaN, the gradient passes (as PyTorch)
+        dout = np.where(_normalised(x, mean, rstd, gamma, beta) <= 0, 0, dout).astype(x.dtype)
     axes = (0, 2, 3)
     m = x.shape[0] * x.shape[2] * x.shape[3]
     xhat = (x - mean[:, None, None]) * rstd[:, None, None]
     dbeta = dout.sum(axis=axes, dtype=np.float64)
     dgamma = (dout * xhat).sum(axis=axes, dtype=np.float64)
-    k1 = dbeta / m if training else np.zeros_like(dbeta)
-    k2 = dgamma / m if training else np.zeros_like(dgamma)
-    dx = (gamma * rstd)[:, None, None] * (dout - k1[:, None, None] - xhat * k2[:, None, None])
+    if training:
+        k1, k2 = dbeta / m, dgamma / m
+        dx = (gamma * rstd)[:, None, None] * (dout - k1[:, None, None] - xhat * k2[:, None, None])
+    else:       # no xhat term at all: an inf in x must not give 0 * inf = NaN
+        dx = (gamma * rstd)[:, None, None] * dout
     return dx.astype(x.dtype), dgamma.astype(x.dtype), dbeta.astype(x.dtype)
 
 
@@ -163,5 +176,6 @@ def relu_forward(x):
 
 
 def relu_backward(dout, out):
-    """The gradient passes where the output is positive; a new array."""
-    return np.where(out > 0, dout, 0).astype(out.dtype, copy=False)
+    """0 where the output is <= 0, else the gradient (so it passes where the
+    output is NaN, as in PyTorch); a new array."""
+    return np.where(out <= 0, 0, dout).astype(out.dtype, copy=False)

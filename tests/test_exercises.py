@@ -51,7 +51,7 @@ def _bn_no_correction(dout, x, gamma, beta, rm, rv, training, eps):
 
 def _block_without_shortcut(block, dout):
     from minires import functional as F
-    d = F.relu_backward(dout, block._cache[1])
+    d = F.relu_backward(dout, block.post_relu_output)
     return block.conv1.backward(block.bn1.backward(block.conv2.backward(block.bn2.backward(d))))
 
 

@@ -47,3 +47,32 @@ def check_window(h, w, kernel, stride, padding, name="kernel_size"):
         raise ValueError(
             f"{name} {kernel} is larger than the padded input "
             f"({h + 2 * ph}, {w + 2 * pw}) = (H + 2*padding, W + 2*padding)")
+
+
+def as_input(x, name, ndim=None, dims="", dtype=None):
+    """check_float_array, then x as a C-contiguous array of the same values.
+
+    The one place where layout is handled: the kernels see only C order,
+    whatever the caller passed (Fortran order, a transposed or strided
+    view, a read-only or memory-mapped array). A copy is made only when
+    x is not C-contiguous already; x itself is never written.
+    """
+    check_float_array(x, name, ndim, dims, dtype)
+    return np.ascontiguousarray(x)
+
+
+def check_dout(dout, shape, dtype, dims):
+    """dout must be exactly what forward produced: same shape, same dtype.
+
+    A backward kernel indexes dout by the forward's shapes, so a mismatch
+    would read past a buffer, or broadcast into a silently wrong gradient.
+    Returns dout C-contiguous (a copy only if it was not).
+    """
+    if not isinstance(dout, np.ndarray):
+        raise TypeError(f"dout must be a numpy.ndarray, got {type(dout).__name__}")
+    shape = tuple(shape)
+    if dout.shape != shape or dout.dtype != dtype:
+        raise ValueError(
+            f"dout must have the forward output's shape ({dims}) = {shape} and dtype "
+            f"{np.dtype(dtype)}, got shape {dout.shape} and dtype {dout.dtype}")
+    return np.ascontiguousarray(dout)

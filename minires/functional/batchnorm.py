@@ -5,19 +5,35 @@ the running statistics toward the batch's (the running variance uses the
 unbiased estimate, as PyTorch does). Evaluation: normalise with the
 running statistics, which makes the layer a fixed per-channel affine map.
 """
+from typing import NamedTuple
+
 import numpy as np
 
 from .. import kernels
-from ._checks import check_float_array, check_shape
+from ._checks import as_input, check_dout, check_float_array, check_shape
 
 
-def _check_params(x, gamma, beta, running_mean, running_var):
-    check_float_array(x, "x", 4, "N, C, H, W")
+class BatchNormCache(NamedTuple):
+    x: np.ndarray           # (N, C, H, W)
+    mean: np.ndarray        # (C,) float64, the statistics used (batch or running)
+    rstd: np.ndarray        # (C,) float64, 1 / sqrt(var + eps)
+    gamma: np.ndarray       # (C,)
+    beta: np.ndarray        # (C,), only for the fused ReLU's mask
+    training: bool
+    relu: bool              # a fused BN + ReLU
+
+
+def _check_params(x, gamma, beta, running_mean, running_var, training):
+    """-> x, gamma, beta C-contiguous (the running statistics are updated in place)."""
+    x = as_input(x, "x", 4, "N, C, H, W")
     c = x.shape[1]
     for name, arr in (("gamma", gamma), ("beta", beta),
                       ("running_mean", running_mean), ("running_var", running_var)):
         check_float_array(arr, name)
         check_shape(arr, name, (c,), "C")
+    if training and not (running_mean.flags.writeable and running_var.flags.writeable):
+        raise ValueError("running_mean and running_var must be writeable: training updates them in place")
+    return x, np.ascontiguousarray(gamma), np.ascontiguousarray(beta)
 
 
 def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, training,
@@ -35,7 +51,7 @@ def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, training,
 
 
 def _forward(x, gamma, beta, running_mean, running_var, training, momentum, eps, relu):
-    _check_params(x, gamma, beta, running_mean, running_var)
+    x, gamma, beta = _check_params(x, gamma, beta, running_mean, running_var, training)
     if not 0 <= momentum <= 1:
         raise ValueError(f"momentum must be in [0, 1], got {momentum}")
     m = x.shape[0] * x.shape[2] * x.shape[3]           # values per channel
@@ -49,7 +65,7 @@ def _forward(x, gamma, beta, running_mean, running_var, training, momentum, eps,
         running_mean += momentum * mean
         running_var *= 1 - momentum
         running_var += momentum * var * (m / (m - 1))  # unbiased, as PyTorch
-    return out, (x, mean, 1.0 / np.sqrt(var + eps), gamma, beta, training, relu)
+    return out, BatchNormCache(x, mean, 1.0 / np.sqrt(var + eps), gamma, beta, training, relu)
 
 
 def batchnorm2d_backward(dout, cache):
@@ -59,11 +75,13 @@ def batchnorm2d_backward(dout, cache):
     per channel and dxhat = dout * gamma:
         training:   dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
         evaluation: dx = rstd * dxhat
+    (so in evaluation an inf in x gives an inf dgamma but a finite dx, as in PyTorch).
     In training the mean and variance depend on x, which adds the two
     correction terms; in evaluation they are constants. (The loops are in
     _kernels.pyx; _kernels_ref.batchnorm_backward is the same in NumPy.)
     """
     x, mean, rstd, gamma, beta, training, relu = cache
+    dout = check_dout(dout, x.shape, x.dtype, "N, C, H, W")
     return kernels.batchnorm_backward(dout, x, mean, rstd, gamma, beta, training, relu)
 
 

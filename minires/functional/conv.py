@@ -29,10 +29,22 @@ channels, 32x32, batch 128).
 
 Either way images are split across threads (minires.parallel).
 """
+from typing import NamedTuple
+
 import numpy as np
 
 from .. import kernels, parallel
-from ._checks import check_float_array, check_shape, check_window, pair
+from ._checks import as_input, check_dout, check_shape, check_window, pair
+
+
+class ConvCache(NamedTuple):
+    x: np.ndarray           # (N, C, H, W); for a 1x1 conv the strided input it read, (N, C, OH*OW)
+    w: np.ndarray           # (F, C, KH, KW)
+    geometry: tuple         # (KH, KW, SH, SW, PH, PW)
+    has_bias: bool
+    x_shape: tuple          # (N, C, H, W)
+    out_shape: tuple        # (N, F, OH, OW)
+    path: str               # the algorithm forward used: "pointwise", "direct" or "im2col"
 
 
 def conv2d_forward(x, w, b=None, stride=1, padding=0):
@@ -41,29 +53,30 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0):
     stride, padding: an int or a pair (along H, along W).
     OH = (H + 2*PH - KH) // SH + 1, and likewise OW.
     """
-    check_float_array(x, "x", 4, "N, C, H, W")
-    check_float_array(w, "w", 4, "F, C, KH, KW", dtype=x.dtype)
+    x = as_input(x, "x", 4, "N, C, H, W")
+    w = as_input(w, "w", 4, "F, C, KH, KW", dtype=x.dtype)
     n, c, h, wd = x.shape
     f, wc, kh, kw = w.shape
     if wc != c:
         raise ValueError(f"w must have shape (F, C, KH, KW) with C = {c} (x's channels), got {w.shape}")
     if b is not None:
-        check_float_array(b, "b", dtype=x.dtype)
+        b = as_input(b, "b", dtype=x.dtype)
         check_shape(b, "b", (f,), "F")
     (sh, sw), (ph, pw) = pair(stride, "stride"), pair(padding, "padding")
     check_window(h, wd, (kh, kw), (sh, sw), (ph, pw), name="kernel (KH, KW)")
     oh, ow = (h + 2 * ph - kh) // sh + 1, (wd + 2 * pw - kw) // sw + 1
-    if kh == kw == 1 and ph == pw == 0:
-        return _pointwise_forward(x, w, b, sh, sw)
     geometry = (kh, kw, sh, sw, ph, pw)
-    if _direct_applies(geometry):
+    if kh == kw == 1 and ph == pw == 0:
+        return _pointwise_forward(x, w, b, geometry)
+    cache = ConvCache(x, w, geometry, b is not None, x.shape, (n, f, oh, ow),
+                      "direct" if _direct_applies(geometry) else "im2col")
+    if cache.path == "direct":
         out = np.empty((n, f, oh, ow), dtype=x.dtype)
-        x = np.ascontiguousarray(x)
         parallel.map_chunks(lambda lo, hi: kernels.conv_direct_forward(x[lo:hi], w, out[lo:hi], sh, sw, ph, pw),
                             n)
         if b is not None:
             out += b[:, None, None]
-        return out, (x, w, geometry, b is not None)
+        return out, cache
 
     w2 = w.reshape(f, c * kh * kw)                     # (F, C*KH*KW)
     out = np.empty((n, f, oh * ow), dtype=x.dtype)
@@ -81,7 +94,7 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0):
     parallel.map_chunks(images, n)
     if b is not None:
         out += b[:, None]
-    return out.reshape(n, f, oh, ow), (x, w, geometry, b is not None)
+    return out.reshape(n, f, oh, ow), cache
 
 
 def conv2d_backward(dout, cache):
@@ -91,17 +104,24 @@ def conv2d_backward(dout, cache):
     dw += dout2 @ cols.T and dx[tile] = col2im(w2.T @ dout2). The columns are recomputed rather than kept
     from forward: cheaper than storing KH*KW copies of every input.
     """
-    if isinstance(cache[0], str):                      # ("pointwise", ...)
+    dout = check_dout(dout, cache.out_shape, cache.w.dtype, "N, F, OH, OW")
+    if cache.path == "pointwise":
         return _pointwise_backward(dout, cache)
-    x, w, geometry, has_bias = cache
+    x, w, geometry, has_bias = cache[:4]
+    db = dout.sum(axis=(0, 2, 3)) if has_bias else None
+    # The direct input gradient multiplies w with the zero border of dout's
+    # grid, which a non-finite w turns into 0 * inf = NaN; im2col never does.
+    if cache.path == "direct" and geometry[2:4] == (1, 1) and np.isfinite(w).all():
+        return _direct_backward(dout, x, w, geometry) + (db,)
+    return _im2col_backward(dout, x, w, geometry) + (db,)
+
+
+def _im2col_backward(dout, x, w, geometry):
+    """dout: (N, F, OH, OW) -> dx: (N, C, H, W), dw: (F, C, KH, KW) through im2col/col2im."""
     n, c, h, wd = x.shape
     f = w.shape[0]
-    dout = np.ascontiguousarray(dout)
-    db = dout.sum(axis=(0, 2, 3)) if has_bias else None
-    if _direct_applies(geometry) and geometry[2:4] == (1, 1):
-        return _direct_backward(dout, x, w, geometry) + (db,)
     w2 = w.reshape(f, -1)                              # (F, C*KH*KW)
-    dx = np.empty_like(x)
+    dx = np.empty(x.shape, dtype=x.dtype)
 
     tile = _images_per_tile(dout.shape[2] * dout.shape[3])
 
@@ -116,7 +136,7 @@ def conv2d_backward(dout, cache):
         return dw_t
 
     dw = sum(parallel.map_chunks(images, n)).T.reshape(w.shape)
-    return dx, dw, db
+    return dx, dw
 
 
 def _direct_applies(geometry):
@@ -131,13 +151,20 @@ def _direct_backward(dout, x, w, geometry):
     conv with the direct kernels."""
     kh, kw, _, _, ph, pw = geometry
     w_flipped = _flipped(w)
-    dx = np.empty_like(x)
+    dx = np.empty(x.shape, dtype=x.dtype)
 
     def images(lo, hi):
         kernels.conv_direct_forward(dout[lo:hi], w_flipped, dx[lo:hi], 1, 1, kh - 1 - ph, kw - 1 - pw)
         return kernels.conv_direct_backward_weight(x[lo:hi], dout[lo:hi], *geometry)
 
-    return dx, sum(parallel.map_chunks(images, x.shape[0]))
+    dw = sum(parallel.map_chunks(images, x.shape[0]))
+    if not np.isfinite(dw).all():
+        # The kernel also multiplies the zero gradient of the grid's junk
+        # columns with real pixels, and 0 * NaN or 0 * inf is NaN: it would put
+        # NaN at taps that never meet a NaN pixel. Only when the result is not
+        # finite, redo the sum over real positions alone.
+        dw = _im2col_backward(dout, x, w, geometry)[1]
+    return dx, dw
 
 
 def _flipped(w):
@@ -158,7 +185,8 @@ def _images_per_tile(positions, columns=1024):
 # with single-threaded BLAS, like the other paths: a multi-threaded BLAS call
 # leaves its threads spinning for a while afterwards, which halved the speed
 # of the batchnorm that came next (measured in bottleneck-29).
-def _pointwise_forward(x, w, b, sh, sw):
+def _pointwise_forward(x, w, b, geometry):
+    sh, sw = geometry[2:4]
     n, c = x.shape[:2]
     f = w.shape[0]
     xs = np.ascontiguousarray(x[:, :, ::sh, ::sw]) if (sh, sw) != (1, 1) else x
@@ -169,11 +197,12 @@ def _pointwise_forward(x, w, b, sh, sw):
     parallel.map_chunks(lambda lo, hi: np.matmul(w2, x3[lo:hi], out=out[lo:hi]), n)
     if b is not None:
         out += b[:, None]
-    return out.reshape(n, f, oh, ow), ("pointwise", x3, w, x.shape, (sh, sw), b is not None)
+    return out.reshape(n, f, oh, ow), ConvCache(x3, w, geometry, b is not None, x.shape, (n, f, oh, ow),
+                                                "pointwise")
 
 
 def _pointwise_backward(dout, cache):
-    _, x3, w, x_shape, (sh, sw), has_bias = cache
+    x3, w, (_, _, sh, sw, _, _), has_bias, x_shape = cache[:5]
     n, f = dout.shape[:2]
     d3 = dout.reshape(n, f, -1)                        # (N, F, OH*OW)
     w2 = w.reshape(f, -1)                              # (F, C)

@@ -1,21 +1,31 @@
 """The residual add, out = a + b, where two branches meet, and the add
 fused with the ReLU that follows it in a post-activation block."""
+from typing import NamedTuple
+
+import numpy as np
+
 from .. import kernels
-from ._checks import check_float_array
+from ._checks import as_input, check_dout
 from .activation import relu_backward
 
 
+class AddCache(NamedTuple):
+    shape: tuple            # the shape of a, b and out
+    dtype: np.dtype
+
+
 def _check_pair(a, b):
-    check_float_array(a, "a")
-    check_float_array(b, "b", dtype=a.dtype)
+    a = as_input(a, "a")
+    b = as_input(b, "b", dtype=a.dtype)
     if a.shape != b.shape:
         raise ValueError(f"a and b must have the same shape, got a {a.shape} and b {b.shape}")
+    return a, b
 
 
 def add_forward(a, b):
     """a, b: the same shape (N, C, H, W) -> out: that shape."""
-    _check_pair(a, b)
-    return a + b, None
+    a, b = _check_pair(a, b)
+    return a + b, AddCache(a.shape, a.dtype)
 
 
 def add_backward(dout, cache):
@@ -24,13 +34,14 @@ def add_backward(dout, cache):
     Both are the same array: safe because no backward in minires writes
     into its dout (each branch builds new arrays).
     """
+    dout = check_dout(dout, cache.shape, cache.dtype, "same as a and b")
     return dout, dout
 
 
 def add_relu_forward(a, b):
     """a, b: the same shape -> out = max(a + b, 0), in one pass over memory
     instead of two. The cache is out itself: its sign is the ReLU's mask."""
-    _check_pair(a, b)
+    a, b = _check_pair(a, b)
     out = kernels.add_relu_forward(a, b)
     return out, out
 

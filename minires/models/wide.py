@@ -11,6 +11,7 @@ from collections import OrderedDict
 from .. import functional as F
 from .. import nn
 from ..nn.init import as_generator
+from ..nn.module import take_cache
 from .common import check_input, conv1x1, conv3x3, init_like_the_papers, scaled
 from .resnet import _blocks_for
 
@@ -38,11 +39,11 @@ class WideBlock(nn.Module):
     def forward(self, x):
         o1 = self.bn1(x)
         y = self.conv2(self.dropout(self.bn2(self.conv1(o1))))
-        out, _ = F.add_forward(y, self.shortcut(o1) if self.project else x)
+        out, self._cache = F.add_forward(y, self.shortcut(o1) if self.project else x)
         return out
 
     def backward(self, dout):
-        d_y, d_short = F.add_backward(dout, None)
+        d_y, d_short = F.add_backward(dout, take_cache(self))
         d = self.dropout.backward(self.conv2.backward(d_y))
         d_o1 = self.conv1.backward(self.bn2.backward(d))
         if self.project:

@@ -26,16 +26,19 @@ class ResidualBlock(Module):
 
     def forward(self, x):
         if self.post_relu:      # add and ReLU in one pass (F.add_relu_forward)
-            out, relu_cache = F.add_relu_forward(self.branch_forward(x), self.shortcut(x))
-            self._cache = ("relu", relu_cache)
+            out, self._cache = F.add_relu_forward(self.branch_forward(x), self.shortcut(x))
         else:
-            out, _ = F.add_forward(self.branch_forward(x), self.shortcut(x))
+            out, self._cache = F.add_forward(self.branch_forward(x), self.shortcut(x))
         return out
 
+    @property
+    def post_relu_output(self):
+        """The output of the last forward (post_relu blocks): its sign is the
+        final ReLU's mask, which a hand-written backward of the block needs."""
+        return self.__dict__.get("_cache")
+
     def backward(self, dout):
-        if self.post_relu:
-            d_branch, d_shortcut = F.add_relu_backward(dout, take_cache(self)[1])
-        else:
-            d_branch, d_shortcut = F.add_backward(dout, None)
+        backward = F.add_relu_backward if self.post_relu else F.add_backward
+        d_branch, d_shortcut = backward(dout, take_cache(self))
         # The fork: x reached the output along both paths, so its gradients add.
         return self.branch_backward(d_branch) + self.shortcut.backward(d_shortcut)
