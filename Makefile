@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.minires-installed
 BUILT  := $(VENV)/.minires-built
 
-.PHONY: demo test build venv bench clean
+.PHONY: demo test test-pure build venv bench clean
 
 venv: $(STAMP)
 
@@ -31,6 +31,13 @@ demo: build
 # BLAS and OpenMP threads on 2 cores slow each other down by 10x.
 test: build
 	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --durations=10
+
+# The op and model tests again on the NumPy reference kernels, the spec the
+# compiled ones are held to (CI runs this after `make test`).
+PURE_TESTS := tests/test_robustness.py tests/test_gradcheck_ops.py tests/test_torch_parity_ops.py \
+	tests/test_validation.py tests/test_nn.py tests/test_models.py
+test-pure: build
+	MINIRES_PURE=1 OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(PY) -m pytest -q -n 2 $(PURE_TESTS)
 
 bench: build
 	$(PY) benchmarks/bench.py --quick

@@ -7,24 +7,32 @@ import os
 import numpy as np
 
 from . import models
-from .models.io import read_meta
+from .models.io import read_npz
 from .plots import plot_comparison, read_log
 from .summary import totals
-from .train import run_is_finished, train
+from .train import check_config, run_state, train
 
 
 def compare(model_names, base_config, out_dir, progress=True):
     """Train (or resume, or skip if finished) each model into out_dir/<model>,
-    then write results.json, report.md and three plots. Returns the results."""
-    os.makedirs(out_dir, exist_ok=True)
+    then write results.json, report.md and three plots. Returns the results.
+
+    A run folder there that holds another recipe is an error (RunFolderError),
+    checked for every model before any training: its results would be
+    reported as this recipe's."""
+    for name in model_names:
+        check_config(dataclasses.replace(base_config, model=name))
+    states = {name: run_state(dataclasses.replace(base_config, model=name), os.path.join(out_dir, name))
+              for name in model_names}
     results = []
     for name in model_names:
         run_dir = os.path.join(out_dir, name)
-        config = dataclasses.replace(base_config, model=name)
-        if not run_is_finished(run_dir):
-            resume = os.path.exists(os.path.join(run_dir, "checkpoint.npz"))
-            train(config, run_dir, resume=resume, progress=progress)
+        if states[name] != "finished":
+            # unfinished without a checkpoint (a log from elsewhere): train() starts it again
+            resume = states[name] == "unfinished" and os.path.exists(os.path.join(run_dir, "checkpoint.npz"))
+            train(dataclasses.replace(base_config, model=name), run_dir, resume=resume, progress=progress)
         results.append(_result(name, run_dir))
+    os.makedirs(out_dir, exist_ok=True)     # only now: a failed compare leaves no folder behind
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     with open(os.path.join(out_dir, "report.md"), "w") as f:
@@ -35,8 +43,7 @@ def compare(model_names, base_config, out_dir, progress=True):
 
 def _result(name, run_dir):
     log = read_log(run_dir)
-    with np.load(os.path.join(run_dir, "best.npz"), allow_pickle=False) as npz:
-        options = read_meta(npz)["options"]        # num_classes and the build options
+    options = read_npz(os.path.join(run_dir, "best.npz"))[0]["options"]   # num_classes and the build options
     params, macs = totals(models.build(name, rng=0, **options))
     return dict(model=name, params=params, macs=macs, epochs=len(log),
                 images_per_second=float(np.median([e["images_per_second"] for e in log])),

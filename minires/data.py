@@ -3,6 +3,11 @@
 Images are kept as uint8 (N, 3, 32, 32) and turned into normalised float32
 one minibatch at a time: CIFAR's 50,000 training images take 150 MB that way
 instead of 600 MB.
+
+CIFAR's official files are Python pickles, and unpickling can run code. So
+minires unpickles only files from an archive whose md5 is the official one,
+or from a folder the caller trusts (one the user named in this command, or
+the default cache): never from a folder that a run's config.json names.
 """
 import hashlib
 import os
@@ -18,6 +23,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from . import shapes
 from .atomic import atomic_write
+from .errors import MiniresError
 
 CIFAR = {
     "cifar10": dict(archive="cifar-10-python.tar.gz", folder="cifar-10-batches-py",
@@ -33,7 +39,7 @@ CIFAR = {
 DATASETS = ["shapes", "cifar10", "cifar100"]
 
 
-class DataError(RuntimeError):
+class DataError(MiniresError, RuntimeError):
     """Data missing, corrupted or unreadable; the message says what to do."""
 
 
@@ -99,15 +105,20 @@ def _download(url, dest):
                 bar.update(len(block))
 
 
+def _verify_md5(archive, spec):
+    """DataError unless archive is byte for byte the official file."""
+    digest = md5sum(archive)
+    if digest != spec["md5"]:
+        raise DataError(f"checksum mismatch for {archive}: md5 {digest}, expected {spec['md5']}. "
+                        "The file is corrupted or truncated: delete it and download it again.")
+
+
 def _extract_verified(archive, data_dir, spec):
     """Check the archive's md5, extract to a temp folder, then rename into place.
 
     A truncated or corrupted archive raises DataError and leaves nothing behind.
     """
-    digest = md5sum(archive)
-    if digest != spec["md5"]:
-        raise DataError(f"checksum mismatch for {archive}: md5 {digest}, expected {spec['md5']}. "
-                        "The file is corrupted or truncated: delete it and download it again.")
+    _verify_md5(archive, spec)
     tmp = tempfile.mkdtemp(dir=data_dir, prefix=".extract-")
     try:
         with tarfile.open(archive, "r:gz") as tar:
@@ -149,53 +160,127 @@ def locate_cifar(name, data_dir=None, download=True):
     return folder
 
 
-def _unpickle(path):
-    # Only ever called on files from an md5-verified archive or a folder the
-    # user pointed us at: pickles can run code.
+def _unpickle(open_file, where):
+    # Only ever called on files from an md5-verified archive or a trusted
+    # folder (see the module docstring): pickles can run code.
     try:
-        with open(path, "rb") as f:
+        with open_file() as f:
             return pickle.load(f, encoding="bytes")
-    except (OSError, pickle.UnpicklingError, EOFError) as exc:
-        raise DataError(f"cannot read CIFAR batch {path}: {exc}") from exc
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
+            ImportError, IndexError, KeyError) as exc:   # what a damaged pickle can raise
+        raise DataError(f"cannot read CIFAR file {where}: {type(exc).__name__}: {exc}") from None
 
 
-def _read_batches(folder, files, label_key):
+def folder_reader(folder):
+    """fname -> (unpickled object, where it came from), from an extracted CIFAR folder."""
+    def read(fname):
+        path = os.path.join(folder, fname)
+        return _unpickle(lambda: open(path, "rb"), path), path
+    return read
+
+
+def archive_reader(tar, archive, spec):
+    """fname -> (unpickled object, where it came from), straight from the md5-verified archive."""
+    def read(fname):
+        where = f"{archive}:{spec['folder']}/{fname}"
+        def open_member():
+            f = tar.extractfile(f"{spec['folder']}/{fname}")   # KeyError if absent
+            if f is None:
+                raise OSError("not a regular file")
+            return f
+        return _unpickle(open_member, where), where
+    return read
+
+
+def _batch_arrays(d, where, label_key):
+    """(uint8 images (N, 3, 32, 32), int64 labels (N,)) of one CIFAR batch dict.
+
+    The official files hold uint8 rows of 3072 pixels and integer labels;
+    anything else is refused, never cast: float pixels cast to uint8 would
+    turn [0, 1] images into zeros, float labels would be truncated.
+    """
+    if not isinstance(d, dict) or b"data" not in d or label_key not in d:
+        raise DataError(f"{where} is not a CIFAR batch (a dict with b'data' and {label_key!r})")
+    x, y = d[b"data"], np.asarray(d[label_key])
+    if not (isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.ndim == 2 and x.shape[1] == 3072):
+        what = f"{x.dtype} array of shape {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__
+        raise DataError(f"{where}: b'data' must be a uint8 array (N, 3072), got a {what}")
+    if y.shape != (len(x),) or (y.size and y.dtype.kind not in "iu"):
+        raise DataError(f"{where}: {label_key!r} must hold {len(x)} integer labels, "
+                        f"got dtype {y.dtype} and shape {y.shape}")
+    return x.reshape(-1, 3, 32, 32), y.astype(np.int64)
+
+
+def _read_batches(read, files, label_key):
     xs, ys = [], []
     for fname in files:
-        d = _unpickle(os.path.join(folder, fname))
-        xs.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(d[label_key], dtype=np.int64))
+        x, y = _batch_arrays(*read(fname), label_key)
+        xs.append(x)
+        ys.append(y)
     return np.concatenate(xs), np.concatenate(ys)
 
 
-def load_cifar(name, data_dir=None, label_mode="fine", download=True):
-    """CIFAR-10 or CIFAR-100 (fine or coarse labels) -> Dataset."""
+def load_cifar(name, data_dir=None, label_mode="fine", download=True, trust_data_dir=True):
+    """CIFAR-10 or CIFAR-100 (fine or coarse labels) -> Dataset.
+
+    trust_data_dir=False (a data_dir read from a run's config.json, not named
+    by the user): read only the official archive in data_dir, md5-checked,
+    straight from the archive; an extracted folder there is never unpickled.
+    """
     if name not in CIFAR:
         raise ValueError(f"name must be one of {list(CIFAR)}, got {name!r}")
+    if data_dir is not None and not trust_data_dir:
+        return _load_cifar_from_archive(name, data_dir, label_mode)
+    return _load_cifar_with(folder_reader(locate_cifar(name, data_dir, download)), name, label_mode)
+
+
+def _load_cifar_from_archive(name, data_dir, label_mode):
     spec = CIFAR[name]
-    folder = locate_cifar(name, data_dir, download)
+    archive = os.path.join(os.path.abspath(data_dir), spec["archive"])
+    if not os.path.exists(archive):
+        raise DataError(
+            f"{name}: the run's config.json names the data folder {data_dir}, which holds no "
+            f"{spec['archive']}. minires unpickles a folder named in a config file only from the "
+            f"official archive (md5-checked); pass --data-dir {data_dir} to trust the folder itself.")
+    _verify_md5(archive, spec)
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            return _load_cifar_with(archive_reader(tar, archive, spec), name, label_mode)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise DataError(f"could not read {archive}: {exc}") from exc
+
+
+def _load_cifar_with(read, name, label_mode):
+    """The Dataset from read(fname) -> unpickled dict, for either reader."""
+    spec = CIFAR[name]
     if name == "cifar10":
         label_key, names_key = b"labels", b"label_names"
     else:
         if label_mode not in ("fine", "coarse"):
             raise ValueError(f"label_mode must be 'fine' or 'coarse', got {label_mode!r}")
         label_key, names_key = f"{label_mode}_labels".encode(), f"{label_mode}_label_names".encode()
-    x_train, y_train = _read_batches(folder, spec["train"], label_key)
-    x_test, y_test = _read_batches(folder, spec["test"], label_key)
-    classes = [c.decode() for c in _unpickle(os.path.join(folder, spec["meta"]))[names_key]]
+    x_train, y_train = _read_batches(read, spec["train"], label_key)
+    x_test, y_test = _read_batches(read, spec["test"], label_key)
+    meta, where = read(spec["meta"])
+    try:
+        classes = [c.decode() for c in meta[names_key]]
+    except (TypeError, KeyError, AttributeError, UnicodeDecodeError):
+        raise DataError(f"{where} is not CIFAR's class-name file (no list {names_key!r})") from None
     return Dataset(name, classes, x_train, y_train, x_test, y_test)
 
 
 # ---------------------------------------------------------------- any dataset
 def load_dataset(name, data_dir=None, seed=0, train_size=None, test_size=None, val_size=0,
-                 label_mode="fine"):
+                 label_mode="fine", trust_data_dir=True):
     """shapes | cifar10 | cifar100 -> Dataset, optionally subsampled, with an
-    optional validation split carved (at random, from seed) out of the training set."""
+    optional validation split carved (at random, from seed) out of the training set.
+    trust_data_dir: see load_cifar (False for a data_dir read from a run's config)."""
     if name == "shapes":
         x_tr, y_tr, x_te, y_te = shapes.make_shapes(seed, train_size or 10_000, test_size or 2_000)
         ds = Dataset("shapes", list(shapes.CLASSES), x_tr, y_tr, x_te, y_te)
     elif name in CIFAR:
-        ds = load_cifar(name, data_dir, label_mode)
+        ds = load_cifar(name, data_dir, label_mode, trust_data_dir=trust_data_dir)
+        check_labels(ds)
         if train_size:
             ds.x_train, ds.y_train = ds.x_train[:train_size], ds.y_train[:train_size]
         if test_size:
@@ -211,6 +296,16 @@ def load_dataset(name, data_dir=None, seed=0, train_size=None, test_size=None, v
         ds.x_train, ds.y_train = ds.x_train[keep], ds.y_train[keep]
     ds.mean, ds.std = channel_stats(ds.x_train)
     return ds
+
+
+def check_labels(ds):
+    """DataError if a label is outside [0, num_classes): caught at loading, not
+    as a loss error in the middle of the first epoch."""
+    for split, y in (("training", ds.y_train), ("test", ds.y_test)):
+        bad = (y < 0) | (y >= ds.num_classes)
+        if bad.any():
+            raise DataError(f"{ds.name}: {split} label {int(y[bad][0])} is outside [0, {ds.num_classes}) "
+                            f"({int(bad.sum())} such labels): the data files are damaged")
 
 
 # ---------------------------------------------------------------- batches

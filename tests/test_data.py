@@ -148,12 +148,19 @@ def test_flips_really_flip():
 
 
 def test_augmentation_off_is_identity():
+    """Shuffled batches without augmentation are exactly the normalised images;
+    with augmentation (same rng, so the same order) they are not."""
     ds = data.load_dataset("shapes", train_size=100, test_size=10)
-    plain = list(data.minibatches(ds.x_train, ds.y_train, 32, ds.mean, ds.std))
-    no_aug = list(data.minibatches(ds.x_train, ds.y_train, 32, ds.mean, ds.std, augment_data=False))
-    for (a, _), (b, _) in zip(plain, no_aug):
-        np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(plain[0][0], data.normalize(ds.x_train[:32], ds.mean, ds.std))
+    batches = lambda aug: list(data.minibatches(ds.x_train, ds.y_train, 32, ds.mean, ds.std,
+                                                rng=np.random.default_rng(7), augment_data=aug))
+    off, on = batches(False), batches(True)
+    order = np.random.default_rng(7).permutation(100)      # minibatches draws the order first
+    for i, ((x_off, y_off), (x_on, y_on)) in enumerate(zip(off, on)):
+        idx = order[32 * i:32 * (i + 1)]
+        np.testing.assert_array_equal(x_off, data.normalize(ds.x_train[idx], ds.mean, ds.std))
+        np.testing.assert_array_equal(y_off, ds.y_train[idx])
+        np.testing.assert_array_equal(y_on, y_off)
+    assert len(off) == 4 and not np.array_equal(off[0][0], on[0][0])
 
 
 def test_shuffling_follows_the_rng():

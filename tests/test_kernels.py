@@ -124,12 +124,16 @@ def test_max_pool_ties_pick_the_first():
 
 
 def test_threads_setting_keeps_results(rng):
+    """One thread and two (set explicitly: `make test` runs with OMP_NUM_THREADS=1)."""
     x = rng.standard_normal((4, 3, 9, 7)).astype(np.float32)
-    before = _kernels.im2col(x, 3, 3, 1, 1, 1, 1)
     n = _kernels.get_num_threads()
     try:
         kernels.set_num_threads(1)
-        np.testing.assert_array_equal(_kernels.im2col(x, 3, 3, 1, 1, 1, 1), before)
+        assert _kernels.get_num_threads() == 1
+        one = _kernels.im2col(x, 3, 3, 1, 1, 1, 1)
+        kernels.set_num_threads(2)
+        assert _kernels.get_num_threads() == 2
+        np.testing.assert_array_equal(_kernels.im2col(x, 3, 3, 1, 1, 1, 1), one)
     finally:
         kernels.set_num_threads(n)
     with pytest.raises(ValueError, match="num_threads"):

@@ -145,3 +145,101 @@ def test_residual_fork_sums_both_branches(rng):
     d_post = dout * (out > 0)
     block.branch_forward(x)
     np.testing.assert_allclose(dx, block.branch_backward(d_post) + d_post)
+
+
+def test_one_and_two_threads_give_the_same_results(rng):
+    """Set explicitly to 1, then 2 threads: `make test` runs with OMP_NUM_THREADS=1,
+    so a test that left the count alone would compare one thread with itself."""
+    from minires import kernels, parallel
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, rng=0), nn.BatchNormReLU2d(8),
+                        nn.Conv2d(8, 4, 3, stride=2, padding=1, rng=1), nn.MaxPool2d(2))
+    x = rng.standard_normal((6, 3, 12, 10)).astype(np.float32)
+    dout = rng.standard_normal((6, 4, 3, 2)).astype(np.float32)
+    before, results = parallel.get_threads(), {}
+    try:
+        for n in (1, 2):
+            kernels.set_num_threads(n)
+            assert parallel.get_threads() == n
+            net.zero_grad()
+            out = net(x)
+            results[n] = [out, net.backward(dout)] + [p.grad.copy() for p in net.parameters()]
+    finally:
+        kernels.set_num_threads(before)
+    one, two = results[1], results[2]
+    if kernels.PURE:    # the reference kernels multiply a chunk at once: BLAS blocks it by size
+        np.testing.assert_allclose(one[0], two[0], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(one[1], two[1], rtol=1e-4, atol=1e-5)
+    else:
+        np.testing.assert_array_equal(one[0], two[0])      # each image on its own: the same bits
+        np.testing.assert_array_equal(one[1], two[1])
+    for a, b in zip(one[2:], two[2:]):                     # weight gradients sum per-thread parts
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: nn.Conv2d(0, 4, 3), "in_channels must be >= 1"),
+    (lambda: nn.Conv2d(3, 0, 3), "out_channels must be >= 1"),
+    (lambda: nn.Conv2d(3, 4, 0), "kernel_size must be >= 1"),
+    (lambda: nn.Conv2d(3, 4, 3, stride=(1, 0)), "stride must be >= 1"),
+    (lambda: nn.Conv2d(3, 4, 3, padding=-1), "padding must be >= 0"),
+    (lambda: nn.Linear(0, 4), "in_features must be >= 1"),
+    (lambda: nn.Linear(3, -2), "out_features must be >= 1"),
+    (lambda: nn.BatchNorm2d(0), "num_features must be >= 1"),
+    (lambda: nn.BatchNorm2d(3, eps=0), "eps must be > 0"),
+    (lambda: nn.BatchNorm2d(3, momentum=1.5), "momentum must be in"),
+    (lambda: nn.MaxPool2d(0), "kernel_size must be >= 1"),
+    (lambda: nn.MaxPool2d(2, stride=0), "stride must be >= 1"),
+    (lambda: nn.AvgPool2d(3, padding=2), "padding must be at most half"),
+    (lambda: nn.Dropout(1.0), r"p \(the dropout probability\) must be in \[0, 1\)"),
+    (lambda: nn.Dropout(-0.1), "must be in"),
+    (lambda: nn.Dropout(float("nan")), "must be in"),
+])
+def test_constructors_refuse_bad_arguments_by_name(make, match):
+    """At construction, not at the first forward deep inside a model."""
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_constructors_refuse_wrong_types():
+    with pytest.raises(TypeError, match="in_channels must be an int"):
+        nn.Conv2d(3.0, 4, 3)
+    with pytest.raises(TypeError, match="kernel_size must be an int or a pair"):
+        nn.Conv2d(3, 4, "3")
+    with pytest.raises(TypeError, match="must be a real number"):
+        nn.Dropout(True)
+
+
+@pytest.mark.parametrize("p", [np.float32(0.25), np.float64(0.25), 0.25, 0])
+def test_dropout_takes_any_real_probability(p):
+    """NumPy scalars too (np.float32 is not a Python float): kept as a float, and it runs."""
+    drop = nn.Dropout(p, rng=0)
+    assert type(drop.p) is float and drop.p == float(p)
+    x = np.ones((4, 100), np.float32)
+    out = drop(x)
+    assert out.shape == x.shape and drop.backward(np.ones_like(out)).shape == x.shape
+
+
+@pytest.mark.parametrize("value,match", [
+    (np.full((2, 3), 1e39), "too large for float32"),            # finite in float64, inf in float32
+    (np.full((2, 3), 1 + 2j), "complex128, not a real number"),
+    (np.full((2, 3), "1.0"), "not a real number"),
+    (np.full((2, 3), np.nan, np.float32), "NaN or inf"),
+])
+def test_load_state_dict_refuses_values_that_do_not_fit(value, match):
+    """np.copyto(casting="unsafe") would only warn; nothing is copied on refusal."""
+    lin = nn.Linear(3, 2, rng=0)
+    before = lin.weight.data.copy()
+    state = dict(lin.state_dict(), weight=value)
+    with pytest.raises(ValueError, match=match):
+        lin.load_state_dict(state)
+    np.testing.assert_array_equal(lin.weight.data, before)
+
+
+def test_load_state_dict_integer_buffers_take_whole_numbers_only():
+    bn = nn.BatchNorm2d(2)
+    with pytest.raises(ValueError, match="whole numbers"):
+        bn.load_state_dict(dict(bn.state_dict(), num_batches_tracked=np.array(2.5)))
+    with pytest.raises(ValueError, match="outside the range of int64"):
+        bn.load_state_dict(dict(bn.state_dict(), num_batches_tracked=np.array(2 ** 64 - 1, np.uint64)))
+    bn.load_state_dict(dict(bn.state_dict(), num_batches_tracked=np.array(7.0)))
+    assert int(bn.num_batches_tracked) == 7

@@ -1,5 +1,6 @@
 """ReLU and Dropout modules."""
 from .. import functional as F
+from ._args import real
 from .init import as_generator
 from .module import Module, take_cache
 
@@ -24,19 +25,16 @@ class Dropout(Module):
 
     def __init__(self, p=0.5, rng=None):
         super().__init__()
-        if not 0 <= p < 1:
-            raise ValueError(f"p must be a probability in [0, 1), got {p!r}")
-        self.p = p
+        # Any real p, NumPy scalars included, kept as a Python float.
+        self.p = real(p, "p (the dropout probability)", 0, 1, open_high=True)
         self.rng = as_generator(rng)
 
     def forward(self, x):
-        out, mask = F.dropout_forward(x, self.p, self.training, self.rng)
-        self._cache = (mask,)           # a tuple: the mask is None in eval mode
+        out, self._cache = F.dropout_forward(x, self.p, self.training, self.rng)
         return out
 
     def backward(self, dout):
-        (mask,) = take_cache(self)
-        return F.dropout_backward(dout, mask)
+        return F.dropout_backward(dout, take_cache(self))
 
     def extra_repr(self):
         return f"p={self.p}"

@@ -3,6 +3,7 @@ the same layer with a ReLU fused onto its output."""
 import numpy as np
 
 from .. import functional as F
+from ._args import count, real
 from .module import Module, Parameter, take_cache
 
 
@@ -15,7 +16,11 @@ class BatchNorm2d(Module):
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1):
         super().__init__()
-        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        num_features = count(num_features, "num_features")
+        # eps > 0 keeps 1/sqrt(var + eps) finite on a constant channel
+        if real(eps, "eps", 0) == 0:
+            raise ValueError("eps must be > 0, got 0")
+        self.num_features, self.eps, self.momentum = num_features, eps, real(momentum, "momentum", 0, 1)
         self.weight = Parameter(np.ones(num_features, dtype=np.float32))
         self.bias = Parameter(np.zeros(num_features, dtype=np.float32))
         self.register_buffer("running_mean", np.zeros(num_features, dtype=np.float32))

@@ -1,7 +1,7 @@
 """Conv2d: a thin module over functional.conv2d_forward / conv2d_backward."""
 
 from .. import functional as F
-from ..functional._checks import pair
+from ._args import count, window
 from .init import as_generator, uniform_fan_in
 from .module import Module, Parameter, take_cache
 
@@ -12,9 +12,9 @@ class Conv2d(Module):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  bias=True, rng=None):
         super().__init__()
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size = pair(kernel_size, "kernel_size")
-        self.stride, self.padding = pair(stride, "stride"), pair(padding, "padding")
+        self.in_channels = count(in_channels, "in_channels")
+        self.out_channels = count(out_channels, "out_channels")
+        self.kernel_size, self.stride, self.padding = window(kernel_size, stride, padding)
         rng = as_generator(rng)
         fan_in = in_channels * self.kernel_size[0] * self.kernel_size[1]
         self.weight = Parameter(uniform_fan_in(rng, (out_channels, in_channels) + self.kernel_size, fan_in))

@@ -1,6 +1,7 @@
 """Linear and Flatten."""
 
 from .. import functional as F
+from ._args import count
 from .init import as_generator, uniform_fan_in
 from .module import Module, Parameter, take_cache
 
@@ -10,7 +11,8 @@ class Linear(Module):
 
     def __init__(self, in_features, out_features, bias=True, rng=None):
         super().__init__()
-        self.in_features, self.out_features = in_features, out_features
+        self.in_features = count(in_features, "in_features")
+        self.out_features = count(out_features, "out_features")
         rng = as_generator(rng)
         self.weight = Parameter(uniform_fan_in(rng, (out_features, in_features), in_features))
         self.bias = Parameter(uniform_fan_in(rng, (out_features,), in_features)) if bias else None

@@ -143,7 +143,8 @@ class Module:
         """Copy arrays into this module's parameters and buffers, in place.
 
         Names and shapes must match exactly: a partial or mismatched load
-        is an error, never a silent half-load.
+        is an error, never a silent half-load. Values must fit the target's
+        dtype (checked before anything is copied): see check_loadable.
         """
         targets = dict(self.named_parameters())
         targets.update(self.named_buffers())
@@ -153,13 +154,15 @@ class Module:
             raise KeyError(f"state_dict does not match {type(self).__name__}: "
                            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
                            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
-        for name, target in targets.items():
-            value = np.asarray(state[name])
-            array = target.data if isinstance(target, Parameter) else target
-            if value.shape != array.shape:
-                raise ValueError(f"state_dict[{name!r}] has shape {value.shape}, "
+        arrays = {name: t.data if isinstance(t, Parameter) else t for name, t in targets.items()}
+        values = {name: np.asarray(state[name]) for name in targets}
+        for name, array in arrays.items():
+            if values[name].shape != array.shape:
+                raise ValueError(f"state_dict[{name!r}] has shape {values[name].shape}, "
                                  f"the module expects {array.shape}")
-            np.copyto(array, value, casting="unsafe")
+            check_loadable(values[name], array.dtype, f"state_dict[{name!r}]")
+        for name, array in arrays.items():
+            np.copyto(array, values[name], casting="unsafe")
 
     def extra_repr(self):
         return ""
@@ -218,6 +221,30 @@ class Identity(Module):
 
     def backward(self, dout):
         return dout
+
+
+def check_loadable(value, dtype, name):
+    """ValueError unless every number in value survives a cast to dtype unchanged in kind.
+
+    np.copyto(casting="unsafe") would only warn: complex numbers would lose
+    their imaginary part, 1e39 would become inf in float32, NaN would become
+    an arbitrary integer. A model that loads must be the model that was saved.
+    """
+    if value.dtype.kind not in "biuf":     # complex, strings, dates, structured records
+        raise ValueError(f"{name} has dtype {value.dtype}, not a real number type")
+    if np.issubdtype(dtype, np.floating):
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise ValueError(f"{name} holds NaN or inf")
+        with np.errstate(over="ignore"):            # the overflow is what we test for
+            fits = np.isfinite(value.astype(dtype)).all()
+        if not fits:
+            raise ValueError(f"{name} holds values too large for {np.dtype(dtype)} (they overflow to inf)")
+    elif np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        if value.dtype.kind == "f" and not (np.isfinite(value).all() and (value == np.round(value)).all()):
+            raise ValueError(f"{name} must hold whole numbers for {np.dtype(dtype)}")
+        if value.size and (value.min() < info.min or value.max() > info.max):
+            raise ValueError(f"{name} holds values outside the range of {np.dtype(dtype)}")
 
 
 def take_cache(module):

@@ -1,5 +1,6 @@
 """Pooling modules."""
 from .. import functional as F
+from ._args import window
 from .module import Module, take_cache
 
 
@@ -8,6 +9,9 @@ class MaxPool2d(Module):
 
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
+        kernel, _, pad = window(kernel_size, kernel_size if stride is None else stride, padding)
+        if pad[0] > kernel[0] // 2 or pad[1] > kernel[1] // 2:
+            raise ValueError(f"padding must be at most half of kernel_size {kernel}, got {pad}")
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
 
     def forward(self, x):
