@@ -17,7 +17,7 @@ def _add_recipe(p):
     p.add_argument("--weight-decay", type=float, default=None,
                    help="default: the paper's value per model (1e-4 ResNets, 5e-4 WRN and seed-cnn)")
     p.add_argument("--no-decay-bn-bias", action="store_true", help="no weight decay on BN parameters and biases")
-    p.add_argument("--schedule", default="cosine", choices=["cosine", "multistep", "onecycle", "constant"])
+    p.add_argument("--schedule", default="cosine", choices=["cosine", "linear", "multistep", "onecycle", "constant"])
     p.add_argument("--warmup", type=int, default=0, help="epochs of linear learning-rate warm-up")
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--no-augment", action="store_true", help="no random crop and flip")
@@ -31,6 +31,9 @@ def _add_recipe(p):
                    help="CIFAR-100: 100 fine or 20 coarse classes")
     p.add_argument("--width-scale", type=float, default=1.0, help="multiply every model width")
     p.add_argument("--time-budget", type=float, default=None, help="minutes per model; stops after that epoch")
+    p.add_argument("--budget", type=float, default=None, metavar="R20_EPOCHS",
+                   help="training compute in resnet-20 epochs (replaces --epochs; see minires.budget)")
+    p.add_argument("--bottleneck-div", type=int, default=None, help="bottleneck-<d>: middle width filters // DIV")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -43,16 +46,30 @@ def _config(args, model):
                        augment=not args.no_augment, seed=args.seed, threads=args.threads,
                        data_dir=args.data_dir, train_size=args.train_size, test_size=args.test_size,
                        val_size=args.val_size, label_mode=args.label_mode, width_scale=args.width_scale,
-                       time_budget=args.time_budget)
+                       time_budget=args.time_budget, budget=args.budget, bottleneck_div=args.bottleneck_div)
 
 
 def cmd_train(args):
-    from .train import train
-    out = args.out or os.path.join("runs", args.model)
+    from .errors import MiniresError
+    from .train import TrainConfig, TrainingDiverged, train
     if args.resume:
+        if args.out and os.path.abspath(args.out) != os.path.abspath(args.resume):
+            raise MiniresError("--resume RUN_DIR names the run folder: leave out --out")
         out = args.resume
-    print(f"training {args.model} on {args.dataset} -> {out}")
-    train(_config(args, args.model), out, resume=bool(args.resume), progress=not args.no_progress)
+        print(f"resuming {out}")
+    else:
+        if not args.model:
+            raise MiniresError("train needs --model (or --resume RUN_DIR)")
+        args.epochs = TrainConfig.epochs if args.epochs is None else args.epochs
+        out = args.out or os.path.join("runs", args.model)
+        print(f"training {args.model} on {args.dataset} -> {out}")
+    try:
+        # With --resume, an option left out (None) keeps the run's own value.
+        train(_config(args, args.model), out, resume=bool(args.resume), overwrite=args.overwrite,
+              progress=not args.no_progress)
+    except TrainingDiverged as exc:
+        raise TrainingDiverged(f"{exc}. {out} keeps the last good checkpoint and best model "
+                               "(if an epoch finished); try a lower --lr or some --warmup") from None
     print(f"done: {out}/log.jsonl, {out}/best.npz")
 
 
@@ -114,10 +131,15 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train one model")
-    p.add_argument("--model", required=True, help="e.g. resnet-20, wrn-16-4, seed-cnn")
+    p.add_argument("--model", default=None, help="e.g. resnet-20, wrn-16-4, seed-cnn (with --resume: the run's)")
     p.add_argument("--out", default=None, help="run folder (default runs/MODEL)")
-    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a stopped run")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue a stopped run with its own recipe (--epochs, --time-budget, --threads "
+                        "and --data-dir may change)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in --out (only once the new run has its first checkpoint)")
     _add_recipe(p)
+    p.set_defaults(epochs=None)     # None: 10 for a new run, the run's own with --resume
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("compare", help="train several models under one recipe and compare them")
@@ -161,6 +183,9 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_gradcheck)
 
+    from .study import add_study_parser
+    add_study_parser(sub)
+
     p = sub.add_parser("bench", help="speed against PyTorch (see benchmarks/bench.py --help)")
     p.add_argument("bench_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_bench)
@@ -177,13 +202,14 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if getattr(args, "threads", None):
         _limit_threads(args.threads)
-    from .data import DataError
     from .train import TrainingDiverged
     try:
         return args.func(args) or 0
-    except (DataError, TrainingDiverged, ValueError) as exc:
+    # What a user can fix: MiniresError (files, folders, arguments; DataError is one),
+    # a diverged run, ValueErrors of bad options (models.build), OSErrors (paths).
+    except (TrainingDiverged, ValueError, OSError) as exc:
         print(f"minires: error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     except KeyboardInterrupt:
         print("\nminires: interrupted; every checkpoint on disk is complete (resume with --resume RUN_DIR)",
               file=sys.stderr)

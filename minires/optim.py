@@ -70,11 +70,13 @@ class Schedule:
     """Learning rate as a function of the step (one step per minibatch).
 
     kind: 'constant' | 'multistep' (x0.1 at 50% and 75% of training) |
-    'cosine' (to 0) | 'onecycle' (cosine up to base_lr over 30%, then down,
+    'cosine' (to 0) | 'linear' (straight down to exactly 0 at total_steps:
+    the budget-aware decay Li et al., ICLR 2020, found best for a fixed
+    training budget) | 'onecycle' (cosine up to base_lr over 30%, then down,
     as torch's OneCycleLR). warmup_steps: a linear ramp from base_lr/warmup
     first (not used with onecycle, which has its own).
     """
-    KINDS = ("constant", "multistep", "cosine", "onecycle")
+    KINDS = ("constant", "multistep", "cosine", "linear", "onecycle")
 
     def __init__(self, kind, base_lr, total_steps, warmup_steps=0, milestones=(0.5, 0.75), gamma=0.1):
         if kind not in self.KINDS:
@@ -95,6 +97,8 @@ class Schedule:
             passed = sum(step >= m * self.total for m in self.milestones)
             return self.base_lr * self.gamma ** passed
         t = (step - self.warmup) / max(1, self.total - self.warmup)
+        if self.kind == "linear":
+            return self.base_lr * (1.0 - min(t, 1.0))
         return self.base_lr * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
 
     def state_dict(self):

@@ -39,10 +39,19 @@ def build_torch_models(torch):
             y = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
             return torch.relu(y + self.shortcut(x))
 
-    class Bottle(nn.Module):
-        def __init__(self, cin, f, s):
+    class Plain(nn.Module):
+        def __init__(self, cin, cout, s):
             super().__init__()
-            mid = max(1, f // 2)
+            self.conv1, self.bn1 = conv3(cin, cout, s), nn.BatchNorm2d(cout)
+            self.conv2, self.bn2 = conv3(cout, cout, 1), nn.BatchNorm2d(cout)
+
+        def forward(self, x):
+            return torch.relu(self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
+
+    class Bottle(nn.Module):
+        def __init__(self, cin, f, s, div=2):
+            super().__init__()
+            mid = max(1, f // div)
             self.conv1, self.bn1 = nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid)
             self.conv2, self.bn2 = conv3(mid, mid, s), nn.BatchNorm2d(mid)
             self.conv3, self.bn3 = nn.Conv2d(mid, f, 1, bias=False), nn.BatchNorm2d(f)
@@ -86,8 +95,14 @@ def build_torch_models(torch):
             [("conv1", conv3(3, widths[0], 1)), ("bn1", nn.BatchNorm2d(widths[0])), ("relu", nn.ReLU())]
             + st + [("pool", GAP()), ("fc", nn.Linear(c, classes))]))
 
-    def bottleneck(n, widths, classes):
-        st, c = stages(Bottle, widths, n, widths[0], (1, 2, 2))
+    def plain(n, widths, classes):
+        st, c = stages(Plain, widths, n, widths[0], (1, 2, 2))
+        return nn.Sequential(OrderedDict(
+            [("conv1", conv3(3, widths[0], 1)), ("bn1", nn.BatchNorm2d(widths[0])), ("relu", nn.ReLU())]
+            + st + [("pool", GAP()), ("fc", nn.Linear(c, classes))]))
+
+    def bottleneck(n, widths, classes, div=2):
+        st, c = stages(Bottle, widths, n, widths[0], (1, 2, 2), div=div)
         return nn.Sequential(OrderedDict(
             [("conv1", conv3(3, widths[0], 1)), ("bn1", nn.BatchNorm2d(widths[0])), ("relu", nn.ReLU())]
             + st + [("pool", GAP()), ("fc", nn.Linear(c, classes))]))
@@ -117,7 +132,18 @@ def build_torch_models(torch):
              ("relu", nn.ReLU()), ("maxpool", nn.MaxPool2d(3, 2, 1))] + st +
             [("pool", GAP()), ("fc", nn.Linear(c, classes))]))
 
-    return dict(resnet=resnet, bottleneck=bottleneck, wrn=wrn, seed_cnn=seed_cnn, imagenet18=imagenet18)
+    def imagenet50(stem, planes, classes):
+        layers = [("conv1", nn.Conv2d(3, stem, 7, 2, 3, bias=False)), ("bn1", nn.BatchNorm2d(stem)),
+                  ("relu", nn.ReLU()), ("maxpool", nn.MaxPool2d(3, 2, 1))]
+        cin = stem
+        for i, (p, blocks, s) in enumerate(zip(planes, (3, 4, 6, 3), (1, 2, 2, 2))):
+            stage = [Bottle(cin, 4 * p, s, div=4)] + [Bottle(4 * p, 4 * p, 1, div=4) for _ in range(blocks - 1)]
+            layers.append((f"layer{i + 1}", nn.Sequential(*stage)))
+            cin = 4 * p
+        return nn.Sequential(OrderedDict(layers + [("pool", GAP()), ("fc", nn.Linear(cin, classes))]))
+
+    return dict(resnet=resnet, plain=plain, bottleneck=bottleneck, wrn=wrn, seed_cnn=seed_cnn,
+                imagenet18=imagenet18, imagenet50=imagenet50)
 
 
 def torch_twin(torch, name, options):
@@ -128,12 +154,16 @@ def torch_twin(torch, name, options):
     if name == "seed-cnn":
         return T["seed_cnn"](sc(16), sc(32), sc(64), sc(128), 10, options.get("dropout", 0.5))
     depth = int(name.split("-")[-1]) if not name.startswith("wrn") else int(name.split("-")[1])
+    if name == "imagenet-resnet-50":
+        return T["imagenet50"](sc(64), [sc(64), sc(128), sc(256), sc(512)], 10)
+    if name.startswith("plain"):
+        return T["plain"]((depth - 2) // 6, [sc(16), sc(32), sc(64)], 10)
     if name.startswith("resnet"):
         return T["resnet"]((depth - 2) // 6, [sc(16), sc(32), sc(64)], 10, options.get("shortcut", "A"))
     if name.startswith("seed-wide"):
         return T["resnet"]((depth - 2) // 6, [sc(16), sc(32), sc(64)], 10, "A", widen=4)
     if name.startswith("bottleneck"):
-        return T["bottleneck"]((depth - 2) // 9, [sc(64), sc(128), sc(256)], 10)
+        return T["bottleneck"]((depth - 2) // 9, [sc(64), sc(128), sc(256)], 10, options.get("bottleneck_div", 2))
     if name.startswith("wrn"):
         k = int(name.split("-")[2])
         return T["wrn"]((depth - 4) // 6, sc(16), [sc(16 * k), sc(32 * k), sc(64 * k)], 10, options.get("dropout", 0.0))

@@ -16,6 +16,10 @@ PARAMS = [
     ("wrn-28-10", {}, 10, 36_479_194),
     ("seed-wide-20", {}, 10, 1_073_530),
     ("imagenet-resnet-18", {}, 10, 11_181_642),
+    ("plain-20", {}, 10, 269_722),
+    ("plain-56", {}, 10, 853_018),
+    ("bottleneck-29", {"bottleneck_div": 4}, 10, 314_122),
+    ("imagenet-resnet-50", {}, 10, 23_528_522),     # torchvision's resnet50(num_classes=10)
 ]
 
 
@@ -28,7 +32,8 @@ def test_parameter_counts(name, options, classes, expected):
 def test_parameter_counts_100_classes(name, options, classes, expected):
     # 90 more classes: 90 more rows of the last Linear, weight and bias
     last_in = {"seed-cnn": 128, "resnet-20": 64, "resnet-56": 64, "bottleneck-29": 256,
-               "wrn-16-4": 256, "wrn-28-10": 640, "seed-wide-20": 64, "imagenet-resnet-18": 512}[name]
+               "wrn-16-4": 256, "wrn-28-10": 640, "seed-wide-20": 64, "imagenet-resnet-18": 512,
+               "plain-20": 64, "plain-56": 64, "imagenet-resnet-50": 2048}[name]
     assert models.build(name, 100, rng=0, **options).num_parameters() == expected + 90 * (last_in + 1)
 
 
@@ -41,6 +46,9 @@ TINY = [
     ("wrn-10-1", dict(width_scale=0.25, dropout=0.3), 8),
     ("seed-wide-8", dict(width_scale=0.25), 8),
     ("imagenet-resnet-18", dict(width_scale=1 / 16), 32),
+    ("plain-8", dict(width_scale=0.25), 8),
+    ("bottleneck-11", dict(width_scale=1 / 8, bottleneck_div=4), 8),
+    ("imagenet-resnet-50", dict(width_scale=1 / 16), 32),
 ]
 
 
@@ -59,7 +67,7 @@ def test_whole_model_check_catches_a_broken_block(monkeypatch):
     """The fork must sum both branches: dropping the shortcut's gradient fails."""
     from minires.nn.residual import ResidualBlock
     monkeypatch.setattr(ResidualBlock, "backward",
-                        lambda self, d: self.branch_backward(__import__("minires").functional.relu_backward(d, self._cache[1])))
+                        lambda self, d: self.branch_backward(__import__("minires").functional.relu_backward(d, self.post_relu_output)))
     model = models.build("resnet-8", rng=0, width_scale=0.25).astype(np.float64)
     report = check_module(model, np.random.default_rng(1).standard_normal((2, 3, 8, 8)), max_samples=4)
     assert not report.ok(1e-6)
@@ -67,6 +75,9 @@ def test_whole_model_check_catches_a_broken_block(monkeypatch):
 
 PARITY = [(n, {**o, "dropout": 0.0} if "dropout" in o else o, s) for n, o, s in TINY]
 PARITY[1] = ("resnet-14", dict(width_scale=0.5), 16)   # a deeper one, both stride-2 stages
+# 50 layers of batch norm over a batch of 8 amplify float32 rounding to ~1e-2 in the
+# input gradient: ResNet-50 gets its own parity test in float64 below
+PARITY = [p for p in PARITY if p[0] != "imagenet-resnet-50"]
 
 
 @pytest.mark.parametrize("name,options,size", PARITY)
@@ -99,8 +110,34 @@ def test_torch_parity(torch, name, options, size, mode):
         np.testing.assert_allclose(b, tstate[bname].numpy(), rtol=1e-4, atol=1e-5, err_msg=bname)
 
 
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_torch_parity_imagenet_resnet50_float64(torch, mode):
+    model = models.build("imagenet-resnet-50", rng=0, width_scale=1 / 16).astype(np.float64)
+    twin = torch_twin(torch, "imagenet-resnet-50", dict(width_scale=1 / 16)).double()
+    twin.load_state_dict({k: torch.tensor(v) for k, v in model.state_dict().items()})
+    getattr(model, mode)()
+    getattr(twin, mode)()
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((8, 3, 32, 32))
+    tx = torch.tensor(x, requires_grad=True)
+    tlogits = twin(tx)
+    logits = model(x)
+    np.testing.assert_allclose(logits, tlogits.detach().numpy(), rtol=1e-9, atol=1e-10)
+    dout = rng.standard_normal(logits.shape)
+    model.zero_grad()
+    dx = model.backward(dout)
+    tlogits.backward(torch.tensor(dout))
+    np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-8, atol=1e-10)
+    tparams = dict(twin.named_parameters())
+    for pname, p in model.named_parameters():
+        np.testing.assert_allclose(p.grad, tparams[pname].grad.numpy(), rtol=1e-8, atol=1e-10, err_msg=pname)
+    tstate = twin.state_dict()
+    for bname, b in model.named_buffers():
+        np.testing.assert_allclose(b, tstate[bname].numpy(), rtol=1e-9, atol=1e-12, err_msg=bname)
+
+
 @pytest.mark.parametrize("name", ["seed-cnn", "resnet-8", "bottleneck-11", "wrn-10-1", "seed-wide-8",
-                                  "imagenet-resnet-18"])
+                                  "imagenet-resnet-18", "plain-8", "imagenet-resnet-50"])
 @pytest.mark.parametrize("n", [1, 3])
 def test_output_shape(name, n):
     model = models.build(name, num_classes=7, rng=0, width_scale=0.25).eval()
@@ -130,6 +167,25 @@ def test_build_errors():
     for name in models.available():
         if name != "wrn-28-10":
             models.build(name, rng=0)
+
+
+@pytest.mark.parametrize("depth", [8, 20, 56, 110])
+def test_plain_nets_are_resnets_without_shortcuts(depth):
+    """He et al.'s plain net: option A's layers exactly (A adds no parameters), no residual block."""
+    plain, res = models.build(f"plain-{depth}", rng=0), models.build(f"resnet-{depth}", rng=0)
+    assert plain.num_parameters() == res.num_parameters()
+    assert [k for k, _ in plain.named_parameters()] == [k for k, _ in res.named_parameters()]
+    assert not any(isinstance(m, models.BasicBlock) for m in plain.modules())
+    with pytest.raises(ValueError, match="plain depth must be 6n\\+2"):
+        models.build("plain-21")
+
+
+def test_bottleneck_div_narrows_the_middle():
+    block = models.build("bottleneck-29", rng=0, bottleneck_div=4).layer3[1]
+    assert block.conv1.weight.data.shape == (64, 256, 1, 1) and block.conv3.weight.data.shape == (256, 64, 1, 1)
+    assert models.build("bottleneck-29", rng=0).layer3[1].conv2.weight.data.shape == (128, 128, 3, 3)
+    with pytest.raises(ValueError, match="bottleneck_div must be >= 1"):
+        models.build("bottleneck-29", bottleneck_div=0)
 
 
 def test_same_seed_same_weights():
@@ -163,8 +219,24 @@ def test_save_and_load_round_trip(tmp_path):
     assert not list(tmp_path.glob(".tmp-*"))
 
 
+class _RunsCode:
+    """Unpickling this executes code: what a model file must never get to do."""
+    def __reduce__(self):
+        return exec, ("import builtins; builtins._minires_unpickled = True",)
+
+
 def test_load_never_unpickles(tmp_path):
+    """A genuine model file (valid metadata, every name and shape right) whose
+    first weight is an object array: only allow_pickle=False stops it."""
+    import builtins
     path = tmp_path / "evil.npz"
-    np.savez(path, weights=np.array([object()], dtype=object))
-    with pytest.raises(ValueError):
+    models.save(models.build("resnet-8", rng=0, width_scale=0.25), path)
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    name = next(k for k in arrays if k != models.io.META_KEY)
+    evil = np.zeros(arrays[name].shape).astype(object)
+    evil.flat[0] = _RunsCode()
+    np.savez(path, **{**arrays, name: evil})
+    with pytest.raises(ValueError, match="pickled Python objects"):
         models.load(path)
+    assert not hasattr(builtins, "_minires_unpickled")

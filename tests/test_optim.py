@@ -62,10 +62,21 @@ def test_schedules_at_given_steps():
     assert warm(10) == pytest.approx(0.1) and warm(55) == pytest.approx(0.05)
     assert Schedule("constant", 0.3, 10)(7) == 0.3
     with pytest.raises(ValueError, match="schedule must be one of"):
-        Schedule("linear", 0.1, 10)
+        Schedule("step", 0.1, 10)
     restored = Schedule("constant", 1.0, 1)
     restored.load_state_dict(warm.state_dict())
     assert [restored(t) for t in (0, 9, 55)] == [warm(t) for t in (0, 9, 55)]
+
+
+def test_linear_decays_to_exactly_zero_at_the_budget():
+    lin = Schedule("linear", 0.1, 100)
+    assert [lin(s) for s in (0, 25, 50, 99)] == pytest.approx([0.1, 0.075, 0.05, 0.001])
+    assert lin(100) == 0.0 and lin(150) == 0.0          # spent: nothing left to learn with
+    warm = Schedule("linear", 0.1, 110, warmup_steps=10)
+    assert warm(4) == pytest.approx(0.05) and warm(10) == pytest.approx(0.1)
+    assert warm(60) == pytest.approx(0.05) and warm(110) == 0.0
+    lrs = [lin(s) for s in range(101)]
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))     # strictly down, every step
 
 
 def test_onecycle_matches_torch(torch):

@@ -4,7 +4,7 @@ same op on a plain C-contiguous copy (layouts), or in PyTorch (special
 values), and demands the same numbers.
 
 The reference kernels are held to the same tests: CI runs this file again
-with MINIRES_PURE=1.
+with MINIRES_PURE=1. MINIRES_FUZZ_SCALE=N runs N times as many cases.
 """
 import os
 import subprocess
@@ -17,6 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import minires.functional as F
+
+# A longer campaign than the suite's: MINIRES_FUZZ_SCALE=20 pytest tests/test_robustness.py
+_SCALE = int(os.environ.get("MINIRES_FUZZ_SCALE", "1"))
 
 # ---------------------------------------------------------------- the ops
 # Each op: make(draw) -> (arrays, params); run(arrays, params, dout_rng) ->
@@ -187,7 +190,7 @@ def _douts(seed, dtype):
     return lambda out: rng.standard_normal(out.shape).astype(dtype)
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=120 * _SCALE, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.data())
 def test_every_layout_gives_the_same_numbers(tmp_path_factory, data):
     """Fortran order, transposed, reversed, strided, read-only, broadcast and
@@ -217,7 +220,7 @@ SPECIALS = [np.nan, np.inf, -np.inf, 0.0, 1e100]     # 1e100: huge, yet its squa
 
 @pytest.mark.parametrize("value", SPECIALS)
 @pytest.mark.parametrize("name", sorted(k for k, v in OPS.items() if v[2] is not None))
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=12 * _SCALE, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_nan_and_inf_propagate_as_in_pytorch(torch, name, value, data):
     """NaN, inf, zeros and huge values in inputs and in dout: outputs and
@@ -333,3 +336,12 @@ def test_dout_error_names_expected_and_actual_shape():
     out, cache = F.relu_forward(x)
     with pytest.raises(ValueError, match=r"dout must have .* \(2, 3, 4, 4\).* got shape \(1, 3, 4, 4\)"):
         F.relu_backward(out[:1], cache)
+
+
+def test_avg_pool_of_kernel_1_runs_backward():
+    """AvgPool2d(1) used to fail on every backward (a read-only broadcast went into col2im)."""
+    from minires import nn
+    pool = nn.AvgPool2d(1)
+    x = np.arange(24, dtype=np.float32).reshape(1, 2, 3, 4)
+    np.testing.assert_array_equal(pool(x), x)
+    np.testing.assert_array_equal(pool.backward(np.ones_like(x)), np.ones_like(x))

@@ -1,4 +1,5 @@
 """Training loop: exact resume, divergence, checkpoints, and the CLI end to end."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from minires import models
-from minires.train import TrainConfig, TrainingDiverged, train
+from minires.train import TrainConfig, TrainingDiverged, run_is_finished, train
 
 TINY = dict(model="resnet-8", dataset="shapes", train_size=96, test_size=32, batch_size=32,
             width_scale=0.25, lr=0.05)
@@ -43,6 +44,45 @@ def test_resume_is_bit_identical(tmp_path, model, extra):
     assert strip(_log(straight)) == strip(_log(split)) and len(_log(split)) == 2
 
 
+def _budget_for_steps(steps, cfg):
+    """The budget (resnet-20 epochs) that gives cfg's model exactly `steps` steps."""
+    from minires.budget import budget_images
+    per_unit = budget_images(1.0, cfg.model, cfg.model_options(), 10, cfg.train_size)
+    return steps * cfg.batch_size / per_unit
+
+
+def test_budget_trains_exact_steps_ends_the_schedule_and_resumes_bit_exactly(tmp_path):
+    from minires.budget import budget_steps
+    base = TrainConfig(**TINY, schedule="linear")                  # 96 images: 3 steps of 32 per epoch
+    cfg = dataclasses.replace(base, budget=_budget_for_steps(7, base))
+    assert budget_steps(cfg.budget, cfg.model, cfg.model_options(), 10, 96, 32) == 7
+    straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
+    log = train(cfg, straight, progress=False, verbose=False)
+    # 7 steps: two whole epochs and one step of a third, logged as a fraction
+    assert [r["images_seen"] for r in log] == [96, 192, 224]
+    assert log[-1]["epochs_done"] == pytest.approx(224 / 96)
+    assert log[-1]["lr"] == pytest.approx(0.05 / 7)                # linear: one step before zero
+    assert json.loads((tmp_path / "straight" / "config.json").read_text())["epochs"] == 3
+    assert run_is_finished(straight)
+    train(cfg, split, progress=False, verbose=False, stop_after=1)
+    assert not run_is_finished(split)
+    train(dataclasses.replace(cfg, epochs=99), split, resume=True, progress=False, verbose=False)
+    a, b = _weights(straight), _weights(split)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    strip = lambda log: [{k: v for k, v in r.items() if k not in TIMING} for r in log]
+    assert strip(_log(straight)) == strip(_log(split))
+
+
+def test_smaller_models_get_more_steps_for_the_same_budget():
+    from minires.budget import budget_steps, macs_per_image
+    assert budget_steps(1.0, "resnet-20") == round(50_000 / 128)
+    ratio = macs_per_image("resnet-20") / macs_per_image("seed-cnn")
+    assert budget_steps(2.0, "seed-cnn") == round(2 * 50_000 * ratio / 128) and ratio > 5
+    with pytest.raises(ValueError, match="budget must be > 0"):
+        budget_steps(0, "resnet-20")
+
+
 def test_run_folder_contents_and_best_model(tmp_path):
     out = str(tmp_path / "run")
     history = train(TrainConfig(**TINY, epochs=2), out, progress=False, verbose=False)
@@ -59,11 +99,15 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     out = str(tmp_path / "run")
     train(TrainConfig(**TINY, epochs=1), out, progress=False, verbose=False)
     before = _weights(out)
+    files = {f: (tmp_path / "run" / f).read_bytes() for f in os.listdir(out)}
+    # overwrite=True: even so, nothing of the old run goes before the new one has a checkpoint
     with pytest.raises(TrainingDiverged, match="loss became"):
-        train(TrainConfig(**{**TINY, "lr": 1e30}, epochs=3), out, progress=False, verbose=False)
+        train(TrainConfig(**{**TINY, "lr": 1e30}, epochs=3), out, progress=False, verbose=False, overwrite=True)
     after = _weights(out)
     for k in before:
         np.testing.assert_array_equal(before[k], after[k])
+    assert {f: (tmp_path / "run" / f).read_bytes() for f in os.listdir(out)} == files
+    assert sorted(os.listdir(tmp_path)) == ["run"]      # no staging folder left behind
 
 
 def test_time_budget_stops_after_an_epoch(tmp_path):
@@ -114,7 +158,8 @@ def test_cli_summary_and_gradcheck(tmp_path):
 def test_cli_errors_are_clear(tmp_path):
     r = subprocess.run([sys.executable, "-m", "minires", "train", "--model", "vgg-16", "--epochs", "1", *SMALL],
                        capture_output=True, text=True, cwd=tmp_path)
-    assert r.returncode == 1 and "unknown model 'vgg-16'" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "unknown model 'vgg-16'" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "runs").exists()     # a failed command creates no folder
 
 
 # One name per family (resnet-56/110 and wrn-28-10 only repeat their family's blocks

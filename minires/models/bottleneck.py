@@ -7,7 +7,8 @@
     global average pool, linear
 
 Each block is 1x1 conv to filters//2, 3x3 conv at filters//2, 1x1 conv
-back to filters, BN after each conv, ReLU after the first two BNs and
+back to filters (bottleneck_div=4 narrows the middle to filters//4, the
+ratio of torchvision's ResNet-50), BN after each conv, ReLU after the first two BNs and
 after the add. The article's snippet applies ReLU before BN and adds a
 64-channel branch to the 3-channel input, which cannot run; the stem
 and the conv-BN-ReLU order here fix both.
@@ -23,11 +24,11 @@ from .resnet import _blocks_for
 class Bottleneck(nn.ResidualBlock):
     """1x1 (in->mid) BN-ReLU, 3x3 (mid->mid, stride) BN-ReLU, 1x1 (mid->out) BN, add, ReLU.
 
-    BN-ReLU is one fused layer, nn.BatchNormReLU2d."""
+    BN-ReLU is one fused layer, nn.BatchNormReLU2d. mid = filters // div."""
 
-    def __init__(self, in_channels, filters, stride=1, rng=None):
+    def __init__(self, in_channels, filters, stride=1, rng=None, div=2):
         super().__init__()
-        mid = max(1, filters // 2)
+        mid = max(1, filters // div)
         self.conv1 = conv1x1(in_channels, mid, 1, rng)
         self.bn1 = nn.BatchNormReLU2d(mid)
         self.conv2 = conv3x3(mid, mid, stride, rng)
@@ -49,13 +50,13 @@ class Bottleneck(nn.ResidualBlock):
 
 
 class BottleneckResNet(nn.Sequential):
-    def __init__(self, blocks_per_stage, num_classes=10, widths=(64, 128, 256), rng=None):
+    def __init__(self, blocks_per_stage, num_classes=10, widths=(64, 128, 256), rng=None, div=2):
         rng = as_generator(rng)
         stages, cin = [], widths[0]
         for i, filters in enumerate(widths):
             stride = 1 if i == 0 else 2
-            blocks = [Bottleneck(cin, filters, stride, rng)]
-            blocks += [Bottleneck(filters, filters, 1, rng) for _ in range(blocks_per_stage - 1)]
+            blocks = [Bottleneck(cin, filters, stride, rng, div)]
+            blocks += [Bottleneck(filters, filters, 1, rng, div) for _ in range(blocks_per_stage - 1)]
             stages.append((f"layer{i + 1}", nn.Sequential(*blocks)))
             cin = filters
         super().__init__(OrderedDict(
@@ -69,8 +70,11 @@ class BottleneckResNet(nn.Sequential):
         return super().forward(x)
 
 
-def bottleneck(depth=29, num_classes=10, width_scale=1.0, rng=None):
-    """Slimmed-bottleneck ResNet, depth = 9n+2 (11, 20, 29, ...)."""
+def bottleneck(depth=29, num_classes=10, width_scale=1.0, bottleneck_div=2, rng=None):
+    """Slimmed-bottleneck ResNet, depth = 9n+2 (11, 20, 29, ...); the middle
+    of each block has filters // bottleneck_div channels (the article's 2)."""
     n = _blocks_for(depth, 9, 2, "bottleneck")
+    if bottleneck_div < 1:
+        raise ValueError(f"bottleneck_div must be >= 1, got {bottleneck_div}")
     widths = tuple(scaled(c, width_scale) for c in (64, 128, 256))
-    return BottleneckResNet(n, num_classes, widths, rng=rng)
+    return BottleneckResNet(n, num_classes, widths, rng=rng, div=bottleneck_div)

@@ -1,5 +1,6 @@
-"""The reduced-depth ResNet for CIFAR of He et al. 2016 (depth 6n+2), and the
-seed article's wide variant, which shares its layout.
+"""The reduced-depth ResNet for CIFAR of He et al. 2016 (depth 6n+2), its
+plain twin without shortcuts, and the seed article's wide variant, which
+share its layout.
 
     conv3x3(3->16) BN-ReLU                      32x32
     stage 1: n basic blocks, 16 channels        32x32
@@ -42,20 +43,37 @@ class BasicBlock(nn.ResidualBlock):
         return self.conv1.backward(self.bn1.backward(d))
 
 
-def _stage(blocks, cin, cout, stride, rng, **block_options):
-    layers = [BasicBlock(cin, cout, stride, rng=rng, **block_options)]
-    layers += [BasicBlock(cout, cout, 1, rng=rng, **block_options) for _ in range(blocks - 1)]
+class PlainBlock(nn.Sequential):
+    """A BasicBlock without its shortcut: conv3x3-BN-ReLU-conv3x3-BN-ReLU.
+
+    He et al. 2016's "plain" networks (their Fig. 6): the same layers and
+    parameters as option A, only the identity path is gone, so the gradient
+    reaches early layers through every conv of the stack.
+    """
+
+    def __init__(self, in_channels, out_channels, stride=1, widen=1, rng=None):
+        mid = out_channels * widen
+        super().__init__(OrderedDict([
+            ("conv1", conv3x3(in_channels, mid, stride, rng)), ("bn1", nn.BatchNormReLU2d(mid)),
+            ("conv2", conv3x3(mid, out_channels, 1, rng)), ("bn2", nn.BatchNormReLU2d(out_channels))]))
+
+
+def _stage(blocks, cin, cout, stride, rng, block=BasicBlock, **block_options):
+    layers = [block(cin, cout, stride, rng=rng, **block_options)]
+    layers += [block(cout, cout, 1, rng=rng, **block_options) for _ in range(blocks - 1)]
     return nn.Sequential(*layers)
 
 
 class CifarResNet(nn.Sequential):
-    """Stem, three stages of BasicBlocks, global average pool, linear."""
+    """Stem, three stages of BasicBlocks (or PlainBlocks), global average pool, linear."""
 
     def __init__(self, blocks_per_stage, num_classes=10, widths=(16, 32, 64),
-                 shortcut_option="A", widen=1, rng=None):
+                 shortcut_option="A", widen=1, rng=None, block=BasicBlock):
         rng = as_generator(rng)
         w1, w2, w3 = widths
-        opts = dict(shortcut_option=shortcut_option, widen=widen)
+        opts = dict(block=block, widen=widen)
+        if block is BasicBlock:     # a plain block has no shortcut to choose
+            opts["shortcut_option"] = shortcut_option
         super().__init__(OrderedDict([
             ("conv1", conv3x3(3, w1, 1, rng)),
             ("bn1", nn.BatchNormReLU2d(w1)),
@@ -87,6 +105,14 @@ def resnet(depth=20, num_classes=10, shortcut="A", width_scale=1.0, rng=None):
     n = _blocks_for(depth, 6, 2, "resnet")
     widths = tuple(scaled(c, width_scale) for c in (16, 32, 64))
     return CifarResNet(n, num_classes, widths, shortcut_option=shortcut, rng=rng)
+
+
+def plain(depth=20, num_classes=10, width_scale=1.0, rng=None):
+    """He et al. 2016's plain network, depth = 6n+2: resnet-<depth> without
+    its shortcuts (same parameter count as option A, which has none)."""
+    n = _blocks_for(depth, 6, 2, "plain")
+    widths = tuple(scaled(c, width_scale) for c in (16, 32, 64))
+    return CifarResNet(n, num_classes, widths, rng=rng, block=PlainBlock)
 
 
 def seed_wide(depth=20, num_classes=10, widen=4, width_scale=1.0, rng=None):

@@ -1,0 +1,150 @@
+"""`minires study` end to end on `shapes`: run, stop midway, resume, restart
+without a checkpoint, report; and the spec checks."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from minires.study import dry_run, load_spec, run_config, run_state, run_study, study_dir
+
+TIMING = {"images_per_second", "epoch_seconds", "wall_seconds"}
+# Tiny models on 64 shapes images; the spec says cifar10 and the tests pass --dataset shapes.
+SPEC = {
+    "name": "tiny", "question": "a smoke test", "data": "shapes",
+    "recipe": {"dataset": "cifar10", "train_size": 64, "test_size": 32, "batch_size": 32,
+               "width_scale": 0.25, "lr": 0.05, "schedule": "linear"},
+    "experiments": {"E1": "epochs", "E2": "equal compute", "E5": "a placeholder"},
+    "runs": [
+        {"name": "e2-resnet-8", "experiments": ["E2"], "model": "resnet-8", "budget": 0.2, "seed": 0},
+        {"name": "e1-plain-8", "experiments": ["E1"], "model": "plain-8", "epochs": 4, "seed": 0},
+        {"name": "e2-seed-cnn", "experiments": ["E2"], "model": "seed-cnn", "options": {"dropout": 0.0},
+         "budget": 0.05, "seed": 1},
+    ],
+}
+SCALE = 0.5
+
+
+def _write_spec(tmp_path, spec=SPEC):
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(spec))
+    return str(path)
+
+
+def _cli(*args, cwd):
+    r = subprocess.run([sys.executable, "-m", "minires", "study", *args], capture_output=True, text=True, cwd=cwd)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
+
+
+def _log(run_dir, strip_timing=True):
+    with open(os.path.join(run_dir, "log.jsonl")) as f:
+        log = [json.loads(line) for line in f]
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in log] if strip_timing else log
+
+
+def test_study_runs_stops_resumes_restarts_and_reports(tmp_path):
+    spec_path = _write_spec(tmp_path)
+    root = study_dir(spec_path, SCALE)
+    assert root.endswith("tiny-scale0.5")
+    runs = {name: os.path.join(root, "runs", name) for name in ("e2-resnet-8", "e1-plain-8", "e2-seed-cnn")}
+
+    # the plan: scaled steps, several epochs each, nothing run yet
+    rows = dry_run(spec_path, scale=SCALE, dataset="shapes")
+    assert [r["state"] for r in rows] == ["new"] * 3 and all(r["epochs"] >= 2 for r in rows)
+    assert rows[1]["epochs"] == pytest.approx(2.0)              # 4 epochs x 0.5
+
+    # first sitting: interrupted after one epoch of the first run
+    assert run_study(spec_path, scale=SCALE, dataset="shapes", progress=False, stop_after=1, max_runs=1) \
+        == ["e2-resnet-8"]
+    spec = load_spec(spec_path)
+    config = run_config(spec, spec["runs"][0], SCALE, "shapes")
+    assert run_state(runs["e2-resnet-8"], config) == "stopped" and len(_log(runs["e2-resnet-8"])) == 1
+
+    # second sitting (CLI): resumes the first, runs the rest
+    out = _cli("run", spec_path, "--scale", "0.5", "--dataset", "shapes", "--no-progress", cwd=tmp_path)
+    assert "e2-resnet-8 (stopped)" in out and "e1-plain-8 (new)" in out and "trained 3 run(s)" in out
+    for name, run_dir in runs.items():
+        cfg = run_config(spec, next(r for r in spec["runs"] if r["name"] == name), SCALE, "shapes")
+        assert run_state(run_dir, cfg) == "finished", name
+    assert not any(f.endswith(".npz") for f in os.listdir(os.path.join(root, "runs")))
+    assert sorted(os.listdir(runs["e1-plain-8"])) == ["best.npz", "checkpoint.npz", "config.json",
+                                                      "log.jsonl", "machine.json"]
+
+    # the resumed run equals the same run made in one go
+    straight = str(tmp_path / "straight")
+    from minires.train import train
+    train(config, straight, progress=False, verbose=False)
+    assert _log(straight) == _log(runs["e2-resnet-8"])
+
+    # another machine: the committed log is there, the checkpoint is not -> rerun from scratch, same numbers
+    before = _log(runs["e2-seed-cnn"])
+    os.remove(os.path.join(runs["e2-seed-cnn"], "checkpoint.npz"))
+    os.remove(os.path.join(runs["e2-seed-cnn"], "best.npz"))
+    with open(os.path.join(runs["e2-seed-cnn"], "log.jsonl")) as f:
+        first = f.readline()
+    with open(os.path.join(runs["e2-seed-cnn"], "log.jsonl"), "w") as f:
+        f.write(first)
+    out = _cli("run", spec_path, "--scale", "0.5", "--dataset", "shapes", "--no-progress", cwd=tmp_path)
+    assert "e2-seed-cnn (restart)" in out and "trained 1 run(s)" in out
+    assert _log(runs["e2-seed-cnn"]) == before
+
+    # nothing left: a rerun trains nothing; the dry run reads speeds from the logs
+    out = _cli("run", spec_path, "--scale", "0.5", "--dataset", "shapes", "--no-progress", cwd=tmp_path)
+    assert "trained 0 run(s)" in out
+    out = _cli("run", spec_path, "--scale", "0.5", "--dataset", "shapes", "--dry-run", cwd=tmp_path)
+    assert out.count("(log)") == 3 and out.count("| finished |") == 3
+
+    # the report, from the run folders alone
+    out = _cli("report", spec_path, "--scale", "0.5", cwd=tmp_path)
+    report = open(os.path.join(root, "REPORT.md")).read()
+    for text in ("## Setup", "## E1: epochs", "## E2: equal compute", "| e1-plain-8 | plain-8 |",
+                 "seed-cnn no dropout", "## Verdicts", "**C1**", "not yet run", "No runs in this spec yet"):
+        assert text in report, text
+    for png in ("accuracy_vs_compute.png", "e1_curves.png", "gap_vs_params.png"):
+        assert os.path.getsize(os.path.join(root, png)) > 1000
+
+    # the unscaled study is untouched
+    assert not os.path.exists(study_dir(spec_path))
+
+
+def test_a_changed_spec_never_continues_an_old_run(tmp_path):
+    spec_path = _write_spec(tmp_path)
+    run_study(spec_path, only=["e2-seed-cnn"], scale=SCALE, dataset="shapes", progress=False, stop_after=1)
+    changed = json.loads(json.dumps(SPEC))
+    changed["runs"][2]["budget"] = 0.1
+    _write_spec(tmp_path, changed)
+    with pytest.raises(ValueError, match="budget=0.025 but the spec now says 0.05; delete the folder"):
+        run_study(spec_path, only=["e2-seed-cnn"], scale=SCALE, dataset="shapes", progress=False)
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda s: s["runs"][0].update(epochs=3), "exactly one of budget and epochs"),
+    (lambda s: s["runs"][1].update(name="e2-resnet-8"), "unique"),
+    (lambda s: s["runs"][0].update(options={"colour": "red"}), "'colour' is not a TrainConfig field"),
+    (lambda s: s["runs"][0].update(budjet=1), "unknown keys"),
+])
+def test_spec_errors_are_clear(tmp_path, change, message):
+    spec = json.loads(json.dumps(SPEC))
+    change(spec)
+    with pytest.raises(ValueError, match=message):
+        load_spec(_write_spec(tmp_path, spec))
+
+
+def test_the_cifar10_spec_follows_the_issue():
+    spec = load_spec(os.path.join(os.path.dirname(__file__), "..", "studies", "cifar10.json"))
+    runs = spec["runs"]
+    e1 = {r["model"] for r in runs if "E1" in r["experiments"]}
+    assert e1 == {"plain-20", "plain-56", "resnet-20", "resnet-56"}
+    assert all(r["epochs"] >= 8 for r in runs if "E1" in r["experiments"])
+    e2 = [r for r in runs if "E2" in r["experiments"]]
+    budgets = sorted({r["budget"] for r in e2})
+    assert len(budgets) == 2 and budgets[1] >= 3 * budgets[0]
+    for b in budgets:
+        assert {r["model"] for r in e2 if r["budget"] == b} == {
+            "seed-cnn", "resnet-20", "resnet-56", "bottleneck-29", "wrn-16-4", "seed-wide-20",
+            "imagenet-resnet-18", "imagenet-resnet-50"}
+    e4 = [r for r in runs if "E4" in r["experiments"] and r["model"] == "bottleneck-29"]
+    assert sorted(r.get("options", {}).get("bottleneck_div", 2) for r in e4) == [2, 2, 4, 4]
+    assert "/work" not in json.dumps(spec)
