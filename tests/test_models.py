@@ -60,7 +60,15 @@ def test_whole_model_gradient_check(name, options, size, mode):
     getattr(model, mode)()
     x = np.random.default_rng(1).standard_normal((3, 3, size, size))
     report = check_module(model, x, max_samples=4)
-    assert report.ok(1e-6), report
+    assert report.ok(_TOLERANCE.get((name, mode), 1e-6)), report
+
+
+# 50 layers in eval mode with random running statistics: activations grow
+# through the depth, and the central difference's round-off on the large loss
+# reaches 1.1e-6 relative for a few small BN-bias gradients (measured with the
+# reference kernels; 9e-7 with the compiled ones). A wrong backward is off by
+# far more (see the next test).
+_TOLERANCE = {("imagenet-resnet-50", "eval"): 3e-6}
 
 
 def test_whole_model_check_catches_a_broken_block(monkeypatch):
