@@ -56,11 +56,10 @@ cdef inline Py_ssize_t _out_size(Py_ssize_t size, Py_ssize_t k, Py_ssize_t s, Py
 
 
 # ---------------------------------------------------------------- im2col
-cdef inline Py_ssize_t _first_inside(Py_ssize_t offset, Py_ssize_t stride) noexcept nogil:
-    """Smallest output position o with o*stride + offset >= 0."""
-    if offset >= 0:
-        return 0
-    return (-offset + stride - 1) // stride
+cdef inline Py_ssize_t _first_inside(Py_ssize_t offset, Py_ssize_t stride, Py_ssize_t end) noexcept nogil:
+    """Smallest output position o with o*stride + offset >= 0, at most end."""
+    cdef Py_ssize_t o = 0 if offset >= 0 else (-offset + stride - 1) // stride
+    return o if o < end else end
 
 
 cdef inline Py_ssize_t _end_inside(Py_ssize_t offset, Py_ssize_t stride, Py_ssize_t size,
@@ -90,10 +89,8 @@ def _im2col(const floating[:, :, :, ::1] x, floating[:, ::1] cols,
                 for j in range(kw):
                     row = (c * kh + i) * kw + j
                     # Output columns [lo, hi) read inside the image; the rest read padding.
-                    lo = _first_inside(j - pw, sw)
                     hi = _end_inside(j - pw, sw, W, OW)
-                    if lo > hi:
-                        lo = hi
+                    lo = _first_inside(j - pw, sw, hi)
                     for oh in range(OH):
                         dst = &cols[row, n * P + oh * OW]
                         hh = oh * sh - ph + i
@@ -150,10 +147,8 @@ def _col2im(const floating[:, ::1] cols, floating[:, :, :, ::1] x,
                 for j in range(kw):
                     row = (c * kh + i) * kw + j
                     # Output columns [lo, hi) read inside the image; the rest read padding.
-                    lo = _first_inside(j - pw, sw)
                     hi = _end_inside(j - pw, sw, W, OW)
-                    if lo > hi:
-                        lo = hi
+                    lo = _first_inside(j - pw, sw, hi)
                     base = j - pw
                     for oh in range(OH):
                         hh = oh * sh - ph + i
