@@ -1,4 +1,10 @@
-"""Loss modules over the functional loss."""
+"""Loss objects over the functional loss (minires.functional.loss).
+
+Two files because they are two layers, as for every op: functional/loss.py
+is the maths (forward and backward as functions of arrays and a cache);
+this is the stateful wrapper a training loop holds, which keeps the cache
+between crit(logits, labels) and crit.backward().
+"""
 from . import functional as F
 
 
@@ -14,5 +20,6 @@ class CrossEntropyLoss:
         loss, self._cache = F.softmax_cross_entropy_forward(logits, labels, self.label_smoothing)
         return loss
 
-    def backward(self):
-        return F.softmax_cross_entropy_backward(self._cache)
+    def backward(self, dout=1.0):
+        """dout: d(objective)/d(loss), 1.0 when the loss is the objective -> dlogits (N, K)."""
+        return F.softmax_cross_entropy_backward(dout, self._cache)

@@ -191,7 +191,7 @@ def test_softmax_cross_entropy(torch, rng, dtype, smoothing):
     logits = (rng.standard_normal((6, 10)) * 4).astype(dtype)
     labels = rng.integers(0, 10, 6)
     loss, cache = F.softmax_cross_entropy_forward(logits, labels, smoothing)
-    dlogits = F.softmax_cross_entropy_backward(cache)
+    dlogits = F.softmax_cross_entropy_backward(1.0, cache)
     tz = _t(torch, logits)
     tloss = torch.nn.functional.cross_entropy(tz, torch.tensor(labels), label_smoothing=smoothing)
     tloss.backward()

@@ -1,4 +1,9 @@
-"""Softmax followed by cross-entropy, fused: the gradient is (softmax - target) / N."""
+"""Softmax followed by cross-entropy, fused: the gradient is (softmax - target) / N.
+
+The maths as a function pair, like every op here; minires.losses wraps it in
+a small stateful object (it keeps the cache between forward and backward)
+for training loops, as minires.nn wraps the other ops.
+"""
 import numpy as np
 
 from ._checks import check_float_array
@@ -34,7 +39,17 @@ def softmax_cross_entropy_forward(logits, labels, label_smoothing=0.0):
     return float(loss), (np.exp(log_probs), target)
 
 
-def softmax_cross_entropy_backward(cache):
-    """-> dlogits: (N, K), the gradient of the mean loss."""
+def softmax_cross_entropy_backward(dout, cache):
+    """dout: a scalar, the upstream gradient d(objective)/d(loss) (1.0 when the
+    loss is the objective) -> dlogits: (N, K) = dout * (softmax - target) / N.
+
+    The loss is a scalar, so its upstream gradient is one too; like every other
+    backward, this one takes it first and returns the gradient of its input.
+    """
+    if isinstance(dout, np.ndarray) and dout.ndim == 0:
+        dout = dout[()]
+    if isinstance(dout, bool) or not isinstance(dout, (int, float, np.floating, np.integer)):
+        raise TypeError(f"dout must be a scalar (the loss is one number), got {type(dout).__name__}"
+                        f"{' of shape ' + str(dout.shape) if isinstance(dout, np.ndarray) else ''}")
     probs, target = cache
-    return (probs - target) / probs.shape[0]
+    return probs.dtype.type(dout) * (probs - target) / probs.shape[0]

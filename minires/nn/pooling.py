@@ -4,8 +4,10 @@ from ._args import window
 from .module import Module, take_cache
 
 
-class MaxPool2d(Module):
-    """x: (N, C, H, W) -> (N, C, OH, OW); stride defaults to kernel_size."""
+class _Pool2d(Module):
+    """What max and average pooling share: a window (kernel, stride, padding)
+    checked at construction. stride defaults to kernel_size; padding is at
+    most half the kernel (as PyTorch requires)."""
 
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
@@ -14,6 +16,13 @@ class MaxPool2d(Module):
             raise ValueError(f"padding must be at most half of kernel_size {kernel}, got {pad}")
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
 
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class MaxPool2d(_Pool2d):
+    """x: (N, C, H, W) -> (N, C, OH, OW), the maximum of each window."""
+
     def forward(self, x):
         out, self._cache = F.max_pool2d_forward(x, self.kernel_size, self.stride, self.padding)
         return out
@@ -21,12 +30,9 @@ class MaxPool2d(Module):
     def backward(self, dout):
         return F.max_pool2d_backward(dout, take_cache(self))
 
-    def extra_repr(self):
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
-
-class AvgPool2d(MaxPool2d):
-    """x: (N, C, H, W) -> (N, C, OH, OW); zero padding counts in the average."""
+class AvgPool2d(_Pool2d):
+    """x: (N, C, H, W) -> (N, C, OH, OW), the mean of each window; zero padding counts."""
 
     def forward(self, x):
         out, self._cache = F.avg_pool2d_forward(x, self.kernel_size, self.stride, self.padding)
