@@ -17,8 +17,8 @@ from collections import OrderedDict
 
 from .. import nn
 from ..nn.init import as_generator
-from .common import check_input, conv1x1, conv3x3, init_like_the_papers, projection, scaled
-from .resnet import _blocks_for
+from .common import (blocks_per_stage, check_input, conv1x1, conv3x3, init_like_the_papers, projection, scaled,
+                     stages)
 
 
 class Bottleneck(nn.ResidualBlock):
@@ -52,16 +52,11 @@ class Bottleneck(nn.ResidualBlock):
 class BottleneckResNet(nn.Sequential):
     def __init__(self, blocks_per_stage, num_classes=10, widths=(64, 128, 256), rng=None, div=2):
         rng = as_generator(rng)
-        stages, cin = [], widths[0]
-        for i, filters in enumerate(widths):
-            stride = 1 if i == 0 else 2
-            blocks = [Bottleneck(cin, filters, stride, rng, div)]
-            blocks += [Bottleneck(filters, filters, 1, rng, div) for _ in range(blocks_per_stage - 1)]
-            stages.append((f"layer{i + 1}", nn.Sequential(*blocks)))
-            cin = filters
+        stem = [("conv1", conv3x3(3, widths[0], 1, rng)), ("bn1", nn.BatchNormReLU2d(widths[0]))]
+        layers, _ = stages(lambda cin, cout, stride: Bottleneck(cin, cout, stride, rng, div),
+                           widths[0], widths, blocks_per_stage)
         super().__init__(OrderedDict(
-            [("conv1", conv3x3(3, widths[0], 1, rng)), ("bn1", nn.BatchNormReLU2d(widths[0]))]
-            + stages +
+            stem + layers +
             [("pool", nn.GlobalAvgPool2d()), ("fc", nn.Linear(widths[-1], num_classes, rng=rng))]))
         init_like_the_papers(self, rng)
 
@@ -73,7 +68,7 @@ class BottleneckResNet(nn.Sequential):
 def bottleneck(depth=29, num_classes=10, width_scale=1.0, bottleneck_div=2, rng=None):
     """Slimmed-bottleneck ResNet, depth = 9n+2 (11, 20, 29, ...); the middle
     of each block has filters // bottleneck_div channels (the article's 2)."""
-    n = _blocks_for(depth, 9, 2, "bottleneck")
+    n = blocks_per_stage(depth, 9, 2, "bottleneck")
     if bottleneck_div < 1:
         raise ValueError(f"bottleneck_div must be >= 1, got {bottleneck_div}")
     widths = tuple(scaled(c, width_scale) for c in (64, 128, 256))

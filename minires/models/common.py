@@ -78,3 +78,28 @@ def check_input(x, name, size=None):
                          f"{getattr(x, 'shape', type(x).__name__)}")
     if size is not None and x.shape[2:] != size:
         raise ValueError(f"{name} expects images of shape (N, 3, {size[0]}, {size[1]}), got {x.shape}")
+
+
+def stages(make_block, cin, widths, count, first_stride=1):
+    """The stages of a ResNet: [("layer1", Sequential), ...] and the last width.
+
+    Stage i turns its input width into widths[i]: a first block that changes
+    the width (stride first_stride in stage 1, 2 after it: the map halves),
+    then count - 1 blocks that keep it. make_block(cin, cout, stride) builds
+    one block; count (blocks per stage) is an int or one per stage.
+    """
+    layers = []
+    for i, width in enumerate(widths):
+        n = count if isinstance(count, int) else count[i]
+        blocks = [make_block(cin, width, first_stride if i == 0 else 2)]
+        blocks += [make_block(width, width, 1) for _ in range(n - 1)]
+        layers.append((f"layer{i + 1}", nn.Sequential(*blocks)))
+        cin = width
+    return layers, cin
+
+
+def blocks_per_stage(depth, per_block, offset, family):
+    """Blocks per stage n of a depth = per_block * n + offset network (ValueError naming the family)."""
+    if depth < per_block + offset or (depth - offset) % per_block:
+        raise ValueError(f"{family} depth must be {per_block}n+{offset} with n >= 1, got {depth}")
+    return (depth - offset) // per_block

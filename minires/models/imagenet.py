@@ -8,7 +8,7 @@ from collections import OrderedDict
 
 from .. import nn
 from ..nn.init import as_generator
-from .common import check_input, init_like_the_papers, scaled
+from .common import check_input, init_like_the_papers, scaled, stages
 from .bottleneck import Bottleneck
 from .resnet import BasicBlock
 
@@ -25,14 +25,9 @@ class ImageNetResNet18(nn.Sequential):
         rng = as_generator(rng)
         widths = [scaled(c, width_scale) for c in (64, 128, 256, 512)]
         layers = _stem(widths[0], rng)
-        cin = widths[0]
-        for i, w in enumerate(widths):
-            stride = 1 if i == 0 else 2
-            layers.append((f"layer{i + 1}", nn.Sequential(
-                BasicBlock(cin, w, stride, shortcut_option="B", rng=rng),
-                BasicBlock(w, w, 1, shortcut_option="B", rng=rng))))
-            cin = w
-        layers += [("pool", nn.GlobalAvgPool2d()), ("fc", nn.Linear(cin, num_classes, rng=rng))]
+        blocks, cin = stages(lambda cin, cout, stride: BasicBlock(cin, cout, stride, shortcut_option="B", rng=rng),
+                             widths[0], widths, 2)
+        layers += blocks + [("pool", nn.GlobalAvgPool2d()), ("fc", nn.Linear(cin, num_classes, rng=rng))]
         super().__init__(OrderedDict(layers))
         init_like_the_papers(self, rng)
 
@@ -55,15 +50,11 @@ class ImageNetResNet50(nn.Sequential):
     def __init__(self, num_classes=10, width_scale=1.0, rng=None):
         rng = as_generator(rng)
         stem = scaled(64, width_scale)
-        layers, cin = _stem(stem, rng), stem
-        for i, (planes, blocks) in enumerate(zip((64, 128, 256, 512), (3, 4, 6, 3))):
-            filters = 4 * scaled(planes, width_scale)
-            stride = 1 if i == 0 else 2
-            stage = [Bottleneck(cin, filters, stride, rng, div=4)]
-            stage += [Bottleneck(filters, filters, 1, rng, div=4) for _ in range(blocks - 1)]
-            layers.append((f"layer{i + 1}", nn.Sequential(*stage)))
-            cin = filters
-        layers += [("pool", nn.GlobalAvgPool2d()), ("fc", nn.Linear(cin, num_classes, rng=rng))]
+        layers = _stem(stem, rng)
+        widths = [4 * scaled(planes, width_scale) for planes in (64, 128, 256, 512)]
+        blocks, cin = stages(lambda cin, cout, stride: Bottleneck(cin, cout, stride, rng, div=4),
+                             stem, widths, (3, 4, 6, 3))
+        layers += blocks + [("pool", nn.GlobalAvgPool2d()), ("fc", nn.Linear(cin, num_classes, rng=rng))]
         super().__init__(OrderedDict(layers))
         init_like_the_papers(self, rng)
 

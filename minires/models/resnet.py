@@ -12,7 +12,7 @@ from collections import OrderedDict
 
 from .. import nn
 from ..nn.init import as_generator
-from .common import check_input, conv3x3, init_like_the_papers, scaled, shortcut
+from .common import blocks_per_stage, check_input, conv3x3, init_like_the_papers, scaled, shortcut, stages
 
 
 class BasicBlock(nn.ResidualBlock):
@@ -58,42 +58,25 @@ class PlainBlock(nn.Sequential):
             ("conv2", conv3x3(mid, out_channels, 1, rng)), ("bn2", nn.BatchNormReLU2d(out_channels))]))
 
 
-def _stage(blocks, cin, cout, stride, rng, block=BasicBlock, **block_options):
-    layers = [block(cin, cout, stride, rng=rng, **block_options)]
-    layers += [block(cout, cout, 1, rng=rng, **block_options) for _ in range(blocks - 1)]
-    return nn.Sequential(*layers)
-
-
 class CifarResNet(nn.Sequential):
     """Stem, three stages of BasicBlocks (or PlainBlocks), global average pool, linear."""
 
     def __init__(self, blocks_per_stage, num_classes=10, widths=(16, 32, 64),
                  shortcut_option="A", widen=1, rng=None, block=BasicBlock):
         rng = as_generator(rng)
-        w1, w2, w3 = widths
-        opts = dict(block=block, widen=widen)
+        opts = dict(widen=widen)
         if block is BasicBlock:     # a plain block has no shortcut to choose
             opts["shortcut_option"] = shortcut_option
-        super().__init__(OrderedDict([
-            ("conv1", conv3x3(3, w1, 1, rng)),
-            ("bn1", nn.BatchNormReLU2d(w1)),
-            ("layer1", _stage(blocks_per_stage, w1, w1, 1, rng, **opts)),
-            ("layer2", _stage(blocks_per_stage, w1, w2, 2, rng, **opts)),
-            ("layer3", _stage(blocks_per_stage, w2, w3, 2, rng, **opts)),
-            ("pool", nn.GlobalAvgPool2d()),
-            ("fc", nn.Linear(w3, num_classes, rng=rng)),
-        ]))
+        stem = [("conv1", conv3x3(3, widths[0], 1, rng)), ("bn1", nn.BatchNormReLU2d(widths[0]))]
+        layers, cin = stages(lambda cin, cout, stride: block(cin, cout, stride, rng=rng, **opts),
+                             widths[0], widths, blocks_per_stage)
+        super().__init__(OrderedDict(
+            stem + layers + [("pool", nn.GlobalAvgPool2d()), ("fc", nn.Linear(cin, num_classes, rng=rng))]))
         init_like_the_papers(self, rng)
 
     def forward(self, x):
         check_input(x, "resnet")
         return super().forward(x)
-
-
-def _blocks_for(depth, per_block, offset, family):
-    if depth < per_block + offset or (depth - offset) % per_block:
-        raise ValueError(f"{family} depth must be {per_block}n+{offset} with n >= 1, got {depth}")
-    return (depth - offset) // per_block
 
 
 def resnet(depth=20, num_classes=10, shortcut="A", width_scale=1.0, rng=None):
@@ -102,7 +85,7 @@ def resnet(depth=20, num_classes=10, shortcut="A", width_scale=1.0, rng=None):
     shortcut 'A' (the paper's: subsample and zero-pad, no parameters) or
     'B' (1x1 conv + BN projection). Convs have no bias.
     """
-    n = _blocks_for(depth, 6, 2, "resnet")
+    n = blocks_per_stage(depth, 6, 2, "resnet")
     widths = tuple(scaled(c, width_scale) for c in (16, 32, 64))
     return CifarResNet(n, num_classes, widths, shortcut_option=shortcut, rng=rng)
 
@@ -110,7 +93,7 @@ def resnet(depth=20, num_classes=10, shortcut="A", width_scale=1.0, rng=None):
 def plain(depth=20, num_classes=10, width_scale=1.0, rng=None):
     """He et al. 2016's plain network, depth = 6n+2: resnet-<depth> without
     its shortcuts (same parameter count as option A, which has none)."""
-    n = _blocks_for(depth, 6, 2, "plain")
+    n = blocks_per_stage(depth, 6, 2, "plain")
     widths = tuple(scaled(c, width_scale) for c in (16, 32, 64))
     return CifarResNet(n, num_classes, widths, rng=rng, block=PlainBlock)
 
@@ -124,6 +107,6 @@ def seed_wide(depth=20, num_classes=10, widen=4, width_scale=1.0, rng=None):
     the 3-channel input (it cannot run); this uses the stem and the
     conv-BN-ReLU order of the ResNet paper instead.
     """
-    n = _blocks_for(depth, 6, 2, "seed-wide")
+    n = blocks_per_stage(depth, 6, 2, "seed-wide")
     widths = tuple(scaled(c, width_scale) for c in (16, 32, 64))
     return CifarResNet(n, num_classes, widths, shortcut_option="A", widen=widen, rng=rng)

@@ -12,8 +12,7 @@ from .. import functional as F
 from .. import nn
 from ..nn.init import as_generator
 from ..nn.module import take_cache
-from .common import check_input, conv1x1, conv3x3, init_like_the_papers, scaled
-from .resnet import _blocks_for
+from .common import blocks_per_stage, check_input, conv1x1, conv3x3, init_like_the_papers, scaled, stages
 
 
 class WideBlock(nn.Module):
@@ -57,15 +56,11 @@ class WideResNet(nn.Sequential):
         rng = as_generator(rng)
         stem = scaled(16, width_scale)
         widths = [scaled(c * k, width_scale) for c in (16, 32, 64)]
-        stages, cin = [], stem
-        for i, w in enumerate(widths):
-            stride = 1 if i == 0 else 2
-            blocks = [WideBlock(cin, w, stride, dropout, rng)]
-            blocks += [WideBlock(w, w, 1, dropout, rng) for _ in range(blocks_per_stage - 1)]
-            stages.append((f"layer{i + 1}", nn.Sequential(*blocks)))
-            cin = w
+        conv1 = conv3x3(3, stem, 1, rng)
+        layers, cin = stages(lambda cin, cout, stride: WideBlock(cin, cout, stride, dropout, rng),
+                             stem, widths, blocks_per_stage)
         super().__init__(OrderedDict(
-            [("conv1", conv3x3(3, stem, 1, rng))] + stages +
+            [("conv1", conv1)] + layers +
             [("bn", nn.BatchNormReLU2d(cin)), ("pool", nn.GlobalAvgPool2d()),
              ("fc", nn.Linear(cin, num_classes, rng=rng))]))
         init_like_the_papers(self, rng)
@@ -77,5 +72,5 @@ class WideResNet(nn.Sequential):
 
 def wide_resnet(depth=16, k=4, num_classes=10, dropout=0.0, width_scale=1.0, rng=None):
     """WRN-depth-k; depth = 6n+4 (10, 16, 22, 28, 40); dropout inside each block."""
-    n = _blocks_for(depth, 6, 4, "wrn")
+    n = blocks_per_stage(depth, 6, 4, "wrn")
     return WideResNet(n, k, num_classes, dropout, width_scale, rng)
