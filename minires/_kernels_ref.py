@@ -58,27 +58,94 @@ def col2im(cols, c, h, w, kh, kw, sh, sw, ph, pw, threads=0):
     return xp[:, :, ph:ph + h, pw:pw + w].copy()
 
 
-def conv_direct_forward(x, w, out, sh, sw, ph, pw):
-    """Convolution written into out (the compiled kernel computes it directly
-    on a padded grid; here it is im2col and one product).
+# ---------------------------------------------------------------- direct convolution
+# The algorithm of the compiled direct kernels, in NumPy. No columns: each
+# image is padded once, its stride phases are split into planes (one plane
+# for stride 1), and each plane is flattened with row pitch WQ. On that flat
+# grid, output position p = oh*WQ + ow reads tap (c, i, j) at p + a shift
+# that depends on the tap alone, so a convolution is a sum of KH*KW*C
+# shifted whole-plane reads. Positions with ow >= OW are junk (they wrap
+# into the next row) and are dropped. The compiled kernel does the same with
+# register tiles and several small images per grid.
 
-    x: (T, C, H, W), w: (F, C, KH, KW), out: (T, F, OH, OW).
-    """
-    t, f = x.shape[0], w.shape[0]
-    kh, kw = w.shape[2:]
-    cols = im2col(x, kh, kw, sh, sw, ph, pw)            # (C*KH*KW, T*OH*OW)
-    out[...] = (w.reshape(f, -1) @ cols).reshape(f, t, *out.shape[2:]).transpose(1, 0, 2, 3)
+
+def _phase_planes(x, kh, kw, sh, sw, ph, pw):
+    """x: (C, H, W) -> (planes (C*SH*SW, L) flat, pitch WQ, taps (C*KH*KW,) shifts)."""
+    c, h, w = x.shape
+    xp = np.pad(x, ((0, 0), (ph, ph), (pw, pw)))               # (C, HP, WP)
+    hq, wq = -(-xp.shape[1] // sh), -(-xp.shape[2] // sw)      # rows, pitch of a phase plane
+    planes = np.zeros((c, sh, sw, hq + kh, wq), dtype=x.dtype)  # + KH rows: room for every shift
+    for a in range(sh):
+        for b in range(sw):
+            phase = xp[:, a::sh, b::sw]
+            planes[:, a, b, :phase.shape[1], :phase.shape[2]] = phase
+    ci, i, j = np.ix_(np.arange(c), np.arange(kh), np.arange(kw))
+    plane_of_tap = (ci * sh + i % sh) * sw + j % sw
+    shift = plane_of_tap * planes[0, 0, 0].size + (i // sh) * wq + j // sw
+    return planes.reshape(-1), wq, shift.reshape(-1)
+
+
+def conv_direct_forward(x, w, out, sh, sw, ph, pw):
+    """x: (T, C, H, W), w: (F, C, KH, KW) -> out: (T, F, OH, OW), written in place."""
+    f, oh, ow = out.shape[1:]
+    w2 = w.reshape(f, -1)                                        # (F, C*KH*KW)
+    for n in range(x.shape[0]):
+        flat, wq, shift = _phase_planes(x[n], *w.shape[2:], sh, sw, ph, pw)
+        p = np.arange(oh * wq)                                   # grid positions, junk included
+        grid = w2 @ flat[shift[:, None] + p]                     # (F, OH*WQ): taps as shifted reads
+        out[n] = grid.reshape(f, oh, wq)[:, :, :ow]
 
 
 def conv_direct_backward_weight(x, dout, kh, kw, sh, sw, ph, pw):
-    """Weight gradient of a convolution, summed over the images.
+    """x: (T, C, H, W), dout: (T, F, OH, OW) -> dw: (F, C, KH, KW), summed over
+    the images: dw[f, tap] = sum over p of dout_grid[f, p] * plane[shift[tap] + p]."""
+    f, oh, ow = dout.shape[1:]
+    dw = np.zeros((f, x.shape[1] * kh * kw), dtype=x.dtype)
+    for n in range(x.shape[0]):
+        flat, wq, shift = _phase_planes(x[n], kh, kw, sh, sw, ph, pw)
+        dgrid = np.zeros((f, oh, wq), dtype=x.dtype)             # junk columns: zero gradient
+        dgrid[:, :, :ow] = dout[n]
+        p = np.arange(oh * wq)
+        dw += dgrid.reshape(f, -1) @ flat[shift[:, None] + p].T
+    return dw.reshape(f, x.shape[1], kh, kw)
 
-    x: (T, C, H, W), dout: (T, F, OH, OW) -> dw: (F, C, KH, KW)
-    """
-    f = dout.shape[1]
-    cols = im2col(x, kh, kw, sh, sw, ph, pw)            # (C*KH*KW, T*OH*OW)
-    d2 = dout.transpose(1, 0, 2, 3).reshape(f, -1)      # (F, T*OH*OW)
-    return (d2 @ cols.T).reshape(f, x.shape[1], kh, kw)
+
+# ---------------------------------------------------------------- the loops
+# The convolution as a learner first writes it: four loops, one window at a
+# time. Far too slow to train with; the oracle the fast paths answer to.
+def conv_naive_forward(x, w, b, sh, sw, ph, pw):
+    """x: (N, C, H, W), w: (F, C, KH, KW), b: (F,) or None -> out: (N, F, OH, OW)."""
+    n, _, h, wd = x.shape
+    f, _, kh, kw = w.shape
+    oh, ow = output_size(h, kh, sh, ph), output_size(wd, kw, sw, pw)
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    out = np.zeros((n, f, oh, ow), dtype=x.dtype)
+    for i in range(n):
+        for k in range(f):
+            for r in range(oh):
+                for c in range(ow):
+                    window = xp[i, :, r * sh:r * sh + kh, c * sw:c * sw + kw]   # (C, KH, KW)
+                    out[i, k, r, c] = np.sum(window * w[k]) + (b[k] if b is not None else 0)
+    return out
+
+
+def conv_naive_backward(dout, x, w, sh, sw, ph, pw):
+    """dout: (N, F, OH, OW) -> dx: (N, C, H, W), dw: (F, C, KH, KW), db: (F,).
+    Each output value was sum(window * w[k]) + b[k]: its gradient flows back
+    to that window (times w[k]) and to w[k] (times the window)."""
+    n, f, oh, ow = dout.shape
+    kh, kw = w.shape[2:]
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    dxp, dw = np.zeros_like(xp), np.zeros_like(w)
+    for i in range(n):
+        for k in range(f):
+            for r in range(oh):
+                for c in range(ow):
+                    rows, cols = slice(r * sh, r * sh + kh), slice(c * sw, c * sw + kw)
+                    dxp[i, :, rows, cols] += dout[i, k, r, c] * w[k]
+                    dw[k] += dout[i, k, r, c] * xp[i, :, rows, cols]
+    dx = dxp[:, :, ph:ph + x.shape[2], pw:pw + x.shape[3]]
+    return dx, dw, dout.sum(axis=(0, 2, 3))
 
 
 def max_pool_forward(x, kh, kw, sh, sw, ph, pw):

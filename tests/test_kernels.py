@@ -191,3 +191,18 @@ def test_relu_kernels_match_reference(shape, dtype, seed):
     np.testing.assert_array_equal(out, _kernels_ref.relu_forward(x))
     np.testing.assert_array_equal(_kernels.relu_backward(dout, out), _kernels_ref.relu_backward(dout, out))
     np.testing.assert_array_equal(_kernels.add_relu_forward(x, dout), _kernels_ref.add_relu_forward(x, dout))
+
+
+@settings(max_examples=40, deadline=None)
+@given(direct_conv_case())
+def test_the_loop_convolution_agrees_with_the_library(case):
+    """conv_naive_* (four loops, the version a learner writes first) against
+    minires.functional's conv: forward and all three gradients, float64."""
+    import minires.functional as F
+    x, w, dout, (sh, sw, ph, pw) = case
+    x, w, dout = x.astype(np.float64), w.astype(np.float64), dout.astype(np.float64)
+    b = np.arange(w.shape[0], dtype=np.float64)
+    out, cache = F.conv2d_forward(x, w, b, (sh, sw), (ph, pw))
+    np.testing.assert_allclose(_kernels_ref.conv_naive_forward(x, w, b, sh, sw, ph, pw), out, rtol=1e-10, atol=1e-10)
+    for got, want in zip(_kernels_ref.conv_naive_backward(dout, x, w, sh, sw, ph, pw), F.conv2d_backward(dout, cache)):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
