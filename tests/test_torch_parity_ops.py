@@ -41,7 +41,7 @@ def test_conv2d(torch, rng, dtype, stride, padding, k):
 def test_conv2d_direct_and_im2col_paths(torch, rng, dtype, channels, stride, monkeypatch):
     """Convs take the direct kernels; they agree with PyTorch, and forcing
     the im2col path on the same conv gives the same numbers."""
-    import minires.functional.conv as conv
+    from minires.functional import _conv_paths
     c, f = channels
     x = rng.standard_normal((3, c, 10, 9)).astype(dtype)
     w = rng.standard_normal((f, c, 3, 3)).astype(dtype)
@@ -54,9 +54,10 @@ def test_conv2d_direct_and_im2col_paths(torch, rng, dtype, channels, stride, mon
     np.testing.assert_allclose(out, tout.detach().numpy(), **tol(dtype))
     for mine, theirs in zip(grads, _grads(tx, tw)):
         np.testing.assert_allclose(mine, theirs, **tol(dtype))
-    assert conv._direct_applies(cache[2])
-    monkeypatch.setattr(conv, "_direct_applies", lambda *a, **k: False)
+    assert cache.path == "direct"
+    monkeypatch.setattr(_conv_paths, "_direct_applies", lambda *a, **k: False)
     out2, cache2 = F.conv2d_forward(x, w, None, stride, 1)
+    assert cache2.path == "im2col"
     np.testing.assert_allclose(out2, out, **tol(dtype))
     for a, b in zip(F.conv2d_backward(dout, cache2)[:2], grads):
         np.testing.assert_allclose(a, b, **tol(dtype))

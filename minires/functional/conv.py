@@ -1,39 +1,34 @@
-"""2-D convolution (cross-correlation, as in PyTorch), two ways.
+"""2-D convolution (cross-correlation, as in PyTorch).
 
-im2col + matrix multiply, the general path: each receptive field of an
-image is unfolded into a column (im2col), so the convolution becomes a
-matrix product per image (or per small tile of images when the feature
-maps are small):
-    out[n] = w2 @ cols_n,   w2 = w.reshape(F, C*KH*KW),   cols_n: (C*KH*KW, OH*OW)
-The backward pass is two more products and col2im, im2col's adjoint.
-Why per image and not one product for the whole batch: the batch's columns
-(KH*KW copies of the input, 75 MB for a resnet-20 stage-1 layer) would
-stream through memory several times, while one image's columns stay in
-the CPU cache between im2col and the product.
+With xp = x zero-padded by PH rows and PW columns on each side:
 
-Direct, the path of every conv with padding < kernel size (every 3x3 and
-7x7 conv in the model zoo; 1x1 convs are plain products, see the end of this
-file): the compiled kernel sums shifted input planes without building the
-columns at all (see _kernels.pyx). Measured on a batch of 128, forward +
-backward: 1.65x faster than im2col + BLAS at 64 channels and 32x32, 1.15x at
-128 channels and 16x16, 1.07x at 256 channels and 8x8.
-The backward pass of a stride-1 conv reuses it: the input gradient is a
-stride-1 convolution of dout with the kernel flipped and its in/out
-channels swapped,
-    dx = conv(dout, w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3), padding KH-1-PH, KW-1-PW),
-and the weight gradient has a kernel of its own. A strided conv (two per
-CIFAR ResNet) runs its backward pass through im2col: computed with the
-direct kernel as S*S stride-1 convolutions, one per pixel phase, its input
-gradient alone took 56 ms where im2col's whole backward takes 58 (64->128
-channels, 32x32, batch 128).
+    out[n, f, oh, ow] = b[f] + sum over c, i, j of w[f, c, i, j] * xp[n, c, oh*SH + i, ow*SW + j]
 
-Either way images are split across threads (minires.parallel).
+Every output value is a dot product of the kernel w[f] with one window of
+the input, so its gradient goes back to that window and to the kernel:
+
+    db[f]                         = sum over n, oh, ow of dout[n, f, oh, ow]
+    dw[f, c, i, j]                = sum over n, oh, ow of dout[n, f, oh, ow] * xp[n, c, oh*SH + i, ow*SW + j]
+    dxp[n, c, oh*SH + i, ow*SW + j] += dout[n, f, oh, ow] * w[f, c, i, j]   (then drop the padding)
+
+In matrix form: im2col unfolds every window into a column, cols of shape
+(C*KH*KW, N*OH*OW), and with w2 = w.reshape(F, C*KH*KW):
+
+    out2 = w2 @ cols,    dw2 = dout2 @ cols.T,    dcols = w2.T @ dout2,  dx = col2im(dcols)
+
+where col2im, the adjoint of im2col, adds each column back onto its window.
+conv2d_forward_numpy and conv2d_backward_numpy below are exactly that, in
+NumPy. conv2d_forward and conv2d_backward compute the same numbers faster:
+_conv_paths.py picks the algorithm (1x1 products, a direct kernel, im2col
+in tiles of images) and splits the batch across threads; tests hold every
+path to the NumPy form and to a four-loop version (_kernels_ref.conv_naive_*).
 """
 from typing import NamedTuple
 
 import numpy as np
 
-from .. import kernels, parallel
+from .. import _kernels_ref
+from . import _conv_paths
 from ._checks import as_input, check_dout, check_shape, check_window, pair
 
 
@@ -53,6 +48,50 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0):
     stride, padding: an int or a pair (along H, along W).
     OH = (H + 2*PH - KH) // SH + 1, and likewise OW.
     """
+    x, w, b, geometry = _check_args(x, w, b, stride, padding)
+    out, saved, path = _conv_paths.forward(x, w, geometry)     # = w2 @ im2col(x), as (N, F, OH, OW)
+    if b is not None:
+        out += b[:, None, None]
+    return out, ConvCache(saved, w, geometry, b is not None, x.shape, out.shape, path)
+
+
+def conv2d_backward(dout, cache):
+    """dout: (N, F, OH, OW) -> dx: (N, C, H, W), dw: (F, C, KH, KW), db: (F,) or None."""
+    dout = check_dout(dout, cache.out_shape, cache.w.dtype, "N, F, OH, OW")
+    dx, dw = _conv_paths.backward(dout, cache)                  # col2im(w2.T @ dout2), dout2 @ cols.T
+    db = dout.sum(axis=(0, 2, 3)) if cache.has_bias else None
+    return dx, dw, db
+
+
+def conv2d_forward_numpy(x, w, b=None, stride=1, padding=0):
+    """conv2d_forward in plain NumPy, one product for the whole batch (slow,
+    memory-hungry, readable). Returns (out, cache) for conv2d_backward_numpy."""
+    x, w, b, geometry = _check_args(x, w, b, stride, padding)
+    n, f = x.shape[0], w.shape[0]
+    cols = _kernels_ref.im2col(x, *geometry)                   # (C*KH*KW, N*OH*OW)
+    out2 = w.reshape(f, -1) @ cols                             # (F, N*OH*OW)
+    kh, kw, sh, sw, ph, pw = geometry
+    oh, ow = _kernels_ref.output_size(x.shape[2], kh, sh, ph), _kernels_ref.output_size(x.shape[3], kw, sw, pw)
+    out = out2.reshape(f, n, oh, ow).transpose(1, 0, 2, 3)     # (N, F, OH, OW)
+    if b is not None:
+        out = out + b[:, None, None]
+    return np.ascontiguousarray(out), (x, w, geometry, cols)
+
+
+def conv2d_backward_numpy(dout, cache):
+    """conv2d_backward in plain NumPy -> dx, dw, db."""
+    x, w, geometry, cols = cache
+    n, c, h, wd = x.shape
+    f = w.shape[0]
+    dout2 = dout.transpose(1, 0, 2, 3).reshape(f, -1)          # (F, N*OH*OW)
+    dw = (dout2 @ cols.T).reshape(w.shape)                     # (F, C, KH, KW)
+    dx = _kernels_ref.col2im(w.reshape(f, -1).T @ dout2, c, h, wd, *geometry)   # (N, C, H, W)
+    return dx, dw, dout.sum(axis=(0, 2, 3))
+
+
+def _check_args(x, w, b, stride, padding):
+    """-> x, w, b (C-contiguous) and geometry (KH, KW, SH, SW, PH, PW), or a
+    ValueError/TypeError naming the argument."""
     x = as_input(x, "x", 4, "N, C, H, W")
     w = as_input(w, "w", 4, "F, C, KH, KW", dtype=x.dtype)
     n, c, h, wd = x.shape
@@ -64,159 +103,4 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0):
         check_shape(b, "b", (f,), "F")
     (sh, sw), (ph, pw) = pair(stride, "stride"), pair(padding, "padding")
     check_window(h, wd, (kh, kw), (sh, sw), (ph, pw), name="kernel (KH, KW)")
-    oh, ow = (h + 2 * ph - kh) // sh + 1, (wd + 2 * pw - kw) // sw + 1
-    geometry = (kh, kw, sh, sw, ph, pw)
-    if kh == kw == 1 and ph == pw == 0:
-        return _pointwise_forward(x, w, b, geometry)
-    cache = ConvCache(x, w, geometry, b is not None, x.shape, (n, f, oh, ow),
-                      "direct" if _direct_applies(geometry) else "im2col")
-    if cache.path == "direct":
-        out = np.empty((n, f, oh, ow), dtype=x.dtype)
-        parallel.map_chunks(lambda lo, hi: kernels.conv_direct_forward(x[lo:hi], w, out[lo:hi], sh, sw, ph, pw),
-                            n)
-        if b is not None:
-            out += b[:, None, None]
-        return out, cache
-
-    w2 = w.reshape(f, c * kh * kw)                     # (F, C*KH*KW)
-    out = np.empty((n, f, oh * ow), dtype=x.dtype)
-    tile = _images_per_tile(oh * ow)
-
-    def images(lo, hi):
-        for i in range(lo, hi, tile):
-            j = min(i + tile, hi)
-            cols = kernels.im2col(x[i:j], *geometry, threads=1)       # (C*KH*KW, T*OH*OW), in cache
-            if j - i == 1:
-                np.matmul(w2, cols, out=out[i])                       # (F, OH*OW)
-            else:
-                out[i:j] = (w2 @ cols).reshape(f, j - i, -1).transpose(1, 0, 2)
-
-    parallel.map_chunks(images, n)
-    if b is not None:
-        out += b[:, None]
-    return out.reshape(n, f, oh, ow), cache
-
-
-def conv2d_backward(dout, cache):
-    """dout: (N, F, OH, OW) -> dx: (N, C, H, W), dw: (F, C, KH, KW), db: (F,) or None.
-
-    Per tile of images, with dout2 = dout[tile] as (F, T*OH*OW):
-    dw += dout2 @ cols.T and dx[tile] = col2im(w2.T @ dout2). The columns are recomputed rather than kept
-    from forward: cheaper than storing KH*KW copies of every input.
-    """
-    dout = check_dout(dout, cache.out_shape, cache.w.dtype, "N, F, OH, OW")
-    if cache.path == "pointwise":
-        return _pointwise_backward(dout, cache)
-    x, w, geometry, has_bias = cache[:4]
-    db = dout.sum(axis=(0, 2, 3)) if has_bias else None
-    # The direct input gradient multiplies w with the zero border of dout's
-    # grid, which a non-finite w turns into 0 * inf = NaN; im2col never does.
-    if cache.path == "direct" and geometry[2:4] == (1, 1) and np.isfinite(w).all():
-        return _direct_backward(dout, x, w, geometry) + (db,)
-    return _im2col_backward(dout, x, w, geometry) + (db,)
-
-
-def _im2col_backward(dout, x, w, geometry):
-    """dout: (N, F, OH, OW) -> dx: (N, C, H, W), dw: (F, C, KH, KW) through im2col/col2im."""
-    n, c, h, wd = x.shape
-    f = w.shape[0]
-    w2 = w.reshape(f, -1)                              # (F, C*KH*KW)
-    dx = np.empty(x.shape, dtype=x.dtype)
-
-    tile = _images_per_tile(dout.shape[2] * dout.shape[3])
-
-    def images(lo, hi):
-        dw_t = np.zeros((w2.shape[1], f), dtype=w.dtype)            # dw transposed, (C*KH*KW, F)
-        for i in range(lo, hi, tile):
-            j = min(i + tile, hi)
-            cols = kernels.im2col(x[i:j], *geometry, threads=1)       # (C*KH*KW, T*OH*OW)
-            d2 = dout[i:j].reshape(j - i, f, -1).transpose(1, 0, 2).reshape(f, -1)  # (F, T*OH*OW)
-            dw_t += cols @ d2.T        # = (d2 @ cols.T).T; this orientation runs 1.5x faster in OpenBLAS
-            dx[i:j] = kernels.col2im(w2.T @ d2, c, h, wd, *geometry, threads=1)
-        return dw_t
-
-    dw = sum(parallel.map_chunks(images, n)).T.reshape(w.shape)
-    return dx, dw
-
-
-def _direct_applies(geometry):
-    """Use the direct kernels: padding < kernel size (so that the input
-    gradient is again a convolution with non-negative padding)."""
-    kh, kw, sh, sw, ph, pw = geometry
-    return ph < kh and pw < kw
-
-
-def _direct_backward(dout, x, w, geometry):
-    """dout: (N, F, OH, OW) -> dx: (N, C, H, W), dw: (F, C, KH, KW) of a stride-1
-    conv with the direct kernels."""
-    kh, kw, _, _, ph, pw = geometry
-    w_flipped = _flipped(w)
-    dx = np.empty(x.shape, dtype=x.dtype)
-
-    def images(lo, hi):
-        kernels.conv_direct_forward(dout[lo:hi], w_flipped, dx[lo:hi], 1, 1, kh - 1 - ph, kw - 1 - pw)
-        return kernels.conv_direct_backward_weight(x[lo:hi], dout[lo:hi], *geometry)
-
-    dw = sum(parallel.map_chunks(images, x.shape[0]))
-    if not np.isfinite(dw).all():
-        # The kernel also multiplies the zero gradient of the grid's junk
-        # columns with real pixels, and 0 * NaN or 0 * inf is NaN: it would put
-        # NaN at taps that never meet a NaN pixel. Only when the result is not
-        # finite, redo the sum over real positions alone.
-        dw = _im2col_backward(dout, x, w, geometry)[1]
-    return dx, dw
-
-
-def _flipped(w):
-    """w: (F, C, KH, KW) -> the kernel of the transposed convolution, (C, F, KH, KW), flipped."""
-    return np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-
-
-def _images_per_tile(positions, columns=1024):
-    """Images per im2col tile: one when an image has enough output positions to
-    give BLAS a long matrix, more for small feature maps (8x8, or ImageNet
-    ResNet's 1x1) where one image alone would make a sliver of a product."""
-    return max(1, columns // positions)
-
-
-# A 1x1 convolution needs no im2col: each image is already a (C, H*W) matrix,
-# so out[n] = w2 @ x[n] reads the input in place (ResNet projections and the
-# bottleneck blocks are mostly 1x1 convs). Chunks of images run on our threads
-# with single-threaded BLAS, like the other paths: a multi-threaded BLAS call
-# leaves its threads spinning for a while afterwards, which halved the speed
-# of the batchnorm that came next (measured in bottleneck-29).
-def _pointwise_forward(x, w, b, geometry):
-    sh, sw = geometry[2:4]
-    n, c = x.shape[:2]
-    f = w.shape[0]
-    xs = np.ascontiguousarray(x[:, :, ::sh, ::sw]) if (sh, sw) != (1, 1) else x
-    oh, ow = xs.shape[2:]
-    x3 = xs.reshape(n, c, oh * ow)                     # (N, C, OH*OW)
-    w2 = w.reshape(f, c)
-    out = np.empty((n, f, oh * ow), dtype=x.dtype)     # (N, F, OH*OW)
-    parallel.map_chunks(lambda lo, hi: np.matmul(w2, x3[lo:hi], out=out[lo:hi]), n)
-    if b is not None:
-        out += b[:, None]
-    return out.reshape(n, f, oh, ow), ConvCache(x3, w, geometry, b is not None, x.shape, (n, f, oh, ow),
-                                                "pointwise")
-
-
-def _pointwise_backward(dout, cache):
-    x3, w, (_, _, sh, sw, _, _), has_bias, x_shape = cache[:5]
-    n, f = dout.shape[:2]
-    d3 = dout.reshape(n, f, -1)                        # (N, F, OH*OW)
-    w2 = w.reshape(f, -1)                              # (F, C)
-    dx3 = np.empty(x3.shape, dtype=dout.dtype)         # (N, C, OH*OW)
-
-    def images(lo, hi):
-        np.matmul(w2.T, d3[lo:hi], out=dx3[lo:hi])
-        return np.matmul(d3[lo:hi], x3[lo:hi].transpose(0, 2, 1)).sum(axis=0)   # (F, C)
-
-    dw = sum(parallel.map_chunks(images, n)).reshape(w.shape)
-    if (sh, sw) == (1, 1):
-        dx = dx3.reshape(x_shape)
-    else:
-        dx = np.zeros(x_shape, dtype=dout.dtype)       # skipped pixels get no gradient
-        dx[:, :, ::sh, ::sw] = dx3.reshape(n, -1, *dout.shape[2:])
-    db = d3.sum(axis=(0, 2)) if has_bias else None
-    return dx, dw, db
+    return x, w, b, (kh, kw, sh, sw, ph, pw)

@@ -1,0 +1,207 @@
+"""The fast paths of the 2-D convolution: which algorithm runs, and how.
+
+minires.functional.conv holds the maths and its plain NumPy form; this
+file picks one of three algorithms for each call and splits the batch
+across threads. Every path computes the same numbers (tests hold each to
+the reference), so a reader can skip this file.
+
+1x1 convolutions (ResNet projections, most of a bottleneck) are plain
+products per image; see the end of this file.
+
+im2col + matrix multiply, the general path: each receptive field of an
+image is unfolded into a column (im2col), so the convolution becomes a
+matrix product per image (or per small tile of images when the feature
+maps are small):
+    out[n] = w2 @ cols_n,   w2 = w.reshape(F, C*KH*KW),   cols_n: (C*KH*KW, OH*OW)
+The backward pass is two more products and col2im, im2col's adjoint.
+Why per image and not one product for the whole batch: the batch's columns
+(KH*KW copies of the input, 75 MB for a resnet-20 stage-1 layer) would
+stream through memory several times, while one image's columns stay in
+the CPU cache between im2col and the product.
+
+Direct, the path of every conv with padding < kernel size (every 3x3 and
+7x7 conv in the model zoo; 1x1 convs are plain products, see the end of this
+file): the compiled kernel sums shifted input planes without building the
+columns at all (see _kernels.pyx). Measured on a batch of 128, forward +
+backward: 1.65x faster than im2col + BLAS at 64 channels and 32x32, 1.15x at
+128 channels and 16x16, 1.07x at 256 channels and 8x8.
+The backward pass of a stride-1 conv reuses it: the input gradient is a
+stride-1 convolution of dout with the kernel flipped and its in/out
+channels swapped,
+    dx = conv(dout, w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3), padding KH-1-PH, KW-1-PW),
+and the weight gradient has a kernel of its own. A strided conv (two per
+CIFAR ResNet) runs its backward pass through im2col: computed with the
+direct kernel as S*S stride-1 convolutions, one per pixel phase, its input
+gradient alone took 56 ms where im2col's whole backward takes 58 (64->128
+channels, 32x32, batch 128).
+
+Either way images are split across threads (minires.parallel).
+"""
+import numpy as np
+
+from .. import kernels, parallel
+
+
+def forward(x, w, geometry):
+    """x: (N, C, H, W), w: (F, C, KH, KW), geometry (KH, KW, SH, SW, PH, PW)
+    -> (out (N, F, OH, OW) without bias, what backward needs of x, the path's name)."""
+    kh, kw, sh, sw, ph, pw = geometry
+    if kh == kw == 1 and ph == pw == 0:
+        out, x3 = _pointwise_forward(x, w, geometry)
+        return out, x3, "pointwise"
+    if _direct_applies(geometry):
+        return _direct_forward(x, w, geometry), x, "direct"
+    return _im2col_forward(x, w, geometry), x, "im2col"
+
+
+def backward(dout, cache):
+    """dout: (N, F, OH, OW), a ConvCache -> dx: (N, C, H, W), dw: (F, C, KH, KW)."""
+    if cache.path == "pointwise":
+        return _pointwise_backward(dout, cache)
+    x, w, geometry = cache[:3]
+    # The direct input gradient multiplies w with the zero border of dout's
+    # grid, which a non-finite w turns into 0 * inf = NaN; im2col never does.
+    if cache.path == "direct" and geometry[2:4] == (1, 1) and np.isfinite(w).all():
+        return _direct_backward(dout, x, w, geometry)
+    return im2col_backward(dout, x, w, geometry)
+
+
+def _direct_forward(x, w, geometry):
+    n, f = x.shape[0], w.shape[0]
+    oh, ow = _out_size(x.shape, geometry)
+    out = np.empty((n, f, oh, ow), dtype=x.dtype)
+    parallel.map_chunks(lambda lo, hi: kernels.conv_direct_forward(x[lo:hi], w, out[lo:hi], *geometry[2:]), n)
+    return out
+
+
+def _im2col_forward(x, w, geometry):
+    """Per image (or per tile of small images), out = w2 @ im2col(x[tile])."""
+    n, f = x.shape[0], w.shape[0]
+    oh, ow = _out_size(x.shape, geometry)
+    w2 = w.reshape(f, -1)                              # (F, C*KH*KW)
+    out = np.empty((n, f, oh * ow), dtype=x.dtype)
+    tile = _images_per_tile(oh * ow)
+
+    def images(lo, hi):
+        for i in range(lo, hi, tile):
+            j = min(i + tile, hi)
+            cols = kernels.im2col(x[i:j], *geometry, threads=1)       # (C*KH*KW, T*OH*OW), in cache
+            if j - i == 1:
+                np.matmul(w2, cols, out=out[i])                       # (F, OH*OW)
+            else:
+                out[i:j] = (w2 @ cols).reshape(f, j - i, -1).transpose(1, 0, 2)
+
+    parallel.map_chunks(images, n)
+    return out.reshape(n, f, oh, ow)
+
+
+def _out_size(x_shape, geometry):
+    (h, w), (kh, kw, sh, sw, ph, pw) = x_shape[2:], geometry
+    return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+
+
+def im2col_backward(dout, x, w, geometry):
+    """dout: (N, F, OH, OW) -> dx: (N, C, H, W), dw: (F, C, KH, KW) through im2col/col2im.
+
+    Per tile of images, with dout2 = dout[tile] as (F, T*OH*OW):
+    dw += dout2 @ cols.T and dx[tile] = col2im(w2.T @ dout2). The columns are
+    recomputed rather than kept from forward: cheaper than storing KH*KW
+    copies of every input."""
+    n, c, h, wd = x.shape
+    f = w.shape[0]
+    w2 = w.reshape(f, -1)                              # (F, C*KH*KW)
+    dx = np.empty(x.shape, dtype=x.dtype)
+    tile = _images_per_tile(dout.shape[2] * dout.shape[3])
+
+    def images(lo, hi):
+        dw_t = np.zeros((w2.shape[1], f), dtype=w.dtype)            # dw transposed, (C*KH*KW, F)
+        for i in range(lo, hi, tile):
+            j = min(i + tile, hi)
+            cols = kernels.im2col(x[i:j], *geometry, threads=1)       # (C*KH*KW, T*OH*OW)
+            d2 = dout[i:j].reshape(j - i, f, -1).transpose(1, 0, 2).reshape(f, -1)  # (F, T*OH*OW)
+            dw_t += cols @ d2.T        # = (d2 @ cols.T).T; this orientation runs 1.5x faster in OpenBLAS
+            dx[i:j] = kernels.col2im(w2.T @ d2, c, h, wd, *geometry, threads=1)
+        return dw_t
+
+    dw = sum(parallel.map_chunks(images, n)).T.reshape(w.shape)
+    return dx, dw
+
+
+def _direct_applies(geometry):
+    """Use the direct kernels: padding < kernel size (so that the input
+    gradient is again a convolution with non-negative padding)."""
+    kh, kw, sh, sw, ph, pw = geometry
+    return ph < kh and pw < kw
+
+
+def _direct_backward(dout, x, w, geometry):
+    """dout: (N, F, OH, OW) -> dx: (N, C, H, W), dw: (F, C, KH, KW) of a stride-1
+    conv with the direct kernels."""
+    kh, kw, _, _, ph, pw = geometry
+    w_flipped = _flipped(w)
+    dx = np.empty(x.shape, dtype=x.dtype)
+
+    def images(lo, hi):
+        kernels.conv_direct_forward(dout[lo:hi], w_flipped, dx[lo:hi], 1, 1, kh - 1 - ph, kw - 1 - pw)
+        return kernels.conv_direct_backward_weight(x[lo:hi], dout[lo:hi], *geometry)
+
+    dw = sum(parallel.map_chunks(images, x.shape[0]))
+    if not np.isfinite(dw).all():
+        # The kernel also multiplies the zero gradient of the grid's junk
+        # columns with real pixels, and 0 * NaN or 0 * inf is NaN: it would put
+        # NaN at taps that never meet a NaN pixel. Only when the result is not
+        # finite, redo the sum over real positions alone.
+        dw = im2col_backward(dout, x, w, geometry)[1]
+    return dx, dw
+
+
+def _flipped(w):
+    """w: (F, C, KH, KW) -> the kernel of the transposed convolution, (C, F, KH, KW), flipped."""
+    return np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+
+
+def _images_per_tile(positions, columns=1024):
+    """Images per im2col tile: one when an image has enough output positions to
+    give BLAS a long matrix, more for small feature maps (8x8, or ImageNet
+    ResNet's 1x1) where one image alone would make a sliver of a product."""
+    return max(1, columns // positions)
+
+
+# A 1x1 convolution needs no im2col: each image is already a (C, H*W) matrix,
+# so out[n] = w2 @ x[n] reads the input in place (ResNet projections and the
+# bottleneck blocks are mostly 1x1 convs). Chunks of images run on our threads
+# with single-threaded BLAS, like the other paths: a multi-threaded BLAS call
+# leaves its threads spinning for a while afterwards, which halved the speed
+# of the batchnorm that came next (measured in bottleneck-29).
+def _pointwise_forward(x, w, geometry):
+    """-> out (N, F, OH, OW), and the strided input it read, (N, C, OH*OW)."""
+    sh, sw = geometry[2:4]
+    n, c = x.shape[:2]
+    f = w.shape[0]
+    xs = np.ascontiguousarray(x[:, :, ::sh, ::sw]) if (sh, sw) != (1, 1) else x
+    oh, ow = xs.shape[2:]
+    x3 = xs.reshape(n, c, oh * ow)                     # (N, C, OH*OW)
+    w2 = w.reshape(f, c)
+    out = np.empty((n, f, oh * ow), dtype=x.dtype)     # (N, F, OH*OW)
+    parallel.map_chunks(lambda lo, hi: np.matmul(w2, x3[lo:hi], out=out[lo:hi]), n)
+    return out.reshape(n, f, oh, ow), x3
+
+
+def _pointwise_backward(dout, cache):
+    x3, w, (_, _, sh, sw, _, _), _, x_shape = cache[:5]
+    n, f = dout.shape[:2]
+    d3 = dout.reshape(n, f, -1)                        # (N, F, OH*OW)
+    w2 = w.reshape(f, -1)                              # (F, C)
+    dx3 = np.empty(x3.shape, dtype=dout.dtype)         # (N, C, OH*OW)
+
+    def images(lo, hi):
+        np.matmul(w2.T, d3[lo:hi], out=dx3[lo:hi])
+        return np.matmul(d3[lo:hi], x3[lo:hi].transpose(0, 2, 1)).sum(axis=0)   # (F, C)
+
+    dw = sum(parallel.map_chunks(images, n)).reshape(w.shape)
+    if (sh, sw) == (1, 1):
+        dx = dx3.reshape(x_shape)
+    else:
+        dx = np.zeros(x_shape, dtype=dout.dtype)       # skipped pixels get no gradient
+        dx[:, :, ::sh, ::sw] = dx3.reshape(n, -1, *dout.shape[2:])
+    return dx, dw
