@@ -137,12 +137,11 @@ def _direct_applies(geometry):
 def _direct_backward(dout, x, w, geometry):
     """dout: (N, F, OH, OW) -> dx: (N, C, H, W), dw: (F, C, KH, KW) of a stride-1
     conv with the direct kernels."""
-    kh, kw, _, _, ph, pw = geometry
     w_flipped = _flipped(w)
     dx = np.empty(x.shape, dtype=x.dtype)
 
     def images(lo, hi):
-        kernels.conv_direct_forward(dout[lo:hi], w_flipped, dx[lo:hi], 1, 1, kh - 1 - ph, kw - 1 - pw)
+        _input_gradient_stride1(dout[lo:hi], w_flipped, dx[lo:hi], geometry)
         return kernels.conv_direct_backward_weight(x[lo:hi], dout[lo:hi], *geometry)
 
     dw = sum(parallel.map_chunks(images, x.shape[0]))
@@ -153,6 +152,17 @@ def _direct_backward(dout, x, w, geometry):
         # finite, redo the sum over real positions alone.
         dw = im2col_backward(dout, x, w, geometry)[1]
     return dx, dw
+
+
+def _input_gradient_stride1(dout, w_flipped, dx, geometry):
+    """The backward pass of a stride-1 convolution towards its input, written
+    into dx (N, C, H, W). Each input pixel gathers dout over the outputs whose
+    window covered it, weighted by the tap that joined them; that gather is
+    itself a stride-1 convolution of dout, with the kernel flipped in space,
+    its in/out channels swapped (w_flipped = _flipped(w)) and padding KH-1-PH,
+    KW-1-PW, so the forward kernel computes it."""
+    kh, kw, _, _, ph, pw = geometry
+    kernels.conv_direct_forward(dout, w_flipped, dx, 1, 1, kh - 1 - ph, kw - 1 - pw)
 
 
 def _flipped(w):
