@@ -39,11 +39,11 @@ def _peak_rss_mb():
 def _minires_worker(model_name, batch, repeats, breakdown):
     import numpy as np
 
-    from . import kernels, models
+    from . import models, runtime
     from .losses import CrossEntropyLoss
     from .optim import SGD
     from .summary import totals
-    kernels.keep_freed_memory()
+    runtime.setup()
     rng = np.random.default_rng(0)
     opts = MODEL_OPTIONS.get(model_name, {})
     model = models.build(model_name, rng=0, **opts)
@@ -172,8 +172,8 @@ def _conv_worker(library, repeats):
     dout = rng.standard_normal((128, 16, 32, 32)).astype(np.float32)
     if library == "minires":
         from . import functional as F
-        from .kernels import keep_freed_memory
-        keep_freed_memory()
+        from . import runtime
+        runtime.setup()
 
         def run():
             out, cache = F.conv2d_forward(x, w, None, 1, 1)

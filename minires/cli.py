@@ -202,6 +202,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if getattr(args, "threads", None):
         _limit_threads(args.threads)
+    from . import runtime
+    runtime.setup()         # the process-wide settings of docs/runtime.md, before any kernel runs
     from .train import TrainingDiverged
     try:
         return args.func(args) or 0

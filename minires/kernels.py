@@ -3,8 +3,14 @@
 ``MINIRES_PURE=1`` forces the reference kernels (``_kernels_ref``), which
 tests use to compare both paths. Otherwise the compiled extension is
 required: without it training is far too slow, so a missing build is an
-error that says how to fix it, never a silent fallback.
+error at import that says how to fix it, never a silent fallback.
+
+The extension is found at import but loaded at the first kernel call:
+loading it starts the OpenMP runtime, which reads its settings then, so
+minires.runtime.setup() can still choose them after `import minires`.
 """
+import importlib
+import importlib.util
 import os
 
 from . import _kernels_ref
@@ -17,34 +23,43 @@ _BUILD_HINT = (
     "or set MINIRES_PURE=1 to run the slow NumPy reference kernels instead."
 )
 
-# The Cython loops (OpenMP) and NumPy's BLAS (its own pthreads) take turns on
-# the same cores. OpenMP's default is to spin-wait after each loop, which
-# starves BLAS threads on a 2-core machine (a conv step ran 50x slower in
-# our measurements); passive waiting hands the cores over. It must be set
-# before the extension loads the OpenMP runtime.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+KERNELS = ("im2col", "col2im", "conv_direct_forward", "conv_direct_backward_weight",
+           "max_pool_forward", "max_pool_backward", "batchnorm_forward", "batchnorm_backward",
+           "relu_forward", "add_relu_forward", "relu_backward")
+
+
+def _find_extension():
+    """Fail now, with the hint, if the compiled module cannot be found."""
+    try:
+        found = importlib.util.find_spec("minires._kernels") is not None
+    except (ImportError, ValueError, AttributeError) as exc:   # e.g. sys.modules entry set to None
+        raise ImportError(f"{_BUILD_HINT}\n(import error: {exc})") from exc
+    if not found:
+        raise ImportError(f"{_BUILD_HINT}\n(no module minires._kernels)")
+
 
 if PURE:
-    backend = _kernels_ref
-    name = "reference"
+    backend, name = _kernels_ref, "reference"
 else:
-    try:
-        from . import _kernels as backend
-    except ImportError as exc:
-        raise ImportError(f"{_BUILD_HINT}\n(import error: {exc})") from exc
-    name = "cython"
+    _find_extension()
+    backend, name = None, "cython"
 
-im2col = backend.im2col
-col2im = backend.col2im
-conv_direct_forward = backend.conv_direct_forward
-conv_direct_backward_weight = backend.conv_direct_backward_weight
-max_pool_forward = backend.max_pool_forward
-max_pool_backward = backend.max_pool_backward
-batchnorm_forward = backend.batchnorm_forward
-batchnorm_backward = backend.batchnorm_backward
-relu_forward = backend.relu_forward
-add_relu_forward = backend.add_relu_forward
-relu_backward = backend.relu_backward
+
+def _backend():
+    global backend
+    if backend is None:
+        try:
+            backend = importlib.import_module("minires._kernels")
+        except ImportError as exc:
+            raise ImportError(f"{_BUILD_HINT}\n(import error: {exc})") from exc
+    return backend
+
+
+def __getattr__(attr):
+    """kernels.im2col and the rest: the chosen backend's function (PEP 562)."""
+    if attr in KERNELS:
+        return getattr(_backend(), attr)
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
 
 
 def set_num_threads(n):
@@ -54,25 +69,4 @@ def set_num_threads(n):
         raise ValueError(f"num_threads must be >= 1, got {n}")
     parallel.set_threads(n)
     if not PURE:
-        backend.set_num_threads(n)
-
-
-def keep_freed_memory():
-    """Ask glibc to keep freed memory for reuse instead of returning it to the OS.
-
-    A training step allocates the same large arrays (im2col columns, 75 MB
-    for a resnet-20 stage-1 conv) every step. By default glibc serves each
-    from a fresh mmap and unmaps it when freed, so every step pays the page
-    faults again: a third of a resnet-20 step in our measurements. With mmap
-    off and trimming off, freed blocks are reused; the process keeps its peak
-    memory. Called by training and benchmarks; a no-op off glibc.
-    """
-    import ctypes
-    import ctypes.util
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4
-    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
+        _backend().set_num_threads(n)

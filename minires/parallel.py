@@ -17,7 +17,7 @@ def default_threads():
 
 
 _threads = default_threads()
-_pool = None
+_pool, _pool_size = None, 0         # the executor, and how many workers it was made with
 _controller = None
 
 
@@ -50,13 +50,13 @@ def single_threaded_blas():
 
 def map_chunks(fn, n):
     """fn(lo, hi) over contiguous chunks of range(n), one per thread -> list of results, in order."""
-    global _pool
+    global _pool, _pool_size
     parts = min(_threads, n)
     if parts <= 1:
         return [fn(0, n)]
     bounds = [n * i // parts for i in range(parts + 1)]
-    if _pool is None or _pool._max_workers != _threads:
-        _pool = ThreadPoolExecutor(max_workers=_threads, thread_name_prefix="minires")
+    if _pool is None or _pool_size != _threads:
+        _pool, _pool_size = ThreadPoolExecutor(max_workers=_threads, thread_name_prefix="minires"), _threads
     with single_threaded_blas():
         futures = [_pool.submit(fn, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
         return [f.result() for f in futures]

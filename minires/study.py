@@ -205,10 +205,10 @@ def measure_images_per_second(model_name, options, num_classes=10, batch_size=12
     means other work was running and the speed is pessimistic."""
     import numpy as np
 
-    from . import kernels, models, parallel
+    from . import models, parallel, runtime
     from .losses import CrossEntropyLoss
     from .optim import SGD
-    kernels.keep_freed_memory()         # as train() does: otherwise page faults cost a third of a step
+    runtime.setup()                     # as train() does: otherwise page faults cost a third of a step
     model = models.build(model_name, num_classes, rng=0, **options)
     model.train()
     rng = np.random.default_rng(0)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from . import kernels, models
+from . import models, runtime
 from .atomic import atomic_write
 from .budget import budget_epochs
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -390,9 +390,7 @@ def train(config, out_dir, resume=False, progress=True, verbose=True, stop_after
     config = with_default_weight_decay(config)
     replace_old = not resume and _check_new_run_folder(config, out_dir, overwrite)
     _check_writable(out_dir)
-    if config.threads:
-        kernels.set_num_threads(config.threads)
-    kernels.keep_freed_memory()
+    runtime.setup(threads=config.threads)      # before the first kernel call: OpenMP reads it at load
     ckpt_path = os.path.join(out_dir, "checkpoint.npz")
     ds = load_dataset(config.dataset, config.data_dir, config.seed, config.train_size,
                       config.test_size, config.val_size, config.label_mode, trust_data_dir=trust_data_dir)

@@ -1,0 +1,73 @@
+"""Process-wide settings that make training fast, applied only when asked.
+
+Importing minires changes nothing outside minires. The settings below are
+what a training run wants, but they touch the whole process (an environment
+variable read by the OpenMP runtime, glibc's allocator), so they are made
+by one explicit call: ``minires.runtime.setup()``. The command line and
+``minires.train.train`` call it; a script or notebook that drives the
+layers itself may call it first. docs/runtime.md explains each setting and
+what it bought.
+"""
+import os
+import sys
+
+from . import parallel
+
+
+def setup(threads=None, wait_policy="PASSIVE", keep_freed_memory=True):
+    """Apply the settings; returns {setting: what happened} (for logs and tests).
+
+    threads: threads for the compiled loops and for splitting a batch
+        (None: keep the current count, OMP_NUM_THREADS or every core).
+    wait_policy: OMP_WAIT_POLICY for the OpenMP runtime ("PASSIVE": a thread
+        that finished its share of a loop sleeps instead of spinning, so the
+        cores go to the Python threads that run the next op). OpenMP reads it
+        once, when the compiled kernels load, so it takes effect only if no
+        kernel has run yet in this process; a value the user already set in
+        the environment is kept. None: leave it alone.
+    keep_freed_memory: ask glibc to keep freed memory for reuse (see
+        keep_freed_memory below).
+    """
+    done = {}
+    if wait_policy is not None:
+        done["OMP_WAIT_POLICY"] = _set_wait_policy(wait_policy)
+    if keep_freed_memory:
+        done["keep_freed_memory"] = globals()["keep_freed_memory"]()
+    if threads is not None:
+        from . import kernels
+        kernels.set_num_threads(threads)
+        done["threads"] = threads
+    else:
+        done["threads"] = parallel.get_threads()
+    return done
+
+
+def _set_wait_policy(policy):
+    """-> the policy in force once the kernels load, with a note if it is not `policy`."""
+    current = os.environ.get("OMP_WAIT_POLICY")
+    if "minires._kernels" in sys.modules:
+        return f"{current or 'the OpenMP default'} (the kernels were loaded before setup(): too late to change)"
+    if current is not None and current.upper() != policy.upper():
+        return f"{current} (set in the environment; kept)"
+    os.environ["OMP_WAIT_POLICY"] = policy
+    return policy
+
+
+def keep_freed_memory():
+    """Ask glibc to keep freed memory for reuse instead of returning it to the OS.
+
+    A training step allocates the same large arrays (a resnet-20 stage-1
+    activation is 8 MB, its im2col columns 75 MB) every step. By default glibc
+    serves each from a fresh mmap and unmaps it when freed, so every step pays
+    the page faults again. With mmap off and trimming off, freed blocks are
+    reused; the process keeps its peak memory. False where this is not glibc.
+    """
+    import ctypes
+    import ctypes.util
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))

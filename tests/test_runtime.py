@@ -1,0 +1,45 @@
+"""Importing minires changes nothing process-wide; runtime.setup() does, when asked."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+
+def _run(code, **env):
+    base = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**base, "MINIRES_PURE": "0", **env})
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def test_import_changes_nothing_process_wide():
+    out = _run("import os, sys; before = dict(os.environ)\n"
+               "import minires, minires.functional, minires.train, minires.models, minires.cli\n"
+               "print(os.environ == before, 'minires._kernels' in sys.modules)")
+    assert out == "True False"      # no variable set, and the OpenMP runtime not even loaded
+
+
+def test_setup_sets_the_wait_policy_before_the_kernels_load():
+    out = _run("import os, sys, numpy as np\n"
+               "import minires.functional as F\n"
+               "from minires import runtime\n"
+               "done = runtime.setup()\n"
+               "F.relu_forward(np.ones(3))\n"
+               "print(done['OMP_WAIT_POLICY'], os.environ['OMP_WAIT_POLICY'], 'minires._kernels' in sys.modules)")
+    assert out == "PASSIVE PASSIVE True"
+
+
+def test_setup_says_when_it_is_too_late_and_keeps_the_users_choice():
+    late = _run("import numpy as np, minires.functional as F\nfrom minires import runtime\n"
+                "F.relu_forward(np.ones(3))\nprint(runtime.setup()['OMP_WAIT_POLICY'])")
+    assert "too late" in late
+    kept = _run("from minires import runtime\nprint(runtime.setup()['OMP_WAIT_POLICY'])", OMP_WAIT_POLICY="ACTIVE")
+    assert kept.startswith("ACTIVE")
+
+
+def test_kernels_load_on_first_use_and_compute():
+    import minires.functional as F
+    out, _ = F.relu_forward(np.array([-1.0, 2.0]))
+    np.testing.assert_array_equal(out, [0.0, 2.0])
