@@ -201,12 +201,16 @@ cdef enum:
     VL = 32     # output channels per weight-gradient tile
 
 
+if (KB, VL) != (8, 32):       # the literal steps of _conv_direct_weight's tile loop
+    raise ImportError(f"minires._kernels: KB, VL = {KB}, {VL} but the weight-gradient loop steps by 8, 32")
+
+
 cdef inline Py_ssize_t _round_up(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return (a + b - 1) // b * b
 
 
 cdef void _forward_tile(const floating* xpad, const floating* wt, floating* opg,
-                        const Py_ssize_t* offsets, Py_ssize_t K, Py_ssize_t FP, Py_ssize_t P,
+                        const Py_ssize_t* offsets, Py_ssize_t K, Py_ssize_t P,
                         Py_ssize_t f0, Py_ssize_t p0) noexcept nogil:
     """opg[f0:f0+FB, p0:p0+PB] = sum over k < K of wt[f0/FB, k, f - f0] * xpad[offsets[k] + p]."""
     cdef floating acc[FB][PB]
@@ -270,15 +274,16 @@ def _conv_direct(const floating[:, :, :, ::1] x, const floating[:, ::1] wt,
     picks the float or the double version from the arrays passed."""
     cdef Py_ssize_t N = x.shape[0], F = out.shape[1], OH = out.shape[2], OW = out.shape[3]
     cdef Py_ssize_t FP = opg.shape[0], P = opg.shape[1], K = offsets.shape[0]
-    cdef Py_ssize_t tile, n0, count, t, f, oh, f0, p0
+    cdef Py_ssize_t tile, n0, count, t, f, oh, tf, tp
     with nogil:
         for tile in range((N + T - 1) // T):
             n0 = tile * T
             count = min(T, N - n0)
             _load_images(x, n0, count, planes, T, HS, WQ, sh, sw, ph, pw)
-            for f0 in range(0, FP, 8):               # FB
-                for p0 in range(0, P, 32):           # PB
-                    _forward_tile(&planes[0, 0], &wt[0, 0], &opg[0, 0], &offsets[0], K, FP, P, f0, p0)
+            # (Cython takes only a literal step in a nogil range, so tiles are counted)
+            for tf in range(FP // FB):
+                for tp in range(P // PB):
+                    _forward_tile(&planes[0, 0], &wt[0, 0], &opg[0, 0], &offsets[0], K, P, tf * FB, tp * PB)
             for t in range(count):
                 for f in range(F):
                     for oh in range(OH):
@@ -373,8 +378,10 @@ def _conv_direct_weight(const floating[:, :, :, ::1] x, const floating[:, :, :, 
                     for ow in range(OW):
                         for f in range(F):
                             dT[(t * HS + oh) * WQ + ow, f] = dout[n0 + t, f, oh, ow] if t < count else 0
-            for k0 in range(0, KP, 8):                  # KB
-                for f0 in range(0, FP, 32):             # VL
+            # Literal steps (KB, VL; checked at import below): counting tiles
+            # instead, as the forward does, made this loop 8% slower under gcc 12.
+            for k0 in range(0, KP, 8):
+                for f0 in range(0, FP, 32):
                     _weight_tile(&planes[0, 0], &dT[0, 0], &dwt[0, 0], &offsets[0], P, FP, k0, f0)
 
 
@@ -522,11 +529,13 @@ cdef inline double _row_sum(const floating* r, Py_ssize_t n) noexcept nogil:
     """sum of r[0:n]."""
     cdef double acc[LANES]
     cdef double s = 0
-    cdef Py_ssize_t b, p, q, full = n - n % BLOCK
+    cdef Py_ssize_t b, p, q, tb, tp, full = n - n % BLOCK
     for q in range(LANES):
         acc[q] = 0
-    for b in range(0, full, 64):            # BLOCK
-        for p in range(0, 64, 8):           # BLOCK, LANES
+    for tb in range(full // BLOCK):
+        b = tb * BLOCK
+        for tp in range(BLOCK // LANES):
+            p = tp * LANES
             for q in range(LANES):
                 acc[q] += r[b + p + q]
     for p in range(full, n):
@@ -540,11 +549,13 @@ cdef inline double _row_sq_dev(const floating* r, Py_ssize_t n, double m) noexce
     """sum of (r[0:n] - m)**2."""
     cdef double acc[LANES]
     cdef double s = 0, d
-    cdef Py_ssize_t b, p, q, full = n - n % BLOCK
+    cdef Py_ssize_t b, p, q, tb, tp, full = n - n % BLOCK
     for q in range(LANES):
         acc[q] = 0
-    for b in range(0, full, 64):            # BLOCK
-        for p in range(0, 64, 8):           # BLOCK, LANES
+    for tb in range(full // BLOCK):
+        b = tb * BLOCK
+        for tp in range(BLOCK // LANES):
+            p = tp * LANES
             for q in range(LANES):
                 d = r[b + p + q] - m
                 acc[q] += d * d
@@ -578,18 +589,20 @@ cdef inline void _row_grad_sums(const floating* dr, const floating* xr, Py_ssize
     cdef double a2[LANES]
     cdef floating g[BLOCK]      # one block of g: masking and summing in separate simple loops vectorise
     cdef floating gp
-    cdef Py_ssize_t b, p, q, full = n - n % BLOCK
+    cdef Py_ssize_t b, p, q, tb, tp, full = n - n % BLOCK
     for q in range(LANES):
         a1[q] = 0
         a2[q] = 0
-    for b in range(0, full, 64):            # BLOCK
+    for tb in range(full // BLOCK):
+        b = tb * BLOCK
         if relu:
             for p in range(BLOCK):
                 g[p] = _masked(dr[b + p], xr[b + p], mf, scale, bias)
         else:
             for p in range(BLOCK):
                 g[p] = dr[b + p]
-        for p in range(0, 64, 8):           # BLOCK, LANES
+        for tp in range(BLOCK // LANES):
+            p = tp * LANES
             for q in range(LANES):
                 a1[q] += g[p + q]
                 a2[q] += g[p + q] * (xr[b + p + q] - m)
