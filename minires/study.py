@@ -10,7 +10,10 @@ A spec (JSON, e.g. studies/cifar10.json):
                "model": "resnet-20", "options": {"bottleneck_div": 4, ...},
                "recipe": {overrides, e.g. "augment": false},
                "budget": 2 (resnet-20 epochs, see minires.budget) or "epochs": 8,
-               "seed": 0}, ...]}
+               "seed": 0, "framework": "minires" (default) or "torch"}, ...]}
+
+A run with "framework": "torch" trains the model's PyTorch twin (same initial
+weights, recipe and batches: minires.anchor.train_torch_twin) instead.
 
 Runs live in studies/<spec name>/runs/<run name>/ (config.json and log.jsonl
 are committed; checkpoints are not). `--scale F` multiplies every budget and
@@ -23,7 +26,8 @@ import os
 import platform
 import time
 
-SPEC_RUN_KEYS = {"name", "experiments", "model", "options", "recipe", "budget", "epochs", "seed"}
+SPEC_RUN_KEYS = {"name", "experiments", "model", "options", "recipe", "budget", "epochs", "seed", "framework"}
+FRAMEWORKS = ("minires", "torch")     # "torch": the PyTorch twin, minires.anchor.train_torch_twin
 # (train, test) images when the recipe does not cut them
 DATASET_SIZES = {"cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000), "shapes": (10_000, 2_000)}
 
@@ -47,6 +51,8 @@ def load_spec(path):
             raise ValueError(f"{where}: unknown keys {sorted(set(run) - SPEC_RUN_KEYS)}")
         if ("budget" in run) == ("epochs" in run) or "model" not in run:
             raise ValueError(f"{where}: needs a model and exactly one of budget and epochs")
+        if run.get("framework", "minires") not in FRAMEWORKS:
+            raise ValueError(f"{where}: framework must be one of {FRAMEWORKS}, got {run['framework']!r}")
         for key in {**run.get("options", {}), **run.get("recipe", {})}:
             if key not in fields:
                 raise ValueError(f"{where}: {key!r} is not a TrainConfig field")
@@ -132,7 +138,8 @@ def run_state(run_dir, config):
     _check_same_run(run_dir, config)
     if run_is_finished(run_dir):
         return "finished"
-    return "stopped" if os.path.exists(os.path.join(run_dir, "checkpoint.npz")) else "restart"
+    stopped = any(os.path.exists(os.path.join(run_dir, f)) for f in ("checkpoint.npz", "checkpoint.pt"))
+    return "stopped" if stopped else "restart"
 
 
 def _record_machine(run_dir, state):
@@ -192,7 +199,11 @@ def run_study(spec_path, only=None, scale=1.0, dataset=None, progress=True, stop
         print(f"study {spec['name']}: {run['name']} ({state}) -> {run_dir}", flush=True)
         os.makedirs(run_dir, exist_ok=True)
         _record_machine(run_dir, state)
-        train(config, run_dir, resume=(state == "stopped"), progress=progress, stop_after=stop_after)
+        if run.get("framework", "minires") == "torch":     # E5: the same run in PyTorch (resumes itself)
+            from .anchor import train_torch_twin
+            train_torch_twin(config, run_dir, progress=progress, stop_after=stop_after)
+        else:
+            train(config, run_dir, resume=(state == "stopped"), progress=progress, stop_after=stop_after)
         trained.append(run["name"])
     return trained
 

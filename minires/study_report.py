@@ -55,6 +55,7 @@ def read_run(spec_run, run_dir):
     return dict(name=spec_run["name"], experiments=spec_run["experiments"], model=config.model,
                 options=spec_run.get("options", {}), recipe=spec_run.get("recipe", {}),
                 spec_budget=spec_run.get("budget"), spec_epochs=spec_run.get("epochs"),
+                framework=spec_run.get("framework", "minires"), seed=spec_run.get("seed", 0),
                 params=params, macs=macs, epochs=last["epochs_done"],
                 compute=last["images_seen"] * macs / (train_size * macs_per_image("resnet-20", classes)),
                 best=max(r["test_acc"] for r in log), final=last["test_acc"], train=last["train_acc"],
@@ -82,6 +83,8 @@ def _label(row):
         extra.append("no dropout")
     if row["recipe"].get("augment") is False:
         extra.append("no aug")
+    if row.get("framework", "minires") != "minires":
+        extra.append(f"({row['framework']})")
     return " ".join([row["model"]] + extra)
 
 
@@ -98,11 +101,40 @@ def experiment_table(rows):
     return "\n".join(lines)
 
 
+def anchor_table(rows):
+    """E5: per model (and budget), the mean final test accuracy of the finished
+    runs in each library over their seeds, and minires minus PyTorch."""
+    groups = {}
+    for r in rows:
+        if r["finished"]:
+            key = (r["model"], r["spec_budget"], r["spec_epochs"])
+            groups.setdefault(key, {}).setdefault(r["framework"], []).append(r)
+    lines = ["Mean final test accuracy over seeds, each library trained from the same initial weights "
+             "with the same recipe, data order and augmentation (minires.anchor):", "",
+             "| model | budget | minires (seeds) | PyTorch (seeds) | minires - PyTorch |", "|---|---|---:|---:|---:|"]
+
+    def cell(runs):
+        if not runs:
+            return "-", None
+        mean = sum(r["final"] for r in runs) / len(runs)
+        seeds = ", ".join(f"{r['seed']}: {_pct(r['final'])}" for r in sorted(runs, key=lambda r: r["seed"]))
+        return f"{_pct(mean)} ({seeds})", mean
+    for (model, budget, epochs), by in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        (mine, a), (theirs, b) = cell(by.get("minires", [])), cell(by.get("torch", []))
+        diff = "-" if a is None or b is None else f"{100 * (a - b):+.1f} points"
+        size = f"{budget:g} R20 epochs" if budget is not None else f"{epochs} epochs"
+        lines.append(f"| {model} | {size} | {mine} | {theirs} | {diff} |")
+    if not groups:
+        lines.append("| (no finished run yet) | | | | |")
+    return lines + [""]
+
+
 # ------------------------------------------------------------------ verdicts
 def _find(rows, model, budget=None, epochs=None, options=None, recipe=None):
-    """The finished run of model with exactly these spec settings, else None."""
+    """The finished minires run of model with exactly these spec settings, else None."""
     for r in rows:
-        if (r["finished"] and r["model"] == model and r["spec_budget"] == budget and r["spec_epochs"] == epochs
+        if (r["finished"] and r["framework"] == "minires" and r["model"] == model
+                and r["spec_budget"] == budget and r["spec_epochs"] == epochs
                 and r["options"] == (options or {}) and r["recipe"] == (recipe or {})):
             return r
     return None
@@ -350,6 +382,8 @@ def write_report(spec_path, scale=1.0):
                   f"{sum(r['finished'] for r in exp_rows)} of {planned} runs finished.", ""]
         if exp == "E1" and exp_rows:
             lines += ["![E1 error curves](e1_curves.png)", ""]
+        if exp == "E5" and exp_rows:
+            lines += anchor_table(exp_rows)
     if rows:
         plot_compute(rows, os.path.join(root, "accuracy_vs_compute.png"))
         plot_degradation(rows, os.path.join(root, "e1_curves.png"))
