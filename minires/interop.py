@@ -54,20 +54,10 @@ def torch_module_for(name, options):
     """An untrained PyTorch twin of models.build(name, **options) (num_classes among
     the options, 10 if absent), with a freshly initialised PyTorch head."""
     torch = _torch()
-    from .torch_reference import build_torch_models, torch_twin
+    from .torch_reference import torch_twin
     options = dict(options)
     num_classes = options.pop("num_classes", 10)
-    if name.startswith("seed-wide") and options.get("widen", 4) != 4:
-        # torch_twin knows the article's widen=4 only; the family builder takes any
-        depth, sc = int(name.split("-")[-1]), options.get("width_scale", 1.0)
-        widths = [max(1, int(round(c * sc))) for c in (16, 32, 64)]
-        twin = build_torch_models(torch)["resnet"]((depth - 2) // 6, widths, 10, "A", widen=options["widen"])
-    else:
-        twin = torch_twin(torch, name, options)
-    if num_classes != 10:               # torch_twin builds 10 classes: swap the classifier
-        head = _final_linear_name(dict(twin.named_children()))
-        old = getattr(twin, head)
-        setattr(twin, head, torch.nn.Linear(old.in_features, num_classes))   # same place in the Sequential
+    twin = torch_twin(torch, name, dict(options, num_classes=num_classes))
     twin.minires_name, twin.minires_options = name, dict(options, num_classes=num_classes)
     return twin
 

@@ -147,24 +147,38 @@ def build_torch_models(torch):
 
 
 def torch_twin(torch, name, options):
-    """The PyTorch equivalent of models.build(name, **options), 10 classes."""
-    T = build_torch_models(torch)
-    s = options.get("width_scale", 1.0)
-    sc = lambda c: max(1, int(round(c * s)))
-    if name == "seed-cnn":
-        return T["seed_cnn"](sc(16), sc(32), sc(64), sc(128), 10, options.get("dropout", 0.5))
-    depth = int(name.split("-")[-1]) if not name.startswith("wrn") else int(name.split("-")[1])
-    if name == "imagenet-resnet-50":
-        return T["imagenet50"](sc(64), [sc(64), sc(128), sc(256), sc(512)], 10)
-    if name.startswith("plain"):
-        return T["plain"]((depth - 2) // 6, [sc(16), sc(32), sc(64)], 10)
-    if name.startswith("resnet"):
-        return T["resnet"]((depth - 2) // 6, [sc(16), sc(32), sc(64)], 10, options.get("shortcut", "A"))
-    if name.startswith("seed-wide"):
-        return T["resnet"]((depth - 2) // 6, [sc(16), sc(32), sc(64)], 10, "A", widen=4)
-    if name.startswith("bottleneck"):
-        return T["bottleneck"]((depth - 2) // 9, [sc(64), sc(128), sc(256)], 10, options.get("bottleneck_div", 2))
-    if name.startswith("wrn"):
-        k = int(name.split("-")[2])
-        return T["wrn"]((depth - 4) // 6, sc(16), [sc(16 * k), sc(32 * k), sc(64 * k)], 10, options.get("dropout", 0.0))
-    return T["imagenet18"]([sc(64), sc(128), sc(256), sc(512)], 10)
+    """The PyTorch equivalent of models.build(name, **options) (num_classes
+    among the options, 10 if absent). The name is parsed by the models'
+    registry, and every setting the options leave out takes the minires
+    builder's own default, so the two can never disagree."""
+    import inspect
+
+    from .models.common import blocks_per_stage, scaled
+    from .models.registry import parse
+    builder, arch = parse(name)
+    a = {k: p.default for k, p in inspect.signature(builder).parameters.items()}
+    a.update(arch, **options)
+    T, classes = build_torch_models(torch), a["num_classes"]
+    sc = lambda c: scaled(c, a["width_scale"])
+    family = builder.__name__
+    if family == "seed_cnn":
+        return T["seed_cnn"](sc(16), sc(32), sc(64), sc(128), classes, a["dropout"])
+    if family == "imagenet_resnet18":
+        return T["imagenet18"]([sc(64), sc(128), sc(256), sc(512)], classes)
+    if family == "imagenet_resnet50":
+        return T["imagenet50"](sc(64), [sc(64), sc(128), sc(256), sc(512)], classes)
+    cifar = [sc(16), sc(32), sc(64)]
+    if family == "resnet":
+        return T["resnet"](blocks_per_stage(a["depth"], 6, 2, family), cifar, classes, a["shortcut"])
+    if family == "plain":
+        return T["plain"](blocks_per_stage(a["depth"], 6, 2, family), cifar, classes)
+    if family == "seed_wide":
+        return T["resnet"](blocks_per_stage(a["depth"], 6, 2, family), cifar, classes, "A", widen=a["widen"])
+    if family == "bottleneck":
+        return T["bottleneck"](blocks_per_stage(a["depth"], 9, 2, family), [sc(64), sc(128), sc(256)], classes,
+                               a["bottleneck_div"])
+    if family == "wide_resnet":
+        k = a["k"]
+        return T["wrn"](blocks_per_stage(a["depth"], 6, 4, family), sc(16), [sc(16 * k), sc(32 * k), sc(64 * k)],
+                        classes, a["dropout"])
+    raise ValueError(f"no PyTorch twin for {name!r}")

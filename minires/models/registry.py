@@ -37,6 +37,18 @@ def available():
             "imagenet-resnet-50"]
 
 
+def parse(name):
+    """A model name -> (builder, the architecture it names), e.g.
+    "wrn-16-4" -> (wide_resnet, {"depth": 16, "k": 4}). The one parser of
+    model names (torch_reference and interop use it too)."""
+    for pattern, parse_match in _PATTERNS:
+        m = pattern.fullmatch(name)
+        if m:
+            return parse_match(m)
+    raise ValueError(f"unknown model {name!r}; expected one of {available()} "
+                     "(or another depth/width of the same family)")
+
+
 def build(name, num_classes=10, rng=None, **options):
     """Build a model by name, e.g. build("resnet-20", shortcut="B").
 
@@ -45,15 +57,10 @@ def build(name, num_classes=10, rng=None, **options):
     """
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    for pattern, parse in _PATTERNS:
-        m = pattern.fullmatch(name)
-        if m:
-            builder, kwargs = parse(m)
-            try:
-                model = builder(num_classes=num_classes, rng=as_generator(rng), **kwargs, **options)
-            except TypeError as exc:
-                raise TypeError(f"bad option for model {name!r}: {exc}") from None
-            model.name, model.options = name, dict(num_classes=num_classes, **options)
-            return model
-    raise ValueError(f"unknown model {name!r}; expected one of {available()} "
-                     "(or another depth/width of the same family)")
+    builder, kwargs = parse(name)
+    try:
+        model = builder(num_classes=num_classes, rng=as_generator(rng), **kwargs, **options)
+    except TypeError as exc:
+        raise TypeError(f"bad option for model {name!r}: {exc}") from None
+    model.name, model.options = name, dict(num_classes=num_classes, **options)
+    return model
