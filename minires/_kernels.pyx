@@ -745,14 +745,14 @@ def batchnorm_backward(dout, x, mean, rstd, gamma, beta, bint training, bint rel
 
 
 # ---------------------------------------------------------------- relu
-def _relu_forward(const floating[::1] x, floating[::1] out, int nthreads):
+def _relu_loop(const floating[::1] x, floating[::1] out, int nthreads):
     cdef Py_ssize_t i
     with nogil:
         for i in prange(x.shape[0], num_threads=nthreads, schedule="static"):
             out[i] = 0 if x[i] <= 0 else x[i]      # <=: NaN stays NaN, as in PyTorch
 
 
-def _relu_backward(const floating[::1] dout, const floating[::1] out, floating[::1] dx,
+def _relu_grad_loop(const floating[::1] dout, const floating[::1] out, floating[::1] dx,
                    int nthreads):
     cdef Py_ssize_t i
     with nogil:
@@ -760,7 +760,7 @@ def _relu_backward(const floating[::1] dout, const floating[::1] out, floating[:
             dx[i] = 0 if out[i] <= 0 else dout[i]  # a NaN output passes the gradient, as in PyTorch
 
 
-def _add_relu_forward(const floating[::1] a, const floating[::1] b, floating[::1] out,
+def _add_relu_loop(const floating[::1] a, const floating[::1] b, floating[::1] out,
                       int nthreads):
     cdef Py_ssize_t i
     cdef floating v
@@ -770,26 +770,27 @@ def _add_relu_forward(const floating[::1] a, const floating[::1] b, floating[::1
             out[i] = 0 if v <= 0 else v
 
 
-def add_relu_forward(a, b):
+def add_relu(a, b):
     """max(a + b, 0) for two arrays of one shape, in one parallel pass."""
     a, b = np.ascontiguousarray(a), np.ascontiguousarray(b, dtype=a.dtype)
     out = np.empty(a.shape, dtype=a.dtype)
-    _add_relu_forward(a.reshape(-1), b.reshape(-1), out.reshape(-1), _num_threads)
+    _add_relu_loop(a.reshape(-1), b.reshape(-1), out.reshape(-1), _num_threads)
     return out
 
 
-def relu_forward(x):
+def relu(x):
     """max(x, 0), any shape, in one parallel pass."""
     x = np.ascontiguousarray(x)
     out = np.empty(x.shape, dtype=x.dtype)
-    _relu_forward(x.reshape(-1), out.reshape(-1), _num_threads)
+    _relu_loop(x.reshape(-1), out.reshape(-1), _num_threads)
     return out
 
 
-def relu_backward(dout, out):
-    """dout where out > 0, else 0; a new array (dout is never written)."""
+def relu_grad(dout, out):
+    """The ReLU's gradient: 0 where out <= 0, else dout (so NaN outputs pass it); a new
+    array (dout is never written)."""
     out = np.ascontiguousarray(out)
     dout = np.ascontiguousarray(dout, dtype=out.dtype)
     dx = np.empty(out.shape, dtype=out.dtype)
-    _relu_backward(dout.reshape(-1), out.reshape(-1), dx.reshape(-1), _num_threads)
+    _relu_grad_loop(dout.reshape(-1), out.reshape(-1), dx.reshape(-1), _num_threads)
     return dx

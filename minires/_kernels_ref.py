@@ -232,17 +232,17 @@ def batchnorm_backward(dout, x, mean, rstd, gamma, beta, training, relu=False):
     return dx.astype(x.dtype), dgamma.astype(x.dtype), dbeta.astype(x.dtype)
 
 
-def add_relu_forward(a, b):
+def add_relu(a, b):
     """max(a + b, 0): the residual add and the ReLU after it."""
     return np.maximum(a + b, 0)
 
 
-def relu_forward(x):
+def relu(x):
     """max(x, 0), any shape."""
     return np.maximum(x, 0)
 
 
-def relu_backward(dout, out):
+def relu_grad(dout, out):
     """0 where the output is <= 0, else the gradient (so it passes where the
     output is NaN, as in PyTorch); a new array."""
     return np.where(out <= 0, 0, dout).astype(out.dtype, copy=False)

@@ -186,10 +186,10 @@ def test_relu_kernels_match_reference(shape, dtype, seed):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape).astype(dtype)
     dout = rng.standard_normal(shape).astype(dtype)
-    out = _kernels.relu_forward(x)
-    np.testing.assert_array_equal(out, _kernels_ref.relu_forward(x))
-    np.testing.assert_array_equal(_kernels.relu_backward(dout, out), _kernels_ref.relu_backward(dout, out))
-    np.testing.assert_array_equal(_kernels.add_relu_forward(x, dout), _kernels_ref.add_relu_forward(x, dout))
+    out = _kernels.relu(x)
+    np.testing.assert_array_equal(out, _kernels_ref.relu(x))
+    np.testing.assert_array_equal(_kernels.relu_grad(dout, out), _kernels_ref.relu_grad(dout, out))
+    np.testing.assert_array_equal(_kernels.add_relu(x, dout), _kernels_ref.add_relu(x, dout))
 
 
 @settings(max_examples=40, deadline=None)

@@ -10,7 +10,7 @@ from ._checks import as_input, check_dout
 def relu_forward(x):
     """x: any shape -> out = max(x, 0). Caches only the output: its sign is the mask."""
     x = as_input(x, "x")
-    out = kernels.relu_forward(x)
+    out = kernels.relu(x)
     return out, out
 
 
@@ -21,4 +21,4 @@ def relu_backward(dout, cache):
     """
     out = cache
     dout = check_dout(dout, out.shape, out.dtype, "same as x")
-    return kernels.relu_backward(dout, out)
+    return kernels.relu_grad(dout, out)

@@ -42,7 +42,7 @@ def add_relu_forward(a, b):
     """a, b: the same shape -> out = max(a + b, 0), in one pass over memory
     instead of two. The cache is out itself: its sign is the ReLU's mask."""
     a, b = _check_pair(a, b)
-    out = kernels.add_relu_forward(a, b)
+    out = kernels.add_relu(a, b)
     return out, out
 
 
