@@ -23,8 +23,8 @@ def fill_in_solutions(nb):
     return filled
 
 
-def test_there_are_six_notebooks_in_order():
-    assert [n[:2] for n in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06"]
+def test_there_are_eight_notebooks_in_order():
+    assert [n[:2] for n in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06", "07", "08"]
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -33,8 +33,8 @@ def test_notebook_outputs_are_stripped(name):
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
 
 
-# The one notebook with nothing to fill in: it trains and compares (06).
-WITHOUT_EXERCISES = {"06_training.ipynb"}
+# The notebooks with nothing to fill in: training and comparing (06), measurements (07, 08).
+WITHOUT_EXERCISES = {"06_training.ipynb", "07_why_residuals_work.ipynb", "08_fast_convolution.ipynb"}
 
 
 def _exercise_cells(nb):
