@@ -1,7 +1,11 @@
 """Speed of minires against PyTorch on the CPU; same as `minires bench`.
 
-    python benchmarks/bench.py --quick
+    python benchmarks/bench.py --quick                      # resnet-20 and seed-cnn, 3 repeats
+    python benchmarks/bench.py --quick --models wrn-16-4    # --quick keeps --models
     python benchmarks/bench.py --models resnet-20,seed-cnn,bottleneck-29,wrn-16-4 --json bench.json
+    python benchmarks/bench.py --no-torch                   # minires alone (also what happens without torch)
+
+`--help` lists every option; `minires bench` takes the same ones.
 """
 import sys
 

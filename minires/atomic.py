@@ -1,8 +1,26 @@
 """Write a file so that a crash or Ctrl-C never leaves a half-written one
-under its final name: write a temp file in the same folder, then rename."""
+under its final name: write a temp file in the same folder, then rename.
+
+The file gets the permissions an ordinary open() would give it (0o666 less
+the umask), not the owner-only 0o600 of the temp file it starts as."""
 import os
 import tempfile
 from contextlib import contextmanager
+
+
+def current_umask():
+    """The process's umask. Read from /proc on Linux; elsewhere set and
+    restored at once (os.umask has no read-only form)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextmanager
@@ -14,6 +32,7 @@ def atomic_write(path, mode="wb"):
     try:
         with os.fdopen(fd, mode) as f:
             yield f
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

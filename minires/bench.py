@@ -229,6 +229,31 @@ def _run_worker(args, threads):
     raise RuntimeError(f"benchmark worker {args} failed:\n{r.stderr[-2000:]}")
 
 
+def cpu_name():
+    """'AMD EPYC 7B13' from /proc/cpuinfo (Linux); None elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def check_models(names):
+    """MiniresError for an unknown model name, before any worker starts."""
+    from .errors import MiniresError
+    from .models.registry import parse
+    if not names:
+        raise MiniresError("no models to time: name them with --models a,b")
+    for name in names:
+        try:
+            parse(name)
+        except ValueError as exc:
+            raise MiniresError(str(exc)) from None
+
+
 def run(models_, batch, repeats, threads, with_torch=True, breakdown=True):
     peak = _run_worker(["--what", "peak"], threads)["gflops"]
     rows = []
@@ -242,7 +267,8 @@ def run(models_, batch, repeats, threads, with_torch=True, breakdown=True):
     conv = {lib: _run_worker(["--library", lib, "--what", "conv", "--repeats", str(repeats)], threads)["conv_ms"]
             for lib in (["minires", "torch"] if with_torch else ["minires"])}
     from . import _kernels
-    return dict(machine=platform.processor() or platform.machine(), cpus=os.cpu_count(), threads=threads,
+    return dict(machine=platform.processor() or platform.machine(), cpu_name=cpu_name(), cpus=os.cpu_count(),
+                threads=threads,
                 openmp=_kernels.openmp_enabled(),
                 batch=batch, repeats=repeats, matmul_peak_gflops=peak, models=rows, single_conv_ms=conv,
                 torch_version=rows[0]["torch"]["torch_version"] if with_torch and rows else None,
@@ -250,20 +276,29 @@ def run(models_, batch, repeats, threads, with_torch=True, breakdown=True):
 
 
 def to_markdown(res):
+    with_torch = any(r["torch"] for r in res["models"])
     lines = [f"Batch {res['batch']}, float32, {res['threads']} threads, median of {res['repeats']}; "
-             f"NumPy float32 matmul peak {res['matmul_peak_gflops']:.0f} GFLOP/s; torch {res['torch_version']}; "
-             f"{res['date']}.", "",
-             "| model | minires ms/step | torch ms/step | ratio | minires img/s (inference) | torch img/s | "
-             "ratio | GFLOP/s | % of peak | minires RSS MB | torch RSS MB |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             f"{res.get('cpu_name') or res['machine']}, {res['cpus']} CPUs; "
+             f"NumPy float32 matmul peak {res['matmul_peak_gflops']:.0f} GFLOP/s; "
+             + (f"torch {res['torch_version']}; " if with_torch else "minires alone (no torch); ")
+             + f"{res['date']}.", ""]
+    if with_torch:
+        lines += ["| model | minires ms/step | torch ms/step | ratio | minires img/s (inference) | torch img/s | "
+                  "ratio | GFLOP/s | % of peak | minires RSS MB | torch RSS MB |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    else:
+        lines += ["| model | minires ms/step | minires img/s (inference) | GFLOP/s | % of peak | minires RSS MB |",
+                  "|---|---:|---:|---:|---:|---:|"]
     for r in res["models"]:
-        m, t = r["minires"], r["torch"] or {}
-        ratio = m["step_ms"] / t["step_ms"] if t else float("nan")
-        iratio = t["images_per_second"] / m["images_per_second"] if t else float("nan")
-        lines.append(f"| {r['model']} | {m['step_ms']:.0f} | {t.get('step_ms', float('nan')):.0f} | {ratio:.2f} | "
-                     f"{m['images_per_second']:.0f} | {t.get('images_per_second', float('nan')):.0f} | {iratio:.2f} | "
-                     f"{r['gflops']:.1f} | {r['peak_pct']:.0f}% | {m['peak_rss_mb']:.0f} | "
-                     f"{t.get('peak_rss_mb', float('nan')):.0f} |")
+        m, t = r["minires"], r["torch"]
+        if not with_torch:
+            lines.append(f"| {r['model']} | {m['step_ms']:.0f} | {m['images_per_second']:.0f} | "
+                         f"{r['gflops']:.1f} | {r['peak_pct']:.0f}% | {m['peak_rss_mb']:.0f} |")
+            continue
+        lines.append(f"| {r['model']} | {m['step_ms']:.0f} | {t['step_ms']:.0f} | {m['step_ms'] / t['step_ms']:.2f} | "
+                     f"{m['images_per_second']:.0f} | {t['images_per_second']:.0f} | "
+                     f"{t['images_per_second'] / m['images_per_second']:.2f} | "
+                     f"{r['gflops']:.1f} | {r['peak_pct']:.0f}% | {m['peak_rss_mb']:.0f} | {t['peak_rss_mb']:.0f} |")
     c = res["single_conv_ms"]
     lines += ["", f"Single 3x3 conv, N=128, 16->16, 32x32, forward + backward: minires {c['minires']:.1f} ms"
               + (f", torch {c['torch']:.1f} ms, ratio {c['minires'] / c['torch']:.2f}" if "torch" in c else "")]
@@ -279,20 +314,54 @@ def to_markdown(res):
     return "\n".join(lines)
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="minires bench", description=__doc__)
-    p.add_argument("--models", default=",".join(DEFAULT_MODELS))
+QUICK_MODELS = ["resnet-20", "seed-cnn"]
+TORCH_MISSING = ("PyTorch is not installed: timing minires alone. For the PyTorch columns, install it "
+                 "into this environment (`pip install torch`, or `.venv/bin/pip install torch`) and run again.")
+
+
+def torch_available():
+    import importlib.util
+    return importlib.util.find_spec("torch") is not None
+
+
+def add_arguments(p):
+    """The options of `minires bench` and `python benchmarks/bench.py` (one list for both)."""
+    p.add_argument("--models", default=None,
+                   help=f"comma-separated (default {','.join(DEFAULT_MODELS)}; with --quick {','.join(QUICK_MODELS)})")
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=None, help="timed steps per measurement, median (default 5)")
     p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument("--quick", action="store_true", help="resnet-20 and seed-cnn, 3 repeats")
-    p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--quick", action="store_true",
+                   help="3 repeats, and resnet-20 and seed-cnn unless --models says otherwise")
+    p.add_argument("--no-torch", action="store_true", help="time minires alone")
     p.add_argument("--json", default=None, help="also write the results here")
-    a = p.parse_args(argv)
-    names = ["resnet-20", "seed-cnn"] if a.quick else a.models.split(",")
-    res = run(names, a.batch, 3 if a.quick else a.repeats, a.threads, with_torch=not a.no_torch)
+
+
+def run_cli(a):
+    """Run the benchmark for parsed options a; prints the table. Returns the exit code."""
+    names = [m.strip() for m in (a.models or ",".join(QUICK_MODELS if a.quick else DEFAULT_MODELS)).split(",")
+             if m.strip()]
+    repeats = a.repeats if a.repeats is not None else (3 if a.quick else 5)
+    with_torch = not a.no_torch
+    if with_torch and not torch_available():
+        print(TORCH_MISSING, flush=True)
+        with_torch = False
+    check_models(names)
+    res = run(names, a.batch, repeats, a.threads, with_torch=with_torch)
     print(to_markdown(res))
     if a.json:
         with open(a.json, "w") as f:
             json.dump(res, f, indent=2)
     return 0
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="minires bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    a = p.parse_args(argv)
+    from .errors import MiniresError
+    try:
+        return run_cli(a)
+    except MiniresError as exc:
+        p.exit(2, f"minires bench: error: {exc}\n")

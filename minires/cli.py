@@ -5,6 +5,21 @@ import sys
 
 DEMO_MODELS = "seed-cnn,resnet-20,bottleneck-11,wrn-10-2,imagenet-resnet-18"
 
+# `minires train --help` ends with this (tests/test_newcomer.py checks it against the builders).
+MODELS_HELP = """\
+models (--model; other depths and widths of each family work too):
+  seed-cnn                  the seed article's plain CNN           --width-scale, --dropout (default 0.5)
+  resnet-20, -56, -110      He et al.'s CIFAR ResNet, depth 6n+2   --width-scale, --shortcut A|B
+  plain-20, -56             resnet-<d> without its shortcuts       --width-scale
+  bottleneck-29             slimmed bottleneck blocks, depth 9n+2  --width-scale, --bottleneck-div
+  wrn-16-4, wrn-28-10       Wide ResNet, depth 6n+4, widening k    --width-scale, --dropout (default 0)
+  seed-wide-20              the seed article's 4x wide block       --width-scale
+  imagenet-resnet-18, -50   torchvision's ImageNet ResNets as is   --width-scale
+An option a model does not take is an error. `minires summary --model NAME` shows its layers."""
+
+OVERWRITE_HELP = ("train again the runs in --out whose config.json is another recipe (a finished run of "
+                  "this recipe is reused, an unfinished one resumed)")
+
 
 def _add_recipe(p):
     """Options shared by train and compare; defaults give the papers' CIFAR recipe."""
@@ -30,6 +45,10 @@ def _add_recipe(p):
     p.add_argument("--label-mode", default="fine", choices=["fine", "coarse"],
                    help="CIFAR-100: 100 fine or 20 coarse classes")
     p.add_argument("--width-scale", type=float, default=1.0, help="multiply every model width")
+    p.add_argument("--shortcut", default=None, choices=["A", "B"],
+                   help="resnet-<6n+2>: A zero-padded identity (default), B 1x1 conv + BN projection")
+    p.add_argument("--dropout", type=float, default=None,
+                   help="wrn-<d>-<k> (default 0) and seed-cnn (default 0.5): dropout rate")
     p.add_argument("--time-budget", type=float, default=None, help="minutes per model; stops after that epoch")
     p.add_argument("--budget", type=float, default=None, metavar="R20_EPOCHS",
                    help="training compute in resnet-20 epochs (replaces --epochs; see minires.budget)")
@@ -46,7 +65,8 @@ def _config(args, model):
                        augment=not args.no_augment, seed=args.seed, threads=args.threads,
                        data_dir=args.data_dir, train_size=args.train_size, test_size=args.test_size,
                        val_size=args.val_size, label_mode=args.label_mode, width_scale=args.width_scale,
-                       time_budget=args.time_budget, budget=args.budget, bottleneck_div=args.bottleneck_div)
+                       time_budget=args.time_budget, budget=args.budget, bottleneck_div=args.bottleneck_div,
+                       shortcut=args.shortcut, dropout=args.dropout)
 
 
 def cmd_train(args):
@@ -76,7 +96,8 @@ def cmd_train(args):
 def cmd_compare(args):
     from .compare import compare, report_table
     names = [m.strip() for m in args.models.split(",") if m.strip()]
-    results = compare(names, _config(args, names[0]), args.out, progress=not args.no_progress)
+    results = compare(names, _config(args, names[0]), args.out, progress=not args.no_progress,
+                      overwrite=args.overwrite)
     print(report_table(results))
     print(f"\nresults: {args.out}/results.json, {args.out}/report.md")
     print(f"plots:   {args.out}/acc_vs_epoch.png, {args.out}/acc_vs_time.png, {args.out}/acc_vs_params.png")
@@ -121,16 +142,22 @@ def cmd_gradcheck(args):
     return 0 if ok else 1
 
 
+def cmd_diagnose(args):
+    from .diagnostics import run_cli
+    return run_cli(args)
+
+
 def cmd_bench(args):
-    from .bench import main as bench_main
-    return bench_main(args.bench_args)
+    from .bench import run_cli
+    return run_cli(args)
 
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="minires", description="ResNets for 32x32 images, from scratch.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train one model")
+    p = sub.add_parser("train", help="train one model", epilog=MODELS_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="e.g. resnet-20, wrn-16-4, seed-cnn (with --resume: the run's)")
     p.add_argument("--out", default=None, help="run folder (default runs/MODEL)")
     p.add_argument("--resume", default=None, metavar="RUN_DIR",
@@ -145,11 +172,13 @@ def build_parser():
     p = sub.add_parser("compare", help="train several models under one recipe and compare them")
     p.add_argument("--models", required=True, help="comma-separated model names")
     p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", "--force", action="store_true", help=OVERWRITE_HELP)
     _add_recipe(p)
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("demo", help="compare five models on the shapes dataset (about 3 minutes)")
+    p = sub.add_parser("demo", help="compare five small models on the shapes dataset (about 2 minutes on 2 cores)")
     p.add_argument("--out", default="demo_runs")
+    p.add_argument("--overwrite", "--force", action="store_true", help=OVERWRITE_HELP)
     _add_recipe(p)
     # Sized for about 5 minutes on 2 cores: half-width models, 3,000 images, no
     # augmentation (it pays off only in longer runs).
@@ -165,7 +194,7 @@ def build_parser():
 
     p = sub.add_parser("plot", help="loss and accuracy curves of runs")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--out", default="curves.png")
+    p.add_argument("--out", default=None, help="PNG file (default: curves.png in the first RUN_DIR)")
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("summary", help="per-layer table: output shape, params, MACs")
@@ -186,8 +215,20 @@ def build_parser():
     from .study import add_study_parser
     add_study_parser(sub)
 
-    p = sub.add_parser("bench", help="speed against PyTorch (see benchmarks/bench.py --help)")
-    p.add_argument("bench_args", nargs=argparse.REMAINDER)
+    p = sub.add_parser("diagnose", help="per-layer gradient norms of models at initialisation, plotted")
+    p.add_argument("--model", action="append", required=True,
+                   help="a model name; repeat to compare (e.g. --model plain-56 --model resnet-56)")
+    p.add_argument("--dataset", default="shapes", choices=["shapes", "cifar10", "cifar100"])
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--batch", type=int, default=128, help="measure on the first N training images")
+    p.add_argument("--seed", type=int, default=0, help="the models' initialisation (as `train --seed`)")
+    p.add_argument("--width-scale", type=float, default=1.0)
+    p.add_argument("--out", default="gradient_norms.png", help="PNG file")
+    p.set_defaults(func=cmd_diagnose)
+
+    from .bench import add_arguments as add_bench_arguments
+    p = sub.add_parser("bench", help="speed against PyTorch (same as benchmarks/bench.py)")
+    add_bench_arguments(p)
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -132,6 +132,18 @@ def _extract_verified(archive, data_dir, spec):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _missing_folders(path):
+    """The folders os.makedirs(path) would create, deepest first."""
+    made = []
+    while not os.path.exists(path):
+        made.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return made
+
+
 def locate_cifar(name, data_dir=None, download=True):
     """Path of the extracted CIFAR folder, extracting or downloading it if needed.
 
@@ -147,10 +159,16 @@ def locate_cifar(name, data_dir=None, download=True):
     if not os.path.exists(archive):
         if not download:
             raise DataError(f"{name}: no {spec['folder']}/ or {spec['archive']} in {data_dir}")
+        made = _missing_folders(data_dir)
         os.makedirs(data_dir, exist_ok=True)
         try:
             _download(spec["url"], archive)
         except OSError as exc:
+            for path in made:           # a failed download leaves no empty cache folder behind
+                try:
+                    os.rmdir(path)
+                except OSError:
+                    break
             raise DataError(
                 f"{name} is not in {data_dir} and could not be downloaded ({exc}).\n"
                 f"Put the official archive there as {archive} (md5 {spec['md5']}, from {spec['url']}),\n"

@@ -104,8 +104,8 @@ def _planned_steps(config):
 
 
 # ------------------------------------------------------------------ running
-# Fields that say where or how fast a run ran, not what it computes.
-_NOT_COMPARED = {"data_dir", "threads", "time_budget", "epochs", "weight_decay"}
+# Fields that say where or how fast a run ran, or what was measured beside, not what it computes.
+_NOT_COMPARED = {"data_dir", "threads", "time_budget", "epochs", "weight_decay", "diagnostics"}
 
 
 def _check_same_run(run_dir, config):

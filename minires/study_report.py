@@ -381,7 +381,8 @@ def write_report(spec_path, scale=1.0):
         lines += [experiment_table(exp_rows) if exp_rows else "No run has logged an epoch yet.", "",
                   f"{sum(r['finished'] for r in exp_rows)} of {planned} runs finished.", ""]
         if exp == "E1" and exp_rows:
-            lines += ["![E1 error curves](e1_curves.png)", ""]
+            from .diagnostics import study_section
+            lines += ["![E1 error curves](e1_curves.png)", ""] + study_section(root, exp_rows)
         if exp == "E5" and exp_rows:
             lines += anchor_table(exp_rows)
     if rows:

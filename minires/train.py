@@ -12,6 +12,7 @@ holds NaN or inf (it stops with TrainingDiverged, keeping the last good
 checkpoint).
 """
 import dataclasses
+import inspect
 import itertools
 import json
 import math
@@ -76,6 +77,8 @@ class TrainConfig:
     budget: float = None                # training compute in resnet-20 epochs (minires.budget);
                                         # set, it decides the steps (and epochs, the last partial)
     bottleneck_div: int = None          # bottleneck-<d>: middle width filters // div (default 2)
+    diagnostics: bool = False           # diagnostics.jsonl: gradient norms and activation statistics
+                                        # on a fixed batch at init and every epoch (minires.diagnostics)
 
     def model_options(self):
         opts = {"width_scale": self.width_scale} if self.width_scale != 1.0 else {}
@@ -127,6 +130,20 @@ def check_config(config):
     for name, ok, expected in rules:
         if not ok:
             raise MiniresError(f"{name} must be {expected}, got {getattr(c, name)!r}")
+    if c.model is not None:
+        check_model_options(c.model, c.model_options())
+
+
+def check_model_options(model_name, options):
+    """MiniresError for an unknown model or an option its family does not
+    take (--shortcut for a WRN), before any data is loaded."""
+    builder, _ = models.registry.parse(model_name)      # ValueError naming the known models
+    takes = [k for k in ("width_scale", "shortcut", "dropout", "bottleneck_div")
+             if k in inspect.signature(builder).parameters]
+    for key in options:
+        if key not in takes and key != "num_classes":
+            flags = ", ".join("--" + k.replace("_", "-") for k in takes)
+            raise MiniresError(f"{model_name} takes no --{key.replace('_', '-')} (its options: {flags})")
 
 
 def check_finite(model, when=""):
@@ -201,8 +218,9 @@ def _write_json_atomic(path, obj, lines=False):
 
 # ---------------------------------------------------------------- run folders
 RUN_FILES = ("checkpoint.npz", "best.npz", "log.jsonl", "config.json")   # config.json last: see _replace_run
-STALE_FILES = ("confusion.png",)       # made from a run's best model by `minires evaluate`
-NOT_RECIPE = ("threads", "time_budget", "data_dir")   # how fast and from where, not what is trained
+STALE_FILES = ("confusion.png", "diagnostics.jsonl")   # made from a run's models, not a run file
+# how fast, from where and what is measured beside, not what is trained
+NOT_RECIPE = ("threads", "time_budget", "data_dir", "diagnostics")
 
 
 def with_default_weight_decay(config):
@@ -414,6 +432,13 @@ def train(config, out_dir, resume=False, progress=True, verbose=True, stop_after
         history, step, best_acc = meta["history"], meta["step"], meta["best_acc"]
         start_epoch = len(history)
 
+    diagnostics = None
+    if config.diagnostics:      # measures a copy of the model: the run trains exactly as without
+        from .diagnostics import RunDiagnostics
+        diagnostics = RunDiagnostics(out_dir, ds, config.label_smoothing, start_epoch)
+        if all(r["epoch"] != start_epoch for r in diagnostics.records):
+            diagnostics.measure(model, start_epoch)     # epoch 0: at init; written with the next epoch's files
+
     started = time.perf_counter() - sum(h["epoch_seconds"] for h in history)
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
@@ -447,6 +472,9 @@ def train(config, out_dir, resume=False, progress=True, verbose=True, stop_after
         meta = dict(history=history, step=step, best_acc=best_acc, schedule=schedule.state_dict())
         _save_epoch(out_dir, replace_old, config, model, optimizer, data_rng, meta, improved)
         replace_old = False
+        if diagnostics:
+            diagnostics.measure(model, epoch + 1)
+            diagnostics.write()
         if verbose:
             tqdm.write(f"{config.model} epoch {epoch + 1:>3}: train loss {train_loss:.3f} "
                        f"acc {train_acc:.3f} | test loss {test_loss:.3f} acc {test_acc:.3f} | "

@@ -3,6 +3,12 @@
 There is no autograd tape. Each module caches what its backward needs
 during forward; a composite module runs its children's backward in
 reverse order. Parameter gradients accumulate (+=) until zero_grad().
+
+Hooks let a learner watch any module without editing it (PyTorch's names):
+register_forward_hook(fn) calls fn(module, x, out) after each forward and
+register_backward_hook(fn) calls fn(module, dout, dx) after each backward;
+each returns a handle whose remove() detaches the hook. The arrays a hook
+sees are read-only views: a hook can look, never change what trains.
 """
 from collections import OrderedDict
 
@@ -37,6 +43,8 @@ class Module:
         object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "training", True)
+        object.__setattr__(self, "_forward_hooks", {})      # HookHandle -> fn
+        object.__setattr__(self, "_backward_hooks", {})
 
     def __setattr__(self, name, value):
         if "_parameters" not in self.__dict__:
@@ -73,7 +81,37 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__}.backward")
 
     def __call__(self, x):
-        return self.forward(x)
+        out = self.forward(x)
+        for hook in list(self._forward_hooks.values()):
+            hook(self, read_only(x), read_only(out))
+        return out
+
+    # ---------------------------------------------------------- hooks
+    def register_forward_hook(self, fn):
+        """fn(module, x, out) after every forward run as module(x) (every parent
+        calls its children so). Returns a HookHandle; fn's return value is ignored."""
+        handle = HookHandle(self, self._forward_hooks)
+        self._forward_hooks[handle] = fn
+        return handle
+
+    def register_backward_hook(self, fn):
+        """fn(module, dout, dx) after every backward of this module. Returns a HookHandle.
+
+        Parents call child.backward(dout) directly (there is no tape to hook
+        into), so this shadows the method on this one instance with
+        _backward_then_hooks, which runs the class's own backward, then the
+        hooks; the last handle removed takes the shadow away. Subclasses keep
+        writing plain backward methods."""
+        handle = HookHandle(self, self._backward_hooks)
+        self._backward_hooks[handle] = fn
+        object.__setattr__(self, "backward", self._backward_then_hooks)
+        return handle
+
+    def _backward_then_hooks(self, dout):
+        dx = type(self).backward(self, dout)
+        for hook in list(self._backward_hooks.values()):
+            hook(self, read_only(dout), read_only(dx))
+        return dx
 
     # ---------------------------------------------------------- traversal
     def named_modules(self, prefix=""):
@@ -221,6 +259,27 @@ class Identity(Module):
 
     def backward(self, dout):
         return dout
+
+
+class HookHandle:
+    """What register_*_hook returns; remove() detaches that hook (again: no effect)."""
+
+    def __init__(self, module, hooks):
+        self.module, self.hooks = module, hooks
+
+    def remove(self):
+        self.hooks.pop(self, None)
+        if not self.module._backward_hooks:             # the class's own backward again
+            self.module.__dict__.pop("backward", None)
+
+
+def read_only(a):
+    """A read-only view of an array (what hooks see); anything else as it is."""
+    if not isinstance(a, np.ndarray):
+        return a
+    view = a.view()
+    view.flags.writeable = False
+    return view
 
 
 def check_loadable(value, dtype, name):
