@@ -27,7 +27,7 @@ import numpy as np
 
 from . import functional as F
 from . import kernels
-from .gradcheck import _numeric_avoiding_kinks, numerical_gradient, rel_error
+from .gradcheck import numeric_avoiding_kinks, numerical_gradient, rel_error
 
 RTOL = 1e-6         # outputs: relative error (scale-based, see gradcheck.rel_error)
 GRAD_TOL = 1e-6     # numerical gradient check, float64 central differences
@@ -201,7 +201,7 @@ class _Check:
         is perturbed in place (pass a private copy)."""
         idx = np.sort(rng.choice(array.size, size=min(samples, array.size), replace=False))
         if kinks:
-            numeric = _numeric_avoiding_kinks(forward, array, dout, 1e-6, idx, analytic, GRAD_TOL)
+            numeric = numeric_avoiding_kinks(forward, array, dout, 1e-6, idx, analytic, GRAD_TOL)
         else:
             numeric = numerical_gradient(forward, array, dout, indices=idx)
         a = np.asarray(analytic, np.float64).reshape(-1)[idx]

@@ -147,7 +147,7 @@ def _generator_states(module):
             if isinstance(getattr(m, "rng", None), np.random.Generator)]
 
 
-def _numeric_avoiding_kinks(f, array, dout, eps, idx, analytic, tol):
+def numeric_avoiding_kinks(f, array, dout, eps, idx, analytic, tol):
     """Central differences at idx; entries that disagree with the analytic
     gradient are measured again with steps 10x and 100x smaller.
 
@@ -177,7 +177,7 @@ def check_module(module, x, rng=None, eps=1e-6, max_samples=20, tol=1e-6):
     batch statistics, and every dropout layer is rewound to the same rng
     state before each forward, so all evaluations see the same masks.
     Entries whose step crossed a ReLU kink are re-measured with smaller steps
-    (see _numeric_avoiding_kinks).
+    (see numeric_avoiding_kinks).
     """
     rng = np.random.default_rng(20161) if rng is None else rng
     x = np.ascontiguousarray(x)
@@ -199,7 +199,7 @@ def check_module(module, x, rng=None, eps=1e-6, max_samples=20, tol=1e-6):
     report = GradReport(tol=tol)
     for name, array, analytic in [("input", x, dx)] + [(n, p.data, p.grad) for n, p in params]:
         idx = _sample(array.size, max_samples, rng)
-        numeric = _numeric_avoiding_kinks(f, array, dout, eps, idx, analytic, tol)
+        numeric = numeric_avoiding_kinks(f, array, dout, eps, idx, analytic, tol)
         report.rows.append(_compare(name, array, analytic, numeric, idx))
     return report
 
