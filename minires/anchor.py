@@ -26,7 +26,6 @@ checkpoint.pt resumes from it; the resumed run replays the same batches,
 though PyTorch itself does not promise bit-identical results across a resume.
 """
 import dataclasses
-import itertools
 import json
 import math
 import os
@@ -126,19 +125,19 @@ def train_torch_twin(config, out_dir, progress=True, verbose=True, stop_after=No
 
     from . import models
     from .budget import budget_epochs
-    from .data import load_dataset, minibatches
-    from .interop import _torch, from_torch, to_torch
+    from .data import load_dataset
+    from .interop import import_torch, from_torch, to_torch
     from .optim import Schedule
-    from .train import (TrainingDiverged, _check_writable, _write_json_atomic, check_config,
+    from .train import (TrainingDiverged, check_writable, epoch_batches, write_json_atomic, check_config,
                         finite_or_none, read_log, with_default_weight_decay)
-    torch = _torch()
+    torch = import_torch()
     out_dir = os.fspath(out_dir)
     check_config(config)
     config = with_default_weight_decay(config)
     state = _folder_state(config, out_dir)
     if state == "finished":
         return read_log(out_dir)
-    _check_writable(out_dir)
+    check_writable(out_dir)
     torch.set_num_threads(config.threads or TORCH_THREADS)
     ds = load_dataset(config.dataset, config.data_dir, config.seed, config.train_size,
                       config.test_size, config.val_size, config.label_mode)
@@ -166,9 +165,7 @@ def train_torch_twin(config, out_dir, progress=True, verbose=True, stop_after=No
     started = time.perf_counter() - sum(h["epoch_seconds"] for h in history)
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
-        batches = minibatches(ds.x_train, ds.y_train, config.batch_size, ds.mean, ds.std,
-                              rng=data_rng, augment_data=config.augment)
-        batches = itertools.islice(batches, total_steps - step)     # a budget may end mid-epoch
+        batches = epoch_batches(ds, config, data_rng, total_steps - step)
         step_before, loss_sum, correct, seen = step, 0.0, 0, 0
         twin.train()
         with tqdm(total=len(ds.x_train), unit="img", disable=not progress, leave=False,
@@ -215,8 +212,8 @@ def train_torch_twin(config, out_dir, progress=True, verbose=True, stop_after=No
                         os.path.join(out_dir, "best.npz"))
         _save_checkpoint(torch, ckpt_path, twin, optimizer, data_rng,
                          dict(history=history, step=step, best_acc=best_acc))
-        _write_json_atomic(os.path.join(out_dir, "log.jsonl"), history, lines=True)
-        _write_json_atomic(os.path.join(out_dir, "config.json"), dataclasses.asdict(config))
+        write_json_atomic(os.path.join(out_dir, "log.jsonl"), history, lines=True)
+        write_json_atomic(os.path.join(out_dir, "config.json"), dataclasses.asdict(config))
         if verbose:
             tqdm.write(f"{config.model} (torch) epoch {epoch + 1:>3}: train loss {record['train_loss']:.3f} "
                        f"acc {record['train_acc']:.3f} | test loss {test_loss:.3f} acc {test_acc:.3f} | "

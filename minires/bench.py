@@ -14,6 +14,8 @@ import sys
 import threading
 import time
 
+from . import runtime
+
 DEFAULT_MODELS = ["resnet-20", "seed-cnn", "bottleneck-29", "wrn-16-4"]
 # resnet-20 is measured with option-B shortcuts, PyTorch's usual form.
 MODEL_OPTIONS = {"resnet-20": {"shortcut": "B"}}
@@ -39,7 +41,7 @@ def _peak_rss_mb():
 def _minires_worker(model_name, batch, repeats, breakdown):
     import numpy as np
 
-    from . import models, runtime
+    from . import models
     from .losses import CrossEntropyLoss
     from .optim import SGD
     from .summary import totals
@@ -172,7 +174,6 @@ def _conv_worker(library, repeats):
     dout = rng.standard_normal((128, 16, 32, 32)).astype(np.float32)
     if library == "minires":
         from . import functional as F
-        from . import runtime
         runtime.setup()
 
         def run():
@@ -229,18 +230,6 @@ def _run_worker(args, threads):
     raise RuntimeError(f"benchmark worker {args} failed:\n{r.stderr[-2000:]}")
 
 
-def cpu_name():
-    """'AMD EPYC 7B13' from /proc/cpuinfo (Linux); None elsewhere."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
 def check_models(names):
     """MiniresError for an unknown model name, before any worker starts."""
     from .errors import MiniresError
@@ -267,7 +256,7 @@ def run(models_, batch, repeats, threads, with_torch=True, breakdown=True):
     conv = {lib: _run_worker(["--library", lib, "--what", "conv", "--repeats", str(repeats)], threads)["conv_ms"]
             for lib in (["minires", "torch"] if with_torch else ["minires"])}
     from . import _kernels
-    return dict(machine=platform.processor() or platform.machine(), cpu_name=cpu_name(), cpus=os.cpu_count(),
+    return dict(machine=platform.processor() or platform.machine(), cpu_name=runtime.cpu_name(), cpus=os.cpu_count(),
                 threads=threads,
                 openmp=_kernels.openmp_enabled(),
                 batch=batch, repeats=repeats, matmul_peak_gflops=peak, models=rows, single_conv_ms=conv,

@@ -134,22 +134,22 @@ class RunDiagnostics:
 
     def write(self):
         """Rewrite the whole file atomically (the run folder must exist)."""
-        from .train import _write_json_atomic
-        _write_json_atomic(self.path, self.records, lines=True)
+        from .train import write_json_atomic
+        write_json_atomic(self.path, self.records, lines=True)
 
 
 # ------------------------------------------------------------------ plotting
 def plot_gradient_norms(curves, path, title="gradient norm per layer"):
     """curves: {label: [conv weight gradient norms in depth order]} (a label
     containing "init" is drawn dashed). x: conv depth index, y: log norm."""
-    from .plots import _save, plt
+    from .plots import plt, save_figure
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, norms in curves.items():
         y = [v if v is not None and math.isfinite(v) and v > 0 else np.nan for v in norms]
         ax.plot(range(1, len(y) + 1), y, "--" if "init" in label else "-", marker="o", ms=3, label=label)
     ax.set(xlabel="conv layer (input side = 1)", ylabel="||dL/dW||_2 (log scale)", yscale="log", title=title)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def diagnose(model_names, x, y, path, num_classes=10, seed=0, options=None):

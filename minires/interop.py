@@ -28,7 +28,7 @@ class InteropError(MiniresError):
     unexpected and mis-shaped entries."""
 
 
-def _torch():
+def import_torch():
     try:
         import torch
     except ImportError:
@@ -53,7 +53,7 @@ def _final_linear_name(module_names):
 def torch_module_for(name, options):
     """An untrained PyTorch twin of models.build(name, **options) (num_classes among
     the options, 10 if absent), with a freshly initialised PyTorch head."""
-    torch = _torch()
+    torch = import_torch()
     from .torch_reference import torch_twin
     options = dict(options)
     num_classes = options.pop("num_classes", 10)
@@ -71,7 +71,7 @@ def to_torch(model):
 
     The result carries minires_name and minires_options, so from_torch(twin)
     rebuilds the minires model without being told what it is."""
-    torch = _torch()
+    torch = import_torch()
     name, options = _name_and_options(model)
     twin = torch_module_for(name, options)
     state = model.state_dict()

@@ -123,7 +123,7 @@ def plot_runs(run_dirs, path=None):
     ax_acc.set(xlabel="epoch", ylabel="accuracy (dashed: train)", title="accuracy")
     ax_acc.legend(fontsize=8)
     fig.suptitle(_title([read_config(r) for r in run_dirs], labels), fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _epoch_axis(ax):
@@ -170,7 +170,7 @@ def plot_comparison(results, out_dir):
     ax2.legend(fontsize=8)
     paths = [os.path.join(out_dir, n) for n in ("acc_vs_epoch.png", "acc_vs_time.png", "acc_vs_params.png")]
     for fig, p in zip((fig1, fig2, fig3), paths):
-        _save(fig, p)
+        save_figure(fig, p)
     return paths
 
 
@@ -187,7 +187,7 @@ def plot_confusion(matrix, classes, path, title="confusion matrix"):
                 ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=6,
                         color="white" if matrix[i, j] > matrix.max() / 2 else "black")
     ax.set(xlabel="predicted", ylabel="true", title=title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def confusion_matrix(labels, preds, k):
@@ -196,7 +196,7 @@ def confusion_matrix(labels, preds, k):
     return m
 
 
-def _save(fig, path):
+def save_figure(fig, path):
     fig.tight_layout()
     with atomic_write(path, "wb") as f:
         fig.savefig(f, dpi=110, format="png")

@@ -71,3 +71,18 @@ def keep_freed_memory():
         return False
     m_trim_threshold, m_mmap_max = -1, -4
     return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
+
+
+def cpu_name():
+    """The CPU's model name ('AMD EPYC 7B13') from /proc/cpuinfo on Linux, else
+    platform.processor(), else 'unknown CPU': benchmarks and study logs name
+    the machine that measured them."""
+    import platform
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"

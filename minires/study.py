@@ -26,6 +26,8 @@ import os
 import platform
 import time
 
+from . import runtime
+
 SPEC_RUN_KEYS = {"name", "experiments", "model", "options", "recipe", "budget", "epochs", "seed", "framework"}
 FRAMEWORKS = ("minires", "torch")     # "torch": the PyTorch twin, minires.anchor.train_torch_twin
 # (train, test) images when the recipe does not cut them
@@ -150,22 +152,10 @@ def _record_machine(run_dir, state):
     if os.path.exists(path) and state == "stopped":
         with open(path) as f:
             sittings = json.load(f)
-    sittings.append(dict(date=time.strftime("%Y-%m-%d %H:%M"), cpu=cpu_name(), cores=os.cpu_count(),
+    sittings.append(dict(date=time.strftime("%Y-%m-%d %H:%M"), cpu=runtime.cpu_name(), cores=os.cpu_count(),
                          python=platform.python_version(), numpy=np.__version__, state=state))
     with open(path, "w") as f:
         json.dump(sittings, f, indent=1)
-
-
-def cpu_name():
-    """The CPU's model name (Linux), else platform.processor()."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def select_runs(spec, only=None):
@@ -216,7 +206,7 @@ def measure_images_per_second(model_name, options, num_classes=10, batch_size=12
     means other work was running and the speed is pessimistic."""
     import numpy as np
 
-    from . import models, parallel, runtime
+    from . import models, parallel
     from .losses import CrossEntropyLoss
     from .optim import SGD
     runtime.setup()                     # as train() does: otherwise page faults cost a third of a step
@@ -289,7 +279,7 @@ def format_dry_run(rows):
                      f"{r['hours']:.2f} | {r['state']} |")
     todo = sum(r["hours"] for r in rows if r["state"] != "finished")
     lines.append(f"\n{len(rows)} runs, {sum(r['hours'] for r in rows):.1f} hours in all, "
-                 f"{todo:.1f} hours not yet done (CPU: {cpu_name()}, {os.cpu_count()} cores)")
+                 f"{todo:.1f} hours not yet done (CPU: {runtime.cpu_name()}, {os.cpu_count()} cores)")
     share = rows[-1]["core_share"] if rows else None
     if share is not None and share < 0.8:
         lines.append(f"warning: the timing got as little as {share:.0%} of the cores (other work running): "

@@ -280,7 +280,7 @@ CLAIMS = {
 def plot_compute(rows, path):
     """Final test accuracy against training compute (R20 epochs) and against
     training hours, one line per model variant across its budgets (E2-E4)."""
-    from .plots import _save, plt
+    from .plots import plt, save_figure
     fig, (ax_c, ax_h) = plt.subplots(1, 2, figsize=(12, 4.5))
     groups = {}
     for r in rows:
@@ -295,12 +295,12 @@ def plot_compute(rows, path):
     ax_h.set(xlabel="training hours (measured in the runs)", ylabel="final test accuracy", xscale="log",
              title="accuracy against time")
     ax_c.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_degradation(rows, path):
     """E1: training (dashed) and test (solid) error per epoch, and training loss."""
-    from .plots import _save, plt
+    from .plots import plt, save_figure
     fig, (ax_e, ax_l) = plt.subplots(1, 2, figsize=(12, 4.5))
     for r in rows:
         if "E1" not in r["experiments"]:
@@ -312,12 +312,12 @@ def plot_degradation(rows, path):
     ax_e.set(xlabel="epoch", ylabel="error (dashed: training)", title="E1: error per epoch")
     ax_l.set(xlabel="epoch", ylabel="training loss", title="E1: training loss")
     ax_e.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_gap(rows, path):
     """Train-test gap against parameters over every run."""
-    from .plots import _save, plt
+    from .plots import plt, save_figure
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for r in rows:
         ax.scatter(r["params"], r["gap"])
@@ -325,7 +325,7 @@ def plot_gap(rows, path):
                     xytext=(3, 3), textcoords="offset points")
     ax.set(xlabel="parameters", ylabel="final train acc - final test acc", xscale="log",
            title="train-test gap against parameters (label: R20 epochs)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ------------------------------------------------------------------ the report

@@ -173,6 +173,16 @@ def evaluate(model, images, labels, mean, std, batch_size=500):
     return total_loss / len(labels), float((preds == labels).mean()), preds
 
 
+def epoch_batches(ds, config, data_rng, steps_left):
+    """One epoch's normalised minibatches in data_rng's order (crops and flips
+    drawn from it too, if config.augment), cut after steps_left: a budget may
+    end mid-epoch. minires.anchor feeds PyTorch from this same function, so
+    both libraries see the same batches."""
+    batches = minibatches(ds.x_train, ds.y_train, config.batch_size, ds.mean, ds.std,
+                          rng=data_rng, augment_data=config.augment)
+    return itertools.islice(batches, steps_left)
+
+
 def train_one_epoch(model, crit, optimizer, schedule, batches, step, bar):
     """One pass over the training set. Returns (mean loss, accuracy, next step)."""
     model.train()
@@ -207,7 +217,7 @@ def finite_or_none(obj):
     return obj
 
 
-def _write_json_atomic(path, obj, lines=False):
+def write_json_atomic(path, obj, lines=False):
     obj = finite_or_none(obj)
     with atomic_write(path, "w") as f:
         if lines:
@@ -329,7 +339,7 @@ def _resumed_config(config, out_dir):
     return dataclasses.replace(saved, **overrides)
 
 
-def _check_writable(out_dir):
+def check_writable(out_dir):
     """RunFolderError now, not after an epoch of training, if out_dir cannot be
     made or written (its nearest existing ancestor must be a writable folder)."""
     probe = os.path.abspath(out_dir)
@@ -365,8 +375,8 @@ def _write_run_files(run_dir, config, model, optimizer, data_rng, meta, save_bes
         if save_best:
             models.save(model, os.path.join(run_dir, "best.npz"))
         save_checkpoint(os.path.join(run_dir, "checkpoint.npz"), model, optimizer, data_rng, meta)
-        _write_json_atomic(os.path.join(run_dir, "log.jsonl"), meta["history"], lines=True)
-        _write_json_atomic(os.path.join(run_dir, "config.json"), dataclasses.asdict(config))
+        write_json_atomic(os.path.join(run_dir, "log.jsonl"), meta["history"], lines=True)
+        write_json_atomic(os.path.join(run_dir, "config.json"), dataclasses.asdict(config))
     except OSError as exc:
         raise RunFolderError(f"cannot write the run folder {run_dir}: {exc}") from None
 
@@ -407,7 +417,7 @@ def train(config, out_dir, resume=False, progress=True, verbose=True, stop_after
     check_config(config)
     config = with_default_weight_decay(config)
     replace_old = not resume and _check_new_run_folder(config, out_dir, overwrite)
-    _check_writable(out_dir)
+    check_writable(out_dir)
     runtime.setup(threads=config.threads)      # before the first kernel call: OpenMP reads it at load
     ckpt_path = os.path.join(out_dir, "checkpoint.npz")
     ds = load_dataset(config.dataset, config.data_dir, config.seed, config.train_size,
@@ -442,9 +452,7 @@ def train(config, out_dir, resume=False, progress=True, verbose=True, stop_after
     started = time.perf_counter() - sum(h["epoch_seconds"] for h in history)
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
-        batches = minibatches(ds.x_train, ds.y_train, config.batch_size, ds.mean, ds.std,
-                              rng=data_rng, augment_data=config.augment)
-        batches = itertools.islice(batches, total_steps - step)     # a budget may end mid-epoch
+        batches = epoch_batches(ds, config, data_rng, total_steps - step)
         step_before = step
         with tqdm(total=len(ds.x_train), unit="img", disable=not progress, leave=False,
                   desc=f"{config.model} epoch {epoch + 1}/{config.epochs}") as bar:

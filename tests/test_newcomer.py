@@ -293,8 +293,8 @@ def two_runs_of_one_model(tmp_path):
 def test_plot_default_output_markers_labels_and_title(tmp_path, monkeypatch, two_runs_of_one_model):
     from minires import plots
     figures = []
-    save = plots._save
-    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or save(fig, path))
+    save = plots.save_figure
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig) or save(fig, path))
     path = plots.plot_runs(two_runs_of_one_model)
     assert path == os.path.join(two_runs_of_one_model[0], "curves.png") and os.path.getsize(path) > 1000
     fig = figures[0]
@@ -329,7 +329,7 @@ def test_run_labels_and_time_units():
 def test_comparison_time_axis_in_seconds_for_the_demo_and_hours_for_cifar(tmp_path, monkeypatch):
     from minires import plots
     figures = []
-    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig))
     for seconds, unit in ((70.0, "seconds"), (40000.0, "hours")):
         log = [dict(epoch=1, test_acc=0.5, wall_seconds=seconds / 2), dict(epoch=2, test_acc=0.6, wall_seconds=seconds)]
         figures.clear()
@@ -370,3 +370,24 @@ def test_make_installs_notebook_tools_for_test_and_tutorials_not_demo(tmp_path):
     assert "nbclient" in test and "ipykernel" in test and "pytest -q" in test and "jupyterlab" not in test
     assert "pip install -q jupyterlab" in lab and "cd tutorials && ../.venv/bin/jupyter lab" in lab
     assert dry("notebook") == lab
+
+
+# ---------------------------------------------------------------- skipped parity tests
+def test_skipped_parity_tests_say_why_and_how_to_run_them(tmp_path):
+    """Without torch, one line under "N skipped" gives the cause and the fix (tests/conftest.py)."""
+    shutil.copy(os.path.join(ROOT, "tests", "conftest.py"), tmp_path)
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text("raise ImportError('torch blocked by this test')\n")
+    (tmp_path / "test_parity.py").write_text(
+        "import pytest\n\n\n@pytest.mark.parametrize('i', range(3))\ndef test_parity(torch, i):\n    pass\n\n\n"
+        "def test_other():\n    pytest.skip('another reason')\n")
+    env = {k: v for k, v in os.environ.items() if k != "MINIRES_REQUIRE_TORCH"}
+    env["PYTHONPATH"] = str(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_parity.py"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[-1].startswith("4 skipped"), r.stdout
+    assert lines[-2] == ("3 PyTorch parity tests skipped: torch is not installed; `.venv/bin/pip install "
+                         "torch==2.13.0` (the CPU build) and rerun, or set MINIRES_REQUIRE_TORCH=1 (as CI does) "
+                         "to make a missing torch an error"), r.stdout

@@ -82,10 +82,10 @@ def test_nan_weight_after_an_epoch_stops_the_run_and_keeps_the_last_good_one(tmp
 
 
 def test_log_never_holds_bare_nan(tmp_path):
-    from minires.train import _write_json_atomic
+    from minires.train import write_json_atomic
     record = dict(epoch=1, test_loss=float("inf"), train_loss=float("nan"), nested=[float("-inf"), 1.5])
     assert finite_or_none(record) == dict(epoch=1, test_loss=None, train_loss=None, nested=[None, 1.5])
-    _write_json_atomic(tmp_path / "log.jsonl", [record], lines=True)
+    write_json_atomic(tmp_path / "log.jsonl", [record], lines=True)
     assert _strict_json((tmp_path / "log.jsonl").read_text())["test_loss"] is None
 
 
