@@ -360,9 +360,13 @@ def test_make_installs_notebook_tools_for_test_and_tutorials_not_demo(tmp_path):
     (tmp_path / "minires").mkdir()
     shutil.copy(os.path.join(ROOT, "minires", "_kernels.pyx"), tmp_path / "minires")
 
+    # Under `make test` this runs inside make: without the parent's MAKEFLAGS and
+    # MAKELEVEL the child prints no "Entering directory /tmp/pytest-of-..." line.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+
     def dry(target):
-        return subprocess.run(["make", "-n", target], cwd=tmp_path, capture_output=True, text=True,
-                              check=True).stdout
+        return subprocess.run(["make", "--no-print-directory", "-n", target], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, check=True).stdout
 
     demo, test, lab = dry("demo"), dry("test"), dry("tutorials")
     assert "-m venv .venv" in demo and "numpy" in demo and "minires demo" in demo
