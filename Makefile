@@ -10,14 +10,14 @@ TESTS  := $(VENV)/.minires-test-tools
 LAB    := $(VENV)/.minires-jupyterlab
 BUILT  := $(VENV)/.minires-built
 
-.PHONY: demo test test-pure build venv bench tutorials notebook clean
+.PHONY: demo test test-pure package-check build venv bench tutorials notebook clean
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "setuptools>=64" wheel "Cython>=3" "numpy>=1.25" matplotlib tqdm threadpoolctl
+	$(PY) -m pip install -q "setuptools>=77" "Cython>=3" "numpy>=1.25" matplotlib tqdm threadpoolctl
 	touch $@
 
 # pytest, and nbclient + ipykernel to run the tutorial notebooks in the tests
@@ -49,6 +49,11 @@ PURE_TESTS := tests/test_robustness.py tests/test_gradcheck_ops.py tests/test_to
 	tests/test_validation.py tests/test_nn.py tests/test_models.py
 test-pure: build $(TESTS)
 	MINIRES_PURE=1 OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(PY) -m pytest -q -n 2 $(PURE_TESTS)
+
+# `pip install .` and `python -m build` (MINIRES_NATIVE=0) from a clean copy, each into
+# a fresh venv in a temporary folder, and the README's short example there (CI runs it).
+package-check:
+	.ci/package_check.sh
 
 bench: build
 	$(PY) benchmarks/bench.py --quick

@@ -51,10 +51,13 @@ def native_flags():
     512-bit ones, so they are asked for where the compiler knows the option.
     """
     if os.environ.get("MINIRES_NATIVE", "1") == "0" or sys.platform == "win32":
+        print("minires: portable build, for any CPU of this architecture (no -march=native)")
         return []
     for flags in (["-march=native", "-mprefer-vector-width=512"], ["-march=native"]):
         if compiler_accepts(flags):
+            print(f"minires: building for this machine's CPU ({' '.join(flags)}; MINIRES_NATIVE=0 for a portable build)")
             return flags
+    print("minires: the compiler does not take -march=native; portable build")
     return []
 
 
@@ -80,4 +83,14 @@ ext = Extension(
     extra_link_args=omp,
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
 )
-setup(ext_modules=cythonize([ext], compiler_directives={"language_level": "3"}))
+# The packages are listed here, not in pyproject.toml's [tool.setuptools] table
+# (beta in the setuptools 65 that a fresh Python 3.11 venv starts with).
+# package_dir {"": "."} makes `pip install -e .` put the project folder on
+# sys.path (a static .pth) instead of installing a meta path finder, which
+# warns about "folders ... with the same name as your package": here that
+# folder is the package itself.
+setup(
+    packages=["minires", "minires.functional", "minires.nn", "minires.models"],
+    package_dir={"": "."},
+    ext_modules=cythonize([ext], compiler_directives={"language_level": "3"}),
+)

@@ -4,13 +4,16 @@ import numpy as np
 import pytest
 
 
+TORCH_MISSING = "torch not installed (parity tests need it; CI sets MINIRES_REQUIRE_TORCH=1)"
+
+
 def _import_torch():
     try:
         import torch
     except ImportError:
         if os.environ.get("MINIRES_REQUIRE_TORCH") == "1":
             pytest.fail("MINIRES_REQUIRE_TORCH=1 but torch is not installed: parity tests cannot run")
-        pytest.skip("torch not installed (parity tests need it; CI sets MINIRES_REQUIRE_TORCH=1)")
+        pytest.skip(TORCH_MISSING)
     torch.set_num_threads(1)
     return torch
 
@@ -19,6 +22,15 @@ def _import_torch():
 def torch():
     """PyTorch, the reference for parity tests: a skip if absent, a failure if required."""
     return _import_torch()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Under "N skipped": one line saying which skips were for want of torch, and how to run them."""
+    n = sum(TORCH_MISSING in str(report.longrepr) for report in terminalreporter.stats.get("skipped", []))
+    if n:
+        terminalreporter.write_line(
+            f"{n} PyTorch parity tests skipped: torch is not installed; `.venv/bin/pip install torch==2.13.0` "
+            "(the CPU build) and rerun, or set MINIRES_REQUIRE_TORCH=1 (as CI does) to make a missing torch an error")
 
 
 @pytest.fixture
