@@ -90,7 +90,7 @@ ext = Extension(
 # warns about "folders ... with the same name as your package": here that
 # folder is the package itself.
 setup(
-    packages=["minires", "minires.functional", "minires.nn", "minires.models"],
+    packages=["minires", "minires.functional", "minires.nn", "minires.models", "minires.dev"],
     package_dir={"": "."},
     ext_modules=cythonize([ext], compiler_directives={"language_level": "3"}),
 )

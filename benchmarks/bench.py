@@ -9,7 +9,7 @@
 """
 import sys
 
-from minires.bench import main
+from minires.dev.bench import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -148,7 +148,7 @@ def cmd_diagnose(args):
 
 
 def cmd_bench(args):
-    from .bench import run_cli
+    from .dev.bench import run_cli
     return run_cli(args)
 
 
@@ -226,7 +226,7 @@ def build_parser():
     p.add_argument("--out", default="gradient_norms.png", help="PNG file")
     p.set_defaults(func=cmd_diagnose)
 
-    from .bench import add_arguments as add_bench_arguments
+    from .dev.bench import add_arguments as add_bench_arguments
     p = sub.add_parser("bench", help="speed against PyTorch (same as benchmarks/bench.py)")
     add_bench_arguments(p)
     p.set_defaults(func=cmd_bench)

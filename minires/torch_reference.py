@@ -1,8 +1,9 @@
 """The model families written independently in PyTorch, with the same
 module names as minires, so weights copy across through state_dict.
 
-Used only by the parity tests and the benchmark: torch is passed in, never
-imported here, so minires itself never needs it."""
+minires.interop builds its to_torch twins here (so the module ships with
+the package), and the parity tests and the benchmark use it too. torch is
+passed in, never imported here, so minires itself never needs it."""
 from collections import OrderedDict
 
 

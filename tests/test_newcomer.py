@@ -239,7 +239,7 @@ def test_bench_options_work_through_the_cli():
     ([], ["resnet-20", "seed-cnn", "bottleneck-29", "wrn-16-4"], 5),
 ])
 def test_bench_quick_respects_models(monkeypatch, capsys, argv, names, repeats):
-    from minires import bench
+    from minires.dev import bench
     calls = []
     monkeypatch.setattr(bench, "run", lambda *a, **k: calls.append((a, k)) or _FAKE_RESULT)
     monkeypatch.setattr(bench, "torch_available", lambda: True)
@@ -249,7 +249,7 @@ def test_bench_quick_respects_models(monkeypatch, capsys, argv, names, repeats):
 
 
 def test_bench_without_torch_times_minires_alone_and_says_how_to_add_it(monkeypatch, capsys):
-    from minires import bench
+    from minires.dev import bench
     calls = []
     monkeypatch.setattr(bench, "run", lambda *a, **k: calls.append(k) or _FAKE_RESULT)
     monkeypatch.setattr(bench, "torch_available", lambda: False)

@@ -175,7 +175,7 @@ def test_cli_gradcheck_every_family(tmp_path, name, width):
 
 def test_bench_smoke(torch, tmp_path):
     """The benchmark runs end to end (tiny sizes; it measures, it asserts no speed)."""
-    from minires.bench import run, to_markdown
+    from minires.dev.bench import run, to_markdown
     res = run(["seed-cnn"], batch=4, repeats=1, threads=1)
     row = res["models"][0]
     assert row["minires"]["step_ms"] > 0 and row["torch"]["step_ms"] > 0

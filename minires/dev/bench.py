@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 
-from . import runtime
+from .. import runtime
 
 DEFAULT_MODELS = ["resnet-20", "seed-cnn", "bottleneck-29", "wrn-16-4"]
 # resnet-20 is measured with option-B shortcuts, PyTorch's usual form.
@@ -41,10 +41,10 @@ def _peak_rss_mb():
 def _minires_worker(model_name, batch, repeats, breakdown):
     import numpy as np
 
-    from . import models
-    from .losses import CrossEntropyLoss
-    from .optim import SGD
-    from .summary import totals
+    from .. import models
+    from ..losses import CrossEntropyLoss
+    from ..optim import SGD
+    from ..summary import totals
     runtime.setup()
     rng = np.random.default_rng(0)
     opts = MODEL_OPTIONS.get(model_name, {})
@@ -71,8 +71,8 @@ def _minires_worker(model_name, batch, repeats, breakdown):
 
 def _breakdown(step, model, opt):
     """Time spent per op type in one step, by wrapping the functions the layers call."""
-    from . import functional as F
-    from . import kernels, parallel
+    from .. import functional as F
+    from .. import kernels, parallel
     groups = {
         # the conv kernels run on several threads inside these calls: counted here
         "conv forward": [(F, "conv2d_forward")],
@@ -143,7 +143,7 @@ def _torch_worker(model_name, batch, repeats):
     import numpy as np
     import torch
 
-    from .torch_reference import torch_twin
+    from ..torch_reference import torch_twin
     model = torch_twin(torch, model_name, MODEL_OPTIONS.get(model_name, {}))
     rng = np.random.default_rng(0)
     x = torch.tensor(rng.standard_normal((batch, 3, 32, 32)).astype(np.float32))
@@ -173,7 +173,7 @@ def _conv_worker(library, repeats):
     w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32) * 0.1
     dout = rng.standard_normal((128, 16, 32, 32)).astype(np.float32)
     if library == "minires":
-        from . import functional as F
+        from .. import functional as F
         runtime.setup()
 
         def run():
@@ -220,9 +220,9 @@ def worker_main(argv):
 def _run_worker(args, threads):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
                MKL_NUM_THREADS=str(threads))
-    code = ("import sys, torch; torch.set_num_threads(int(sys.argv[1])); from minires.bench import worker_main; "
+    code = ("import sys, torch; torch.set_num_threads(int(sys.argv[1])); from minires.dev.bench import worker_main; "
             "worker_main(sys.argv[2:])") if "torch" in args else \
-        "import sys; from minires.bench import worker_main; worker_main(sys.argv[2:])"
+        "import sys; from minires.dev.bench import worker_main; worker_main(sys.argv[2:])"
     r = subprocess.run([sys.executable, "-c", code, str(threads), *args], capture_output=True, text=True, env=env)
     for line in r.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -232,8 +232,8 @@ def _run_worker(args, threads):
 
 def check_models(names):
     """MiniresError for an unknown model name, before any worker starts."""
-    from .errors import MiniresError
-    from .models.registry import parse
+    from ..errors import MiniresError
+    from ..models.registry import parse
     if not names:
         raise MiniresError("no models to time: name them with --models a,b")
     for name in names:
@@ -255,7 +255,7 @@ def run(models_, batch, repeats, threads, with_torch=True, breakdown=True):
         rows.append(dict(model=name, minires=mine, torch=theirs, gflops=gflops, peak_pct=100 * gflops / peak))
     conv = {lib: _run_worker(["--library", lib, "--what", "conv", "--repeats", str(repeats)], threads)["conv_ms"]
             for lib in (["minires", "torch"] if with_torch else ["minires"])}
-    from . import _kernels
+    from .. import _kernels
     return dict(machine=platform.processor() or platform.machine(), cpu_name=runtime.cpu_name(), cpus=os.cpu_count(),
                 threads=threads,
                 openmp=_kernels.openmp_enabled(),
@@ -349,7 +349,7 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
     a = p.parse_args(argv)
-    from .errors import MiniresError
+    from ..errors import MiniresError
     try:
         return run_cli(a)
     except MiniresError as exc:
