@@ -112,7 +112,7 @@ class _Check:
         except NotImplementedError as e:
             raise NotImplementedError(
                 f"{self.name} is not written yet ({e}): fill in the exercise cell above, run it, "
-                f"then run this check again.") from None
+                f"then run this check again (stuck? a solution is in tutorials/solutions/).") from None
         except Exception as e:
             hint = on_error(e) if on_error else None
             self.stop(f"{case}: {self.name} raised {type(e).__name__}: {e}", hint, cause=e)
