@@ -167,6 +167,16 @@ def _missing(what):
     return "not yet run", f"needs the finished runs of {what}"
 
 
+def _short_runs(runs):
+    """'. Caution: X trained for only 0.48 epochs ...' for runs under one epoch
+    (a comparison at equal compute then says how far each got, not where it ends)."""
+    short = sorted({(r["model"], r["epochs"]) for r in runs if r and r["epochs"] < 1})
+    if not short:
+        return ""
+    return (". Caution: at this budget " + ", ".join(f"{m} trained for only {e:.2f} epochs" for m, e in short)
+            + ", so this compares early training, not trained models")
+
+
 def verdicts(rows, budgets, e1_epochs=8):
     """claim -> (verdict, the numbers behind it). budgets: the E2 budgets, ascending;
     e1_epochs: the epoch count of the E1 runs."""
@@ -181,7 +191,9 @@ def verdicts(rows, budgets, e1_epochs=8):
             r18 = _find(rows, "imagenet-resnet-18", b)
             parts.append(f"at {b:g} R20 epochs imagenet-resnet-50 {_pct(r50['final'])} vs {best['model']} "
                          f"{_pct(best['final'])}" + (f" (imagenet-resnet-18 {_pct(r18['final'])})" if r18 else ""))
-    out["C1"] = (_directional(diffs), "; ".join(parts)) if diffs else _missing("imagenet-resnet-50, resnet-20/56 (E2)")
+    used = [_find(rows, m, b) for b in budgets for m in ("imagenet-resnet-50", "resnet-20", "resnet-56")]
+    out["C1"] = ((_directional(diffs), "; ".join(parts) + _short_runs(used)) if diffs
+                 else _missing("imagenet-resnet-50, resnet-20/56 (E2)"))
     # C2: shallow vs deep: equal epochs (E1), and equal compute (E2) for context
     r20, r56 = _find(rows, "resnet-20", epochs=e1_epochs), _find(rows, "resnet-56", epochs=e1_epochs)
     if r20 and r56:
@@ -195,17 +207,23 @@ def verdicts(rows, budgets, e1_epochs=8):
     else:
         out["C2"] = _missing("resnet-20 and resnet-56 (E1)")
     # C3: train-test gap against parameters, at equal compute
-    parts, rhos = [], []
+    parts, rhos, overfit = [], [], False
     for b in budgets:
         group = [r for r in rows if "E2" in r["experiments"] and r["spec_budget"] == b and r["finished"]]
         if len(group) >= 4:
             rho = _spearman([r["params"] for r in group], [r["gap"] for r in group])
             rhos.append(rho)
-            parts.append(f"at {b:g} R20 epochs rank correlation of parameters and gap {rho:+.2f} over {len(group)} models")
+            overfit = overfit or any(r["gap"] > MARGIN for r in group)
+            parts.append(f"at {b:g} R20 epochs rank correlation of parameters and gap {rho:+.2f} over {len(group)} "
+                         f"models (largest gap {max(r['gap'] for r in group):+.3f})")
     if rhos:
-        verdict = ("supported" if all(r >= 0.5 for r in rhos) else
+        # Overfitting shows as a positive train-test gap; while no model has one,
+        # the models are still underfitting and the claim cannot be tested.
+        verdict = ("not settled at this budget" if not overfit else
+                   "supported" if all(r >= 0.5 for r in rhos) else
                    "not supported" if all(r <= 0 for r in rhos) else "not settled at this budget")
-        out["C3"] = (verdict, "; ".join(parts) + " (supported needs >= +0.5 at every budget)")
+        note = "" if overfit else "; no model has a train-test gap above +1 point yet: none has begun to overfit"
+        out["C3"] = (verdict, "; ".join(parts) + note + " (supported needs >= +0.5 at every budget)")
     else:
         out["C3"] = _missing("at least 4 E2 models at a budget")
     # C4: a narrower bottleneck middle (//4 against the article's //2) at equal compute
@@ -226,7 +244,9 @@ def verdicts(rows, budgets, e1_epochs=8):
             best = max((w for w in wide if w), key=lambda r: r["final"])
             diffs.append(best["final"] - base["final"])
             parts.append(f"at {b:g} R20 epochs {best['model']} {_pct(best['final'])} vs resnet-20 {_pct(base['final'])}")
-    out["C5"] = (_directional(diffs), "; ".join(parts)) if diffs else _missing("wrn-16-4 or seed-wide-20, resnet-20 (E2)")
+    used = [_find(rows, m, b) for b in budgets for m in ("resnet-20", "wrn-16-4", "seed-wide-20")]
+    out["C5"] = ((_directional(diffs), "; ".join(parts) + _short_runs(used)) if diffs
+                 else _missing("wrn-16-4 or seed-wide-20, resnet-20 (E2)"))
     # C6: dropout (seed-cnn) and augmentation (resnet-20), E3
     parts, verdict_parts = [], []
     for b in budgets:

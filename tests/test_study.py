@@ -148,3 +148,25 @@ def test_the_cifar10_spec_follows_the_issue():
     e4 = [r for r in runs if "E4" in r["experiments"] and r["model"] == "bottleneck-29"]
     assert sorted(r.get("options", {}).get("bottleneck_div", 2) for r in e4) == [2, 2, 4, 4]
     assert "/work" not in json.dumps(spec)
+
+
+def _row(model, final, gap, params, epochs=1.5, budget=1.5):
+    return dict(finished=True, framework="minires", model=model, spec_budget=budget, spec_epochs=None,
+                options={}, recipe={}, final=final, train=final + gap, gap=gap, params=params, macs=1.0,
+                experiments=["E2"], epochs=epochs)
+
+
+def test_verdicts_do_not_claim_what_the_budget_cannot_show():
+    """C3 needs overfitting to exist: with every train-test gap <= 1 point it is
+    not settled, whatever the correlation; a comparison where a model trained
+    under one epoch says so."""
+    from minires.study_report import verdicts
+    underfit = [_row(m, 0.5, -0.02 + 0.001 * i, 1000 * (i + 1)) for i, m in
+                enumerate(["seed-cnn", "resnet-20", "resnet-56", "wrn-16-4"])]
+    assert verdicts(underfit, [1.5])["C3"][0] == "not settled at this budget"
+    overfit = [_row(m, 0.5, 0.02 + 0.01 * i, 1000 * (i + 1)) for i, m in
+               enumerate(["seed-cnn", "resnet-20", "resnet-56", "wrn-16-4"])]
+    assert verdicts(overfit, [1.5])["C3"][0] == "supported"
+    rows = [_row("resnet-20", 0.6, 0.0, 1), _row("wrn-16-4", 0.3, 0.0, 2, epochs=0.16)]
+    verdict, text = verdicts(rows, [1.5])["C5"]
+    assert verdict == "not supported" and "wrn-16-4 trained for only 0.16 epochs" in text
