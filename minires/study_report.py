@@ -203,7 +203,7 @@ def verdicts(rows, budgets, e1_epochs=8):
             a, c = _find(rows, "resnet-20", b), _find(rows, "resnet-56", b)
             if a and c:
                 text += f"; at {b:g} R20 epochs (equal compute) {_pct(a['final'])} vs {_pct(c['final'])}"
-        out["C2"] = (_comparable([r20["final"] - r56["final"]]), text)
+        out["C2"] = (_comparable([r20["final"] - r56["final"]]), text + _short_runs([r20, r56]))
     else:
         out["C2"] = _missing("resnet-20 and resnet-56 (E1)")
     # C3: train-test gap against parameters, at equal compute
@@ -235,7 +235,9 @@ def verdicts(rows, budgets, e1_epochs=8):
             parts.append(f"at {b:g} R20 epochs //2 {_pct(half['final'])} ({half['params']:,} params) vs //4 "
                          f"{_pct(quarter['final'])} ({quarter['params']:,} params, "
                          f"{1 - quarter['params'] / half['params']:.0%} fewer)")
-    out["C4"] = (_comparable(diffs), "; ".join(parts)) if diffs else _missing("bottleneck-29 //2 and //4 (E4)")
+    used = [_find(rows, "bottleneck-29", b, options=o) for b in budgets for o in (None, {"bottleneck_div": 4})]
+    out["C4"] = ((_comparable(diffs), "; ".join(parts) + _short_runs(used)) if diffs
+                 else _missing("bottleneck-29 //2 and //4 (E4)"))
     # C5: widening, at equal compute
     parts, diffs = [], []
     for b in budgets:
