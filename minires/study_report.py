@@ -314,6 +314,11 @@ def plot_compute(rows, path):
         ax_h.plot([r["hours"] for r in group], [r["final"] for r in group], marker="o", color=line.get_color())
     ax_c.set(xlabel="training compute (resnet-20 epochs)", ylabel="final test accuracy", xscale="log",
              title="accuracy against compute")
+    budgets = sorted({r["spec_budget"] for g in groups.values() for r in g})
+    if budgets:     # the budgets as ticks: a log axis over a narrow range would label it 1.498e0, 1.5e0, ...
+        ax_c.set_xticks(budgets, [f"{b:g}" for b in budgets])
+        ax_c.minorticks_off()
+        ax_c.set_xlim(budgets[0] / 1.5, budgets[-1] * 1.5)
     ax_h.set(xlabel="training hours (measured in the runs)", ylabel="final test accuracy", xscale="log",
              title="accuracy against time")
     ax_c.legend(fontsize=7)
