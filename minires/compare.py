@@ -23,10 +23,10 @@ import numpy as np
 from . import models
 from .errors import RunFolderError
 from .models.io import read_npz
-from .plots import describe_recipes, plot_comparison, read_log
+from .plots import describe_recipes, plot_comparison
 from .summary import totals
-from .train import (RUN_FILES, check_config, load_run_config, recipe_differences, run_is_finished, train,
-                    with_default_weight_decay)
+from .train import (RUN_FILES, check_config, load_run_config, read_log, recipe_differences, run_is_finished,
+                    train, with_default_weight_decay)
 
 # Schedules whose learning rate at a step does not depend on the run's length:
 # only under these is a run continued to more epochs the same as a fresh one.

@@ -18,7 +18,6 @@ are the copy's), so a run that records diagnostics trains exactly as one
 that does not (tests/test_hooks.py checks the weights bit for bit).
 """
 import copy
-import json
 import math
 import os
 
@@ -171,11 +170,8 @@ def diagnose(model_names, x, y, path, num_classes=10, seed=0, options=None):
 
 def read_run_diagnostics(run_dir):
     """The records in run_dir/diagnostics.jsonl ([] if there is none)."""
-    path = os.path.join(run_dir, "diagnostics.jsonl")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    from .train import read_jsonl
+    return read_jsonl(os.path.join(run_dir, "diagnostics.jsonl"))
 
 
 def plot_run_diagnostics(run_dirs, labels, path):

@@ -40,6 +40,7 @@ def _find_extension():
 
 if PURE:
     backend, name = _kernels_ref, "reference"
+    globals().update({k: getattr(backend, k) for k in KERNELS})
 else:
     _find_extension()
     backend, name = None, "cython"
@@ -52,11 +53,13 @@ def _backend():
             backend = importlib.import_module("minires._kernels")
         except ImportError as exc:
             raise ImportError(f"{_BUILD_HINT}\n(import error: {exc})") from exc
+        # bind them here, so later calls find them without __getattr__
+        globals().update({k: getattr(backend, k) for k in KERNELS})
     return backend
 
 
 def __getattr__(attr):
-    """kernels.im2col and the rest: the chosen backend's function (PEP 562)."""
+    """kernels.im2col and the rest before the first load: load the backend (PEP 562)."""
     if attr in KERNELS:
         return getattr(_backend(), attr)
     raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")

@@ -13,11 +13,6 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
-def read_log(run_dir):
-    with open(os.path.join(run_dir, "log.jsonl")) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def read_config(run_dir):
     """run_dir/config.json as a dict; None if it is missing or unreadable."""
     try:
@@ -102,6 +97,7 @@ def plot_runs(run_dirs, path=None):
     every epoch) for each run; the title names the dataset and recipe read
     from the runs' config.json. path: default curves.png in the first run folder."""
     from .errors import MiniresError
+    from .train import read_log
     for run in run_dirs:
         if not os.path.isfile(os.path.join(run, "log.jsonl")):
             raise MiniresError(f"{run} has no log.jsonl: not a run folder (made by `minires train`)?")

@@ -106,27 +106,12 @@ def _planned_steps(config):
 
 
 # ------------------------------------------------------------------ running
-# Fields that say where or how fast a run ran, or what was measured beside, not what it computes.
-_NOT_COMPARED = {"data_dir", "threads", "time_budget", "epochs", "weight_decay", "diagnostics"}
-
-
 def _check_same_run(run_dir, config):
     """A run folder made from another version of the spec must not be silently continued."""
-    with open(os.path.join(run_dir, "config.json")) as f:
-        saved = json.load(f)
-    wanted = dataclasses.asdict(config)
-    if config.budget is None:
-        wanted.pop("budget")        # an epoch run: its epoch count is what matters
-        _check_field(run_dir, "epochs", saved.get("epochs"), config.epochs)
-    for key, value in wanted.items():      # fields newer than the folder are not compared
-        if key in saved and key not in _NOT_COMPARED:
-            _check_field(run_dir, key, saved.get(key), value)
-    if config.weight_decay is not None:
-        _check_field(run_dir, "weight_decay", saved.get("weight_decay"), config.weight_decay)
-
-
-def _check_field(run_dir, key, saved, wanted):
-    if saved != wanted:
+    from .train import load_run_config, recipe_mismatches
+    mismatches = recipe_mismatches(load_run_config(run_dir), config)
+    if mismatches:
+        key, saved, wanted = mismatches[0]
         raise ValueError(f"{run_dir} was trained with {key}={saved!r} but the spec now says {wanted!r}; "
                          "delete the folder to rerun it")
 
@@ -231,11 +216,8 @@ def measure_images_per_second(model_name, options, num_classes=10, batch_size=12
 
 
 def _logged_images_per_second(run_dir):
-    path = os.path.join(run_dir, "log.jsonl")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        speeds = sorted(json.loads(line)["images_per_second"] for line in f if line.strip())
+    from .train import read_log
+    speeds = sorted(r["images_per_second"] for r in read_log(run_dir))
     return speeds[len(speeds) // 2] if speeds else None
 
 

@@ -35,7 +35,7 @@ def _model_cost(model, options, classes, _cache={}):
 def read_run(spec_run, run_dir):
     """One row of numbers for a run folder, or None when it has no logged epoch yet."""
     from .budget import macs_per_image
-    from .plots import read_log
+    from .train import read_log
     from .train import TrainConfig
     if not os.path.exists(os.path.join(run_dir, "log.jsonl")):
         return None

@@ -254,7 +254,12 @@ def load_run_config(run_dir):
 
 def read_log(run_dir):
     """The epoch records in run_dir/log.jsonl ([] if there is none)."""
-    path = os.path.join(run_dir, "log.jsonl")
+    return read_jsonl(os.path.join(run_dir, "log.jsonl"))
+
+
+def read_jsonl(path):
+    """The records of a JSON-lines file ([] if there is none); RunFolderError
+    naming the file if it cannot be read."""
     if not os.path.exists(path):
         return []
     try:
@@ -264,13 +269,19 @@ def read_log(run_dir):
         raise RunFolderError(f"cannot read {path}: {exc}") from None
 
 
-def recipe_differences(saved, config):
-    """'lr 0.1 there, 0.05 here; ...' for the settings in which two configs
-    differ (model included, NOT_RECIPE excluded); '' when they match."""
+def recipe_mismatches(saved, config):
+    """[(field, saved value, requested value)] for the settings in which two
+    configs differ (model included, NOT_RECIPE excluded): the one rule by which
+    train, compare and study decide whether a folder holds the same run."""
     a = dataclasses.asdict(with_default_weight_decay(saved))
     b = dataclasses.asdict(with_default_weight_decay(config))
     skip = NOT_RECIPE + (("epochs",) if b.get("budget") is not None else ())  # a budget decides the epochs
-    return "; ".join(f"{k} {a.get(k)!r} there, {b[k]!r} here" for k in b if k not in skip and a.get(k) != b[k])
+    return [(k, a.get(k), b[k]) for k in b if k not in skip and a.get(k) != b[k]]
+
+
+def recipe_differences(saved, config):
+    """'lr 0.1 there, 0.05 here; ...' (recipe_mismatches in words); '' when they match."""
+    return "; ".join(f"{k} {there!r} there, {here!r} here" for k, there, here in recipe_mismatches(saved, config))
 
 
 def run_is_finished(run_dir):

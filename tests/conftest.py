@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -41,3 +43,13 @@ def rng():
 def tol(dtype):
     """Tolerances for comparing minires with PyTorch in a given precision."""
     return dict(rtol=1e-4, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-9, atol=1e-11)
+
+
+def run_cli(*args, cwd, code):
+    """`python -m minires ARGS` in cwd; asserts the exit code, and for code 2
+    (a refusal) one `minires: error:` line and no traceback. -> stdout + stderr."""
+    r = subprocess.run([sys.executable, "-m", "minires", *args], capture_output=True, text=True, cwd=cwd)
+    assert r.returncode == code, r.stdout + r.stderr
+    if code == 2:
+        assert "Traceback" not in r.stderr and "minires: error:" in r.stderr, r.stderr
+    return r.stdout + r.stderr

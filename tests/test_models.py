@@ -88,60 +88,53 @@ PARITY[1] = ("resnet-14", dict(width_scale=0.5), 16)   # a deeper one, both stri
 PARITY = [p for p in PARITY if p[0] != "imagenet-resnet-50"]
 
 
+def _both(torch, model, twin, mode, x):
+    """model and its PyTorch twin (given model's weights) in mode on x, one
+    backward of the same random dout -> (minires, torch) pairs: logits, dx,
+    {name: (grad, twin grad)}, {name: (buffer, twin buffer)}."""
+    twin.load_state_dict({k: torch.tensor(v) for k, v in model.state_dict().items()})
+    getattr(model, mode)()
+    getattr(twin, mode)()
+    tx = torch.tensor(x, requires_grad=True)
+    logits, tlogits = model(x), twin(tx)
+    dout = np.random.default_rng(3).standard_normal(logits.shape).astype(x.dtype)
+    model.zero_grad()
+    dx = model.backward(dout)
+    tlogits.backward(torch.tensor(dout))
+    tparams, tstate = dict(twin.named_parameters()), twin.state_dict()
+    grads = {n: (p.grad, tparams[n].grad.numpy()) for n, p in model.named_parameters()}
+    buffers = {n: (b, tstate[n].numpy()) for n, b in model.named_buffers()}
+    return (logits, tlogits.detach().numpy()), (dx, tx.grad.numpy()), grads, buffers
+
+
 @pytest.mark.parametrize("name,options,size", PARITY)
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_torch_parity(torch, name, options, size, mode):
     """Same weights -> same logits, same parameter gradients, same running statistics."""
-    model = models.build(name, rng=0, **options)
-    twin = torch_twin(torch, name, options)
-    twin.load_state_dict({k: torch.tensor(v) for k, v in model.state_dict().items()})
-    getattr(model, mode)()
-    getattr(twin, mode)()
-    rng = np.random.default_rng(2)
-    x = rng.standard_normal((8, 3, size, size)).astype(np.float32)
-    logits = model(x)
-    tx = torch.tensor(x, requires_grad=True)
-    tlogits = twin(tx)
-    np.testing.assert_allclose(logits, tlogits.detach().numpy(), rtol=1e-3, atol=1e-4)
-    dout = rng.standard_normal(logits.shape).astype(np.float32)
-    model.zero_grad()
-    dx = model.backward(dout)
-    tlogits.backward(torch.tensor(dout))
-    np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-3, atol=1e-4)
-    tparams = dict(twin.named_parameters())
-    for pname, p in model.named_parameters():
-        scale = np.abs(tparams[pname].grad.numpy()).max() + 1e-6
-        np.testing.assert_allclose(p.grad / scale, tparams[pname].grad.numpy() / scale, atol=2e-4,
-                                   err_msg=pname)
-    tstate = twin.state_dict()
-    for bname, b in model.named_buffers():
-        np.testing.assert_allclose(b, tstate[bname].numpy(), rtol=1e-4, atol=1e-5, err_msg=bname)
+    x = np.random.default_rng(2).standard_normal((8, 3, size, size)).astype(np.float32)
+    logits, dx, grads, buffers = _both(torch, models.build(name, rng=0, **options), torch_twin(torch, name, options),
+                                       mode, x)
+    np.testing.assert_allclose(*logits, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(*dx, rtol=1e-3, atol=1e-4)
+    for pname, (mine, theirs) in grads.items():
+        scale = np.abs(theirs).max() + 1e-6
+        np.testing.assert_allclose(mine / scale, theirs / scale, atol=2e-4, err_msg=pname)
+    for bname, (mine, theirs) in buffers.items():
+        np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-5, err_msg=bname)
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_torch_parity_imagenet_resnet50_float64(torch, mode):
     model = models.build("imagenet-resnet-50", rng=0, width_scale=1 / 16).astype(np.float64)
     twin = torch_twin(torch, "imagenet-resnet-50", dict(width_scale=1 / 16)).double()
-    twin.load_state_dict({k: torch.tensor(v) for k, v in model.state_dict().items()})
-    getattr(model, mode)()
-    getattr(twin, mode)()
-    rng = np.random.default_rng(2)
-    x = rng.standard_normal((8, 3, 32, 32))
-    tx = torch.tensor(x, requires_grad=True)
-    tlogits = twin(tx)
-    logits = model(x)
-    np.testing.assert_allclose(logits, tlogits.detach().numpy(), rtol=1e-9, atol=1e-10)
-    dout = rng.standard_normal(logits.shape)
-    model.zero_grad()
-    dx = model.backward(dout)
-    tlogits.backward(torch.tensor(dout))
-    np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-8, atol=1e-10)
-    tparams = dict(twin.named_parameters())
-    for pname, p in model.named_parameters():
-        np.testing.assert_allclose(p.grad, tparams[pname].grad.numpy(), rtol=1e-8, atol=1e-10, err_msg=pname)
-    tstate = twin.state_dict()
-    for bname, b in model.named_buffers():
-        np.testing.assert_allclose(b, tstate[bname].numpy(), rtol=1e-9, atol=1e-12, err_msg=bname)
+    x = np.random.default_rng(2).standard_normal((8, 3, 32, 32))
+    logits, dx, grads, buffers = _both(torch, model, twin, mode, x)
+    np.testing.assert_allclose(*logits, rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(*dx, rtol=1e-8, atol=1e-10)
+    for pname, (mine, theirs) in grads.items():
+        np.testing.assert_allclose(mine, theirs, rtol=1e-8, atol=1e-10, err_msg=pname)
+    for bname, (mine, theirs) in buffers.items():
+        np.testing.assert_allclose(mine, theirs, rtol=1e-9, atol=1e-12, err_msg=bname)
 
 
 @pytest.mark.parametrize("name", ["seed-cnn", "resnet-8", "bottleneck-11", "wrn-10-1", "seed-wide-8",

@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from minires import data, models
 from minires.compare import compare, plan
@@ -28,11 +29,7 @@ MODELS = ["seed-cnn", "resnet-8"]
 
 
 def _cli(*args, cwd, code=0):
-    r = subprocess.run([sys.executable, "-m", "minires", *args], capture_output=True, text=True, cwd=cwd)
-    assert r.returncode == code, r.stdout + r.stderr
-    if code == 2:
-        assert "Traceback" not in r.stderr and "minires: error:" in r.stderr, r.stderr
-    return r.stdout + r.stderr
+    return run_cli(*args, cwd=cwd, code=code)
 
 
 def _snapshot(folder):

@@ -5,13 +5,12 @@ import io
 import json
 import os
 import pickle
-import subprocess
-import sys
 import tarfile
 import zipfile
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from minires import data, models
 from minires.checkpoint import load_checkpoint
@@ -39,11 +38,7 @@ def _strict_json(line):
 
 
 def _cli(*args, cwd, code=2):
-    r = subprocess.run([sys.executable, "-m", "minires", *args], capture_output=True, text=True, cwd=cwd)
-    assert r.returncode == code, r.stdout + r.stderr
-    if code == 2:
-        assert "Traceback" not in r.stderr and "minires: error:" in r.stderr, r.stderr
-    return r.stdout + r.stderr
+    return run_cli(*args, cwd=cwd, code=code)
 
 
 @pytest.fixture

@@ -82,8 +82,9 @@ class Module:
 
     def __call__(self, x):
         out = self.forward(x)
-        for hook in list(self._forward_hooks.values()):
-            hook(self, read_only(x), read_only(out))
+        if self._forward_hooks:         # no list, no views on the hook-free path of every layer call
+            for hook in list(self._forward_hooks.values()):
+                hook(self, read_only(x), read_only(out))
         return out
 
     # ---------------------------------------------------------- hooks
