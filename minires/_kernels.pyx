@@ -266,10 +266,21 @@ cdef void _load_images(const floating[:, :, :, ::1] x, Py_ssize_t n0, Py_ssize_t
                     dst[k] = src[k * sw]
 
 
+cdef void _write_rows(const floating* src, floating* dst, Py_ssize_t count,
+                      floating bias, bint relu) noexcept nogil:
+    """dst = src + bias, then 0 where that is <= 0 when relu (NaN passes, as PyTorch's ReLU)."""
+    cdef Py_ssize_t k
+    cdef floating v
+    for k in range(count):
+        v = src[k] + bias
+        dst[k] = 0 if relu and v <= 0 else v
+
+
 def _conv_direct(const floating[:, :, :, ::1] x, const floating[:, ::1] wt,
                  floating[:, :, :, ::1] out, Py_ssize_t sh, Py_ssize_t sw,
                  Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t T, Py_ssize_t HS, Py_ssize_t WQ,
-                 floating[:, ::1] planes, floating[:, ::1] opg, const Py_ssize_t[::1] offsets):
+                 floating[:, ::1] planes, floating[:, ::1] opg, const Py_ssize_t[::1] offsets,
+                 const floating[::1] bias, bint epilogue, bint relu):
     """The loop of conv_direct_forward. A def over fused memoryviews: Cython
     picks the float or the double version from the arrays passed."""
     cdef Py_ssize_t N = x.shape[0], F = out.shape[1], OH = out.shape[2], OW = out.shape[3]
@@ -287,7 +298,10 @@ def _conv_direct(const floating[:, :, :, ::1] x, const floating[:, ::1] wt,
             for t in range(count):
                 for f in range(F):
                     for oh in range(OH):
-                        memcpy(&out[n0 + t, f, oh, 0], &opg[f, (t * HS + oh) * WQ], OW * sizeof(floating))
+                        if epilogue:    # bias and ReLU while the rows are in cache: no extra pass
+                            _write_rows(&opg[f, (t * HS + oh) * WQ], &out[n0 + t, f, oh, 0], OW, bias[f], relu)
+                        else:
+                            memcpy(&out[n0 + t, f, oh, 0], &opg[f, (t * HS + oh) * WQ], OW * sizeof(floating))
 
 
 def _grid(shape, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw):
@@ -313,11 +327,13 @@ def _grid(shape, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_
     return t, hs, wq, p, l, offsets.astype(np.intp).reshape(-1)
 
 
-def conv_direct_forward(x, w, out, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw):
+def conv_direct_forward(x, w, out, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                        bias=None, bint relu=False):
     """Convolution of a chunk of images, written into out.
 
     x: (N, C, H, W), w: (F, C, KH, KW), out: (N, F, OH, OW), out C-contiguous,
-    OH = (H + 2*PH - KH) // SH + 1 (likewise OW). Single-threaded, without the
+    OH = (H + 2*PH - KH) // SH + 1 (likewise OW); bias (F,) or None is added
+    and relu applied as the rows are written. Single-threaded, without the
     GIL: callers run chunks of the batch side by side (minires.parallel).
     """
     x = np.ascontiguousarray(x)
@@ -332,7 +348,9 @@ def conv_direct_forward(x, w, out, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, 
     t, hs, wq, p, l, offsets = _grid(x.shape, kh, kw, sh, sw, ph, pw)
     planes = np.zeros((c * sh * sw, l), dtype=x.dtype)
     opg = np.empty((fp, p), dtype=x.dtype)
-    _conv_direct(x, wt, out, sh, sw, ph, pw, t, hs, wq, planes, opg, offsets)
+    epilogue = bias is not None or relu
+    bias = np.zeros(f, dtype=x.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
+    _conv_direct(x, wt, out, sh, sw, ph, pw, t, hs, wq, planes, opg, offsets, bias, epilogue, relu)
 
 
 cdef void _weight_tile(const floating* planes, const floating* dT, floating* dwt,
@@ -794,3 +812,57 @@ def relu_grad(dout, out):
     dx = np.empty(out.shape, dtype=out.dtype)
     _relu_grad_loop(dout.reshape(-1), out.reshape(-1), dx.reshape(-1), _num_threads)
     return dx
+
+
+# ---------------------------------------------------------------- bias and ReLU
+def _bias_relu_loop(floating[:, :, ::1] out, const floating[::1] bias, bint relu, int nthreads):
+    cdef Py_ssize_t N = out.shape[0], F = out.shape[1], nf
+    with nogil:
+        for nf in prange(N * F, num_threads=nthreads, schedule="static"):
+            _write_rows(&out[nf // F, nf % F, 0], &out[nf // F, nf % F, 0], out.shape[2], bias[nf % F], relu)
+
+
+def bias_relu(out, bias, bint relu, int threads=0):
+    """In place: out += bias per channel, then max(out, 0) if relu (NaN stays NaN).
+
+    out: (N, F, ...) C-contiguous, bias: (F,) or None. The epilogue of a
+    convolution whose product came from BLAS. threads: as im2col's."""
+    if bias is None and not relu:
+        return
+    n, f = out.shape[0], out.shape[1]
+    b = np.zeros(f, dtype=out.dtype) if bias is None else np.ascontiguousarray(bias, dtype=out.dtype)
+    _bias_relu_loop(out.reshape(n, f, -1), b, relu, threads or _num_threads)
+
+
+# ---------------------------------------------------------------- the FMA peak
+# What the cores can do, for the benchmark's "% of peak": independent chains
+# of multiply-adds, enough of them to fill every FMA unit's pipeline with the
+# widest vectors this build uses, and nothing else (no memory traffic).
+cdef enum:
+    FMA_CHAINS = 128
+
+
+cdef float _fma_chains(Py_ssize_t steps, float m, float c) noexcept nogil:
+    cdef float a[FMA_CHAINS]
+    cdef Py_ssize_t s, j
+    cdef float total = 0
+    for j in range(FMA_CHAINS):
+        a[j] = j
+    for s in range(steps):
+        for j in range(FMA_CHAINS):
+            a[j] = a[j] * m + c
+    for j in range(FMA_CHAINS):
+        total += a[j]
+    return total
+
+
+def fma_flops(Py_ssize_t steps, int threads):
+    """Run steps * 128 float32 multiply-adds on each of `threads` threads at
+    once; returns the floating-point operations done (2 per multiply-add).
+    Time the call to get the machine's FMA throughput."""
+    cdef int t
+    cdef float[::1] sink = np.zeros(threads, dtype=np.float32)   # keeps the result alive
+    with nogil:
+        for t in prange(threads, num_threads=threads, schedule="static", chunksize=1):
+            sink[t] = _fma_chains(steps, 0.9999999, 1e-7)
+    return 2.0 * steps * FMA_CHAINS * threads

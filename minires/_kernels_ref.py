@@ -85,8 +85,9 @@ def _phase_planes(x, kh, kw, sh, sw, ph, pw):
     return planes.reshape(-1), wq, shift.reshape(-1)
 
 
-def conv_direct_forward(x, w, out, sh, sw, ph, pw):
-    """x: (T, C, H, W), w: (F, C, KH, KW) -> out: (T, F, OH, OW), written in place."""
+def conv_direct_forward(x, w, out, sh, sw, ph, pw, bias=None, relu=False):
+    """x: (T, C, H, W), w: (F, C, KH, KW) -> out: (T, F, OH, OW), written in place;
+    bias (F,) or None added, then relu applied when asked (as the rows are written)."""
     f, oh, ow = out.shape[1:]
     w2 = w.reshape(f, -1)                                        # (F, C*KH*KW)
     for n in range(x.shape[0]):
@@ -94,6 +95,16 @@ def conv_direct_forward(x, w, out, sh, sw, ph, pw):
         p = np.arange(oh * wq)                                   # grid positions, junk included
         grid = w2 @ flat[shift[:, None] + p]                     # (F, OH*WQ): taps as shifted reads
         out[n] = grid.reshape(f, oh, wq)[:, :, :ow]
+    bias_relu(out, bias, relu)
+
+
+def bias_relu(out, bias, relu, threads=0):
+    """In place: out += bias (F,) per channel, then out = max(out, 0) if relu;
+    out: (N, F, ...), bias (F,) or None."""
+    if bias is not None:
+        out += bias.reshape((-1,) + (1,) * (out.ndim - 2))
+    if relu:
+        np.maximum(out, 0, out=out)     # NaN stays NaN, as in PyTorch's ReLU
 
 
 def conv_direct_backward_weight(x, dout, kh, kw, sh, sw, ph, pw):

@@ -163,7 +163,7 @@ def check_finite(model, when=""):
 
 def evaluate(model, images, labels, mean, std, batch_size=500):
     """Eval-mode loss, accuracy and predictions over a whole split."""
-    model.eval()
+    model.eval(keep_caches=False)       # inference only: free each activation once it is read
     crit, total_loss, preds = CrossEntropyLoss(), 0.0, []
     for x, y in minibatches(images, labels, batch_size, mean, std):
         logits = model(x)

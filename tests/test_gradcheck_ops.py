@@ -34,6 +34,16 @@ def test_conv2d(rng, case, bias):
     assert report.ok(TOL), report
 
 
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv2d_fused_relu(rng, case):
+    """The conv with a ReLU fused on (what fuse_for_inference builds)."""
+    n, c, h, w, f, kh, kw, stride, padding = case
+    x, wt, b = _arrays(rng, (n, c, h, w), (f, c, kh, kw), (f,))
+    report = check_op(lambda x, w, b, **kw: F.conv2d_forward(x, w, b, relu=True, **kw), F.conv2d_backward,
+                      dict(x=x, w=wt, b=b), dict(stride=stride, padding=padding), rng=rng)
+    assert report.ok(TOL), report
+
+
 @pytest.mark.parametrize("shape", [(4, 7), (1, 3), (5, 1)])
 def test_linear(rng, shape):
     n, d = shape

@@ -211,3 +211,32 @@ def test_the_loop_convolution_agrees_with_the_library(case):
     np.testing.assert_allclose(out_np, out, rtol=1e-10, atol=1e-10)
     for got, want in zip(F.conv.conv2d_backward_numpy(dout, cache_np), grads):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("geometry", [(1, 1, 1, 1), (2, 2, 1, 1), (1, 1, 0, 0)])
+@pytest.mark.parametrize("bias,relu", [(True, False), (False, True), (True, True)])
+def test_direct_conv_bias_and_relu_epilogue(geometry, bias, relu):
+    """The forward kernel adds the bias and applies the ReLU as it writes its rows."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 4, 9, 8)).astype(np.float32)
+    w = rng.standard_normal((6, 4, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(6).astype(np.float32) if bias else None
+    sh, sw, ph, pw = geometry
+    shape = (3, 6, (9 + 2 * ph - 3) // sh + 1, (8 + 2 * pw - 3) // sw + 1)
+    plain, got, want = (np.empty(shape, np.float32) for _ in range(3))
+    _kernels.conv_direct_forward(x, w, plain, *geometry)
+    _kernels.conv_direct_forward(x, w, got, *geometry, b, relu)
+    _kernels_ref.conv_direct_forward(x, w, want, *geometry, b, relu)
+    expected = plain + (b[:, None, None] if bias else 0)
+    expected = np.maximum(expected, 0) if relu else expected
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(want, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", [_kernels, _kernels_ref])
+def test_bias_relu_in_place_keeps_nan(backend):
+    out = np.array([[[-1.0, 0.5, np.nan, -np.inf], [2.0, -3.0, np.inf, 0.0]]], np.float32)   # (1, 2, 4)
+    backend.bias_relu(out, np.array([0.5, 1.0], np.float32), True)
+    np.testing.assert_array_equal(out, [[[0.0, 1.0, np.nan, 0.0], [3.0, 0.0, np.inf, 1.0]]])
+    backend.bias_relu(out, None, False)                          # nothing to do
+    np.testing.assert_array_equal(out, [[[0.0, 1.0, np.nan, 0.0], [3.0, 0.0, np.inf, 1.0]]])

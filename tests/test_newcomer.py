@@ -233,7 +233,8 @@ def test_bench_options_work_through_the_cli():
     (["--quick"], ["resnet-20", "seed-cnn"], 3),
     (["--quick", "--models", "wrn-16-4"], ["wrn-16-4"], 3),
     (["--models", "seed-cnn,resnet-8", "--repeats", "2"], ["seed-cnn", "resnet-8"], 2),
-    ([], ["resnet-20", "seed-cnn", "bottleneck-29", "wrn-16-4"], 5),
+    ([], ["resnet-20", "resnet-56", "plain-56", "seed-cnn", "bottleneck-29", "wrn-16-4", "imagenet-resnet-18",
+          "imagenet-resnet-50"], 5),
 ])
 def test_bench_quick_respects_models(monkeypatch, capsys, argv, names, repeats):
     from minires.dev import bench
@@ -254,7 +255,7 @@ def test_bench_without_torch_times_minires_alone_and_says_how_to_add_it(monkeypa
     out = capsys.readouterr().out
     assert calls[0]["with_torch"] is False
     assert "PyTorch is not installed" in out and "pip install torch" in out
-    assert "torch ms/step" not in out and "| seed-cnn | 66 | 5498 |" in out
+    assert "torch ms/step" not in out and "| seed-cnn | 66 | 5000 | 6400 | 2.5 |" in out
 
 
 def test_bench_unknown_model_is_one_error_line(tmp_path):
@@ -272,10 +273,10 @@ def test_bench_runs_minires_alone_end_to_end(tmp_path):
 
 
 _FAKE_RESULT = dict(batch=128, threads=2, repeats=3, machine="x86_64", cpu_name="Some CPU", cpus=2,
-                    matmul_peak_gflops=300.0, torch_version=None, date="2026-01-01", single_conv_ms={"minires": 12.0},
+                    fma_peak_gflops=300.0, torch_version=None, date="2026-01-01", single_conv_ms={"minires": 12.0},
                     models=[dict(model="seed-cnn", gflops=89.0, peak_pct=30.0, torch=None,
-                                 minires=dict(step_ms=66.0, images_per_second=5498.0, peak_rss_mb=110.0,
-                                              breakdown=None))])
+                                 minires=dict(step_ms=66.0, infer_ms=25.6, fused_ms=20.0, one_image_ms=2.5,
+                                              peak_rss_mb=110.0, breakdown=None))])
 
 
 # ---------------------------------------------------------------- plots and files

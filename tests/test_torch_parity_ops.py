@@ -199,3 +199,26 @@ def test_softmax_cross_entropy(torch, rng, dtype, smoothing):
     assert isinstance(loss, float)
     assert loss == pytest.approx(tloss.item(), rel=tol(dtype)["rtol"])
     np.testing.assert_allclose(dlogits, tz.grad.numpy(), **tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("stride,padding,k,c", [(1, 1, (3, 3), 3), (2, 1, (3, 3), 3), (1, 0, (1, 1), 3),
+                                                (2, 0, (1, 1), 5), (1, 2, (2, 2), 3)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv2d_fused_relu(torch, rng, dtype, stride, padding, k, c, bias):
+    """conv2d_forward(..., relu=True) = relu(conv2d(...)) on every path (direct,
+    strided direct, pointwise, strided pointwise, im2col), forward and backward."""
+    x = rng.standard_normal((2, c, 9, 7)).astype(dtype)
+    w = rng.standard_normal((4, c) + k).astype(dtype)
+    b = rng.standard_normal(4).astype(dtype) if bias else None
+    out, cache = F.conv2d_forward(x, w, b, stride, padding, relu=True)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    dx, dw, db = F.conv2d_backward(dout, cache)
+    tx, tw = _t(torch, x), _t(torch, w)
+    tb = _t(torch, b) if bias else None
+    tout = torch.relu(torch.nn.functional.conv2d(tx, tw, tb, stride=stride, padding=padding))
+    tout.backward(torch.tensor(dout))
+    assert (out == 0).any() and (out > 0).any()            # the ReLU did cut, and let through
+    np.testing.assert_allclose(out, tout.detach().numpy(), **tol(dtype))
+    for mine, theirs in zip((dx, dw, db) if bias else (dx, dw), _grads(*((tx, tw, tb) if bias else (tx, tw)))):
+        np.testing.assert_allclose(mine, theirs, **tol(dtype))

@@ -3,8 +3,15 @@
 Each measurement runs in its own process (`--worker`), so the thread pools of
 the two libraries never compete and each process's peak memory (RSS) is its
 own. The parent collects JSON from the workers and prints a markdown table.
+
+Inference is timed three ways in each library: the model in eval mode, the
+model with batch norm folded into its convolutions (minires's
+fuse_for_inference, PyTorch's torch.fx conv-BN fusion), and that folded
+model on one image. "% of peak" is against the FMA throughput of the cores
+(minires._kernels.fma_flops on every thread), not against a matrix product.
 """
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -16,7 +23,8 @@ import time
 
 from .. import runtime
 
-DEFAULT_MODELS = ["resnet-20", "seed-cnn", "bottleneck-29", "wrn-16-4"]
+DEFAULT_MODELS = ["resnet-20", "resnet-56", "plain-56", "seed-cnn", "bottleneck-29", "wrn-16-4",
+                  "imagenet-resnet-18", "imagenet-resnet-50"]
 # resnet-20 is measured with option-B shortcuts, PyTorch's usual form.
 MODEL_OPTIONS = {"resnet-20": {"shortcut": "B"}}
 
@@ -63,10 +71,20 @@ def _minires_worker(model_name, batch, repeats, breakdown):
     model.train()
     step_ms = _median_ms(step, repeats)
     parts = _breakdown(step, model, opt) if breakdown else None
-    model.eval()
-    infer_ms = _median_ms(lambda: model(x), repeats)
-    return dict(step_ms=step_ms, images_per_second=batch / infer_ms * 1000,
-                macs=totals(models.build(model_name, rng=0, **opts))[1], breakdown=parts)
+    model.eval(keep_caches=False)
+    fused = model.fuse_for_inference()
+    return dict(step_ms=step_ms, macs=totals(models.build(model_name, rng=0, **opts))[1], breakdown=parts,
+                **_inference_ms(model, fused, x, repeats))
+
+
+def _inference_ms(model, fused, x, repeats, no_grad=None):
+    """Eval-mode and folded inference on the batch, and folded on its first image
+    (more repeats: one image takes milliseconds)."""
+    import contextlib
+    with no_grad() if no_grad else contextlib.nullcontext():
+        return dict(infer_ms=_median_ms(lambda: model(x), repeats),
+                    fused_ms=_median_ms(lambda: fused(x), repeats),
+                    one_image_ms=_median_ms(lambda: fused(x[:1]), max(repeats, 25), warmup=3))
 
 
 def _breakdown(step, model, opt):
@@ -159,10 +177,9 @@ def _torch_worker(model_name, batch, repeats):
     model.train()
     step_ms = _median_ms(step, repeats)
     model.eval()
-    with torch.no_grad():
-        infer_ms = _median_ms(lambda: model(x), repeats)
-    return dict(step_ms=step_ms, images_per_second=batch / infer_ms * 1000,
-                torch_version=torch.__version__)
+    from torch.fx.experimental.optimization import fuse     # folds each conv-BN pair, as ours
+    return dict(step_ms=step_ms, torch_version=torch.__version__,
+                **_inference_ms(model, fuse(model), x, repeats, torch.no_grad))
 
 
 def _conv_worker(library, repeats):
@@ -188,11 +205,15 @@ def _conv_worker(library, repeats):
     return dict(conv_ms=_median_ms(run, repeats))
 
 
-def _matmul_peak(repeats=5):
-    import numpy as np
-    a = np.random.default_rng(0).standard_normal((2048, 2048)).astype(np.float32)
-    ms = _median_ms(lambda: a @ a, repeats)
-    return 2 * 2048 ** 3 / (ms / 1000) / 1e9
+def _fma_peak(threads, repeats=5):
+    """GFLOP/s of float32 multiply-adds on `threads` threads (the best of repeats)."""
+    from .. import _kernels
+    best = 0.0
+    for _ in range(repeats):
+        t = time.perf_counter()
+        flops = _kernels.fma_flops(2_000_000, threads)
+        best = max(best, flops / (time.perf_counter() - t) / 1e9)
+    return best
 
 
 def worker_main(argv):
@@ -205,7 +226,7 @@ def worker_main(argv):
     p.add_argument("--breakdown", action="store_true")
     a = p.parse_args(argv)
     if a.what == "peak":
-        result = dict(gflops=_matmul_peak())
+        result = dict(gflops=_fma_peak(int(os.environ["OMP_NUM_THREADS"])))
     elif a.what == "conv":
         result = _conv_worker(a.library, a.repeats)
     elif a.library == "minires":
@@ -217,13 +238,18 @@ def worker_main(argv):
 
 
 # ------------------------------------------------------------------ parent
-def _run_worker(args, threads):
+def _run_worker(args, threads, package_dir=None):
+    """Run a worker with `threads` threads; package_dir: import minires from there
+    (the portable build) instead of this one."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
                MKL_NUM_THREADS=str(threads))
+    if package_dir:
+        env["PYTHONPATH"] = package_dir
     code = ("import sys, torch; torch.set_num_threads(int(sys.argv[1])); from minires.dev.bench import worker_main; "
             "worker_main(sys.argv[2:])") if "torch" in args else \
         "import sys; from minires.dev.bench import worker_main; worker_main(sys.argv[2:])"
-    r = subprocess.run([sys.executable, "-c", code, str(threads), *args], capture_output=True, text=True, env=env)
+    r = subprocess.run([sys.executable, "-c", code, str(threads), *args], capture_output=True, text=True, env=env,
+                       cwd=package_dir)
     for line in r.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
@@ -243,51 +269,59 @@ def check_models(names):
             raise MiniresError(str(exc)) from None
 
 
-def run(models_, batch, repeats, threads, with_torch=True, breakdown=True):
+def run(models_, batch, repeats, threads, with_torch=True, breakdown=True, portable_dir=None):
     peak = _run_worker(["--what", "peak"], threads)["gflops"]
     rows = []
     for name in models_:
         common = ["--what", "model", "--model", name, "--batch", str(batch), "--repeats", str(repeats)]
         mine = _run_worker(["--library", "minires", *common] + (["--breakdown"] if breakdown else []), threads)
         theirs = _run_worker(["--library", "torch", *common], threads) if with_torch else None
+        portable = _run_worker(["--library", "minires", *common], threads, portable_dir) if portable_dir else None
         # forward + backward ~ 3x the forward's MACs, 2 FLOPs per MAC
         gflops = 6 * mine["macs"] * batch / (mine["step_ms"] / 1000) / 1e9
-        rows.append(dict(model=name, minires=mine, torch=theirs, gflops=gflops, peak_pct=100 * gflops / peak))
+        rows.append(dict(model=name, minires=mine, torch=theirs, portable=portable, gflops=gflops,
+                         peak_pct=100 * gflops / peak))
     conv = {lib: _run_worker(["--library", lib, "--what", "conv", "--repeats", str(repeats)], threads)["conv_ms"]
             for lib in (["minires", "torch"] if with_torch else ["minires"])}
     from .. import _kernels
     return dict(machine=platform.processor() or platform.machine(), cpu_name=runtime.cpu_name(), cpus=os.cpu_count(),
                 threads=threads,
                 openmp=_kernels.openmp_enabled(),
-                batch=batch, repeats=repeats, matmul_peak_gflops=peak, models=rows, single_conv_ms=conv,
+                batch=batch, repeats=repeats, fma_peak_gflops=peak, models=rows, single_conv_ms=conv,
                 torch_version=rows[0]["torch"]["torch_version"] if with_torch and rows else None,
                 date=time.strftime("%Y-%m-%d"))
 
 
 def to_markdown(res):
     with_torch = any(r["torch"] for r in res["models"])
+    portable = any(r.get("portable") for r in res["models"])
     lines = [f"Batch {res['batch']}, float32, {res['threads']} threads, median of {res['repeats']}; "
              f"{res.get('cpu_name') or res['machine']}, {res['cpus']} CPUs; "
-             f"NumPy float32 matmul peak {res['matmul_peak_gflops']:.0f} GFLOP/s; "
+             f"FMA peak {res['fma_peak_gflops']:.0f} GFLOP/s on {res['threads']} threads; "
              + (f"torch {res['torch_version']}; " if with_torch else "minires alone (no torch); ")
              + f"{res['date']}.", ""]
+    head = ["model", "minires ms/step"]
     if with_torch:
-        lines += ["| model | minires ms/step | torch ms/step | ratio | minires img/s (inference) | torch img/s | "
-                  "ratio | GFLOP/s | % of peak | minires RSS MB | torch RSS MB |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    else:
-        lines += ["| model | minires ms/step | minires img/s (inference) | GFLOP/s | % of peak | minires RSS MB |",
-                  "|---|---:|---:|---:|---:|---:|"]
+        head += ["torch ms/step", "step ratio", "inference ratio (eval)", "inference ratio (folded)",
+                 "one image ratio (folded)", "RSS ratio (step)"]
+    head += ["minires img/s (eval)", "minires img/s (folded)", "minires ms, one image", "GFLOP/s (step)",
+             "% of FMA peak", "minires RSS MB"]
+    if portable:
+        head += ["portable build ms/step", "portable / native (step)", "portable / native (folded inference)"]
+    lines += ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for r in res["models"]:
-        m, t = r["minires"], r["torch"]
-        if not with_torch:
-            lines.append(f"| {r['model']} | {m['step_ms']:.0f} | {m['images_per_second']:.0f} | "
-                         f"{r['gflops']:.1f} | {r['peak_pct']:.0f}% | {m['peak_rss_mb']:.0f} |")
-            continue
-        lines.append(f"| {r['model']} | {m['step_ms']:.0f} | {t['step_ms']:.0f} | {m['step_ms'] / t['step_ms']:.2f} | "
-                     f"{m['images_per_second']:.0f} | {t['images_per_second']:.0f} | "
-                     f"{t['images_per_second'] / m['images_per_second']:.2f} | "
-                     f"{r['gflops']:.1f} | {r['peak_pct']:.0f}% | {m['peak_rss_mb']:.0f} | {t['peak_rss_mb']:.0f} |")
+        m, t, pb = r["minires"], r["torch"], r.get("portable")
+        cells = [r["model"], f"{m['step_ms']:.0f}"]
+        if with_torch:
+            cells += [f"{t['step_ms']:.0f}", f"{m['step_ms'] / t['step_ms']:.2f}",
+                      f"{m['infer_ms'] / t['infer_ms']:.2f}", f"{m['fused_ms'] / t['fused_ms']:.2f}",
+                      f"{m['one_image_ms'] / t['one_image_ms']:.2f}", f"{m['peak_rss_mb'] / t['peak_rss_mb']:.2f}"]
+        cells += [f"{res['batch'] / m['infer_ms'] * 1000:.0f}", f"{res['batch'] / m['fused_ms'] * 1000:.0f}",
+                  f"{m['one_image_ms']:.1f}", f"{r['gflops']:.1f}", f"{r['peak_pct']:.0f}%", f"{m['peak_rss_mb']:.0f}"]
+        if portable:
+            cells += [f"{pb['step_ms']:.0f}", f"{pb['step_ms'] / m['step_ms']:.2f}",
+                      f"{pb['fused_ms'] / m['fused_ms']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
     c = res["single_conv_ms"]
     lines += ["", f"Single 3x3 conv, N=128, 16->16, 32x32, forward + backward: minires {c['minires']:.1f} ms"
               + (f", torch {c['torch']:.1f} ms, ratio {c['minires'] / c['torch']:.2f}" if "torch" in c else "")]
@@ -323,6 +357,9 @@ def add_arguments(p):
     p.add_argument("--quick", action="store_true",
                    help="3 repeats, and resnet-20 and seed-cnn unless --models says otherwise")
     p.add_argument("--no-torch", action="store_true", help="time minires alone")
+    p.add_argument("--portable", action="store_true",
+                   help="also build the extension without -march=native (MINIRES_NATIVE=0) in a temporary "
+                        "folder and time it beside the native one (the build takes a minute or two)")
     p.add_argument("--json", default=None, help="also write the results here")
 
 
@@ -336,12 +373,38 @@ def run_cli(a):
         print(TORCH_MISSING, flush=True)
         with_torch = False
     check_models(names)
-    res = run(names, a.batch, repeats, a.threads, with_torch=with_torch)
+    if a.portable:
+        with portable_build() as package_dir:
+            res = run(names, a.batch, repeats, a.threads, with_torch=with_torch, portable_dir=package_dir)
+    else:
+        res = run(names, a.batch, repeats, a.threads, with_torch=with_torch)
     print(to_markdown(res))
     if a.json:
         with open(a.json, "w") as f:
             json.dump(res, f, indent=2)
     return 0
+
+
+@contextlib.contextmanager
+def portable_build():
+    """A temporary copy of the minires package with its extension built
+    MINIRES_NATIVE=0 (no -march=native): the folder to import it from."""
+    import shutil
+    import tempfile
+    source = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if not os.path.exists(os.path.join(source, "setup.py")):
+        from ..errors import MiniresError
+        raise MiniresError("--portable needs the minires source tree (setup.py), not an installed wheel")
+    with tempfile.TemporaryDirectory(prefix="minires-portable-") as tmp:
+        shutil.copy(os.path.join(source, "setup.py"), tmp)
+        shutil.copytree(os.path.join(source, "minires"), os.path.join(tmp, "minires"),
+                        ignore=shutil.ignore_patterns("*.so", "*.pyd", "*.c", "__pycache__"))
+        print("building the portable extension (MINIRES_NATIVE=0) ...", flush=True)
+        r = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=tmp, capture_output=True,
+                           text=True, env=dict(os.environ, MINIRES_NATIVE="0"))
+        if r.returncode:
+            raise RuntimeError(f"the portable build failed:\n{r.stderr[-2000:]}")
+        yield tmp
 
 
 def main(argv=None):

@@ -42,16 +42,19 @@ import numpy as np
 from .. import kernels, parallel
 
 
-def forward(x, w, geometry):
-    """x: (N, C, H, W), w: (F, C, KH, KW), geometry (KH, KW, SH, SW, PH, PW)
-    -> (out (N, F, OH, OW) without bias, what backward needs of x, the path's name)."""
+def forward(x, w, geometry, b=None, relu=False):
+    """x: (N, C, H, W), w: (F, C, KH, KW), geometry (KH, KW, SH, SW, PH, PW),
+    b: (F,) or None -> (out (N, F, OH, OW) with the bias added and the ReLU
+    applied when asked, what backward needs of x, the path's name)."""
     kh, kw, sh, sw, ph, pw = geometry
+    # Each path adds the bias and applies the ReLU to a tile of its output
+    # while it is still in cache (the direct kernel, as it writes it).
     if kh == kw == 1 and ph == pw == 0:
-        out, x3 = _pointwise_forward(x, w, geometry)
+        out, x3 = _pointwise_forward(x, w, geometry, b, relu)
         return out, x3, "pointwise"
     if _direct_applies(geometry):
-        return _direct_forward(x, w, geometry), x, "direct"
-    return _im2col_forward(x, w, geometry), x, "im2col"
+        return _direct_forward(x, w, geometry, b, relu), x, "direct"
+    return _im2col_forward(x, w, geometry, b, relu), x, "im2col"
 
 
 def backward(dout, cache):
@@ -66,16 +69,17 @@ def backward(dout, cache):
     return im2col_backward(dout, x, w, geometry)
 
 
-def _direct_forward(x, w, geometry):
+def _direct_forward(x, w, geometry, b, relu):
     n, f = x.shape[0], w.shape[0]
     oh, ow = _out_size(x.shape, geometry)
     out = np.empty((n, f, oh, ow), dtype=x.dtype)
-    parallel.map_chunks(lambda lo, hi: kernels.conv_direct_forward(x[lo:hi], w, out[lo:hi], *geometry[2:]), n)
+    parallel.map_chunks(lambda lo, hi: kernels.conv_direct_forward(x[lo:hi], w, out[lo:hi], *geometry[2:],
+                                                                   b, relu), n)
     return out
 
 
-def _im2col_forward(x, w, geometry):
-    """Per image (or per tile of small images), out = w2 @ im2col(x[tile])."""
+def _im2col_forward(x, w, geometry, b, relu):
+    """Per image (or per tile of small images), out = w2 @ im2col(x[tile]) (+ b, ReLU)."""
     n, f = x.shape[0], w.shape[0]
     oh, ow = _out_size(x.shape, geometry)
     w2 = w.reshape(f, -1)                              # (F, C*KH*KW)
@@ -90,6 +94,7 @@ def _im2col_forward(x, w, geometry):
                 np.matmul(w2, cols, out=out[i])                       # (F, OH*OW)
             else:
                 out[i:j] = (w2 @ cols).reshape(f, j - i, -1).transpose(1, 0, 2)
+            kernels.bias_relu(out[i:j], b, relu, threads=1)
 
     parallel.map_chunks(images, n)
     return out.reshape(n, f, oh, ow)
@@ -183,8 +188,8 @@ def _images_per_tile(positions, columns=1024):
 # with single-threaded BLAS, like the other paths: a multi-threaded BLAS call
 # leaves its threads spinning for a while afterwards, which halved the speed
 # of the batchnorm that came next (measured in bottleneck-29).
-def _pointwise_forward(x, w, geometry):
-    """-> out (N, F, OH, OW), and the strided input it read, (N, C, OH*OW)."""
+def _pointwise_forward(x, w, geometry, b, relu):
+    """-> out (N, F, OH, OW) (+ b, ReLU), and the strided input it read, (N, C, OH*OW)."""
     sh, sw = geometry[2:4]
     n, c = x.shape[:2]
     f = w.shape[0]
@@ -194,6 +199,7 @@ def _pointwise_forward(x, w, geometry):
     w2 = w.reshape(f, c)
     out = np.empty((n, f, oh * ow), dtype=x.dtype)     # (N, F, OH*OW)
     parallel.map_chunks(lambda lo, hi: np.matmul(w2, x3[lo:hi], out=out[lo:hi]), n)
+    kernels.bias_relu(out, b, relu)
     return out.reshape(n, f, oh, ow), x3
 
 

@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .. import _kernels_ref
+from .. import _kernels_ref, kernels
 from . import _conv_paths
 from ._checks import as_input, check_dout, check_shape, check_window, pair
 
@@ -40,32 +40,37 @@ class ConvCache(NamedTuple):
     x_shape: tuple          # (N, C, H, W)
     out_shape: tuple        # (N, F, OH, OW)
     path: str               # the algorithm forward used: "pointwise", "direct" or "im2col"
+    relu_out: np.ndarray    # (N, F, OH, OW), the output when a ReLU was fused on (its mask); else None
 
 
-def conv2d_forward(x, w, b=None, stride=1, padding=0):
+def conv2d_forward(x, w, b=None, stride=1, padding=0, relu=False):
     """x: (N, C, H, W), w: (F, C, KH, KW), b: (F,) or None -> out: (N, F, OH, OW).
 
     stride, padding: an int or a pair (along H, along W).
     OH = (H + 2*PH - KH) // SH + 1, and likewise OW.
+    relu=True returns max(out, 0) from the same pass (a conv with batch norm
+    folded in and a ReLU after it, see nn.fuse_for_inference); backward then
+    first zeroes dout where that output is <= 0, as relu_backward does.
     """
     x, w, b, geometry = _check_args(x, w, b, stride, padding)
-    out, saved, path = _conv_paths.forward(x, w, geometry)     # = w2 @ im2col(x), as (N, F, OH, OW)
-    if b is not None:
-        out += b[:, None, None]
-    return out, ConvCache(saved, w, geometry, b is not None, x.shape, out.shape, path)
+    # = w2 @ im2col(x) + b, as (N, F, OH, OW), then the ReLU
+    out, saved, path = _conv_paths.forward(x, w, geometry, b, relu)
+    return out, ConvCache(saved, w, geometry, b is not None, x.shape, out.shape, path, out if relu else None)
 
 
 def conv2d_backward(dout, cache):
     """dout: (N, F, OH, OW) -> dx: (N, C, H, W), dw: (F, C, KH, KW), db: (F,) or None."""
     dout = check_dout(dout, cache.out_shape, cache.w.dtype, "N, F, OH, OW")
+    if cache.relu_out is not None:
+        dout = kernels.relu_grad(dout, cache.relu_out)          # through the fused ReLU first
     dx, dw = _conv_paths.backward(dout, cache)                  # col2im(w2.T @ dout2), dout2 @ cols.T
     db = dout.sum(axis=(0, 2, 3)) if cache.has_bias else None
     return dx, dw, db
 
 
 def conv2d_forward_numpy(x, w, b=None, stride=1, padding=0):
-    """conv2d_forward in plain NumPy, one product for the whole batch (slow,
-    memory-hungry, readable). Returns (out, cache) for conv2d_backward_numpy."""
+    """conv2d_forward (without relu) in plain NumPy, one product for the whole batch
+    (slow, memory-hungry, readable). Returns (out, cache) for conv2d_backward_numpy."""
     x, w, b, geometry = _check_args(x, w, b, stride, padding)
     n, f = x.shape[0], w.shape[0]
     cols = _kernels_ref.im2col(x, *geometry)                   # (C*KH*KW, N*OH*OW)

@@ -26,6 +26,8 @@ class Bottleneck(nn.ResidualBlock):
 
     BN-ReLU is one fused layer, nn.BatchNormReLU2d. mid = filters // div."""
 
+    conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
+
     def __init__(self, in_channels, filters, stride=1, rng=None, div=2):
         super().__init__()
         mid = max(1, filters // div)

@@ -25,6 +25,8 @@ class BasicBlock(nn.ResidualBlock):
     second return to out_channels (the seed article's wide block).
     """
 
+    conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"))
+
     def __init__(self, in_channels, out_channels, stride=1, shortcut_option="A", widen=1, rng=None):
         super().__init__()
         mid = out_channels * widen

@@ -35,6 +35,9 @@ class WideBlock(nn.Module):
         if self.project:
             self.shortcut = conv1x1(in_channels, out_channels, stride, rng)
 
+    def fusable_pairs(self):
+        return (("conv1", "bn2"),)      # bn1 reads the block's input, which also feeds the shortcut
+
     def forward(self, x):
         o1 = self.bn1(x)
         y = self.conv2(self.dropout(self.bn2(self.conv1(o1))))

@@ -21,9 +21,11 @@ class Conv2d(Module):
         self.bias = Parameter(uniform_fan_in(rng, (out_channels,), fan_in)) if bias else None
         self._cache = None
 
+    fused_relu = False      # True after fuse_for_inference folded a BN-ReLU into this conv
+
     def forward(self, x):
         b = self.bias.data if self.bias is not None else None
-        out, self._cache = F.conv2d_forward(x, self.weight.data, b, self.stride, self.padding)
+        out, self._cache = F.conv2d_forward(x, self.weight.data, b, self.stride, self.padding, self.fused_relu)
         return out
 
     def backward(self, dout):
@@ -35,4 +37,5 @@ class Conv2d(Module):
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, padding={self.padding}, bias={self.bias is not None}")
+                f"stride={self.stride}, padding={self.padding}, bias={self.bias is not None}"
+                + (", fused_relu=True" if self.fused_relu else ""))

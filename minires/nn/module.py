@@ -43,6 +43,7 @@ class Module:
         object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "training", True)
+        object.__setattr__(self, "keep_caches", True)      # in eval mode; see eval()
         object.__setattr__(self, "_forward_hooks", {})      # HookHandle -> fn
         object.__setattr__(self, "_backward_hooks", {})
 
@@ -52,14 +53,16 @@ class Module:
         if name in self._buffers and isinstance(value, np.ndarray):
             self._buffers[name] = value  # e.g. `self.num_batches_tracked += 1`
             return
+        target = (self._parameters if isinstance(value, Parameter) else
+                  self._modules if isinstance(value, Module) else None)
         for registry in (self._parameters, self._buffers, self._modules):
-            registry.pop(name, None)
-        if isinstance(value, Parameter):
-            self._parameters[name] = value
-        elif isinstance(value, Module):
-            self._modules[name] = value
-        else:
+            if registry is not target:
+                registry.pop(name, None)
+        if target is None:
             object.__setattr__(self, name, value)
+        else:
+            self.__dict__.pop(name, None)   # e.g. `self.bias = None` set earlier would shadow it
+            target[name] = value            # a replaced child keeps its place (Sequential's order)
 
     def __getattr__(self, name):
         # Only called when normal lookup fails: look in the registries.
@@ -82,6 +85,8 @@ class Module:
 
     def __call__(self, x):
         out = self.forward(x)
+        if not self.training and not self.keep_caches and self.__dict__.get("_cache") is not None:
+            self._cache = None      # inference: let the activations behind the cache go now
         if self._forward_hooks:         # no list, no views on the hook-free path of every layer call
             for hook in list(self._forward_hooks.values()):
                 hook(self, read_only(x), read_only(out))
@@ -149,12 +154,35 @@ class Module:
 
     def train(self, mode=True):
         """Set training mode on this module and every descendant."""
+        if mode and self.__dict__.get("inference_only"):
+            raise RuntimeError(f"this {type(self).__name__} was made by fuse_for_inference(): its batch norms "
+                               "are folded into its convolutions, so it cannot train; train the original model")
         for m in self.modules():
             object.__setattr__(m, "training", mode)
         return self
 
-    def eval(self):
+    def eval(self, keep_caches=True):
+        """Evaluation mode on this module and every descendant: batch norm uses
+        its running statistics, dropout passes everything.
+
+        Layers keep their backward caches, so a gradient check (or a saliency
+        map) can backpropagate in eval mode. For inference alone pass
+        keep_caches=False (as torch.no_grad()): each activation is then freed
+        as soon as the next layer has read it, and backward is refused."""
+        for m in self.modules():
+            object.__setattr__(m, "keep_caches", bool(keep_caches))
         return self.train(False)
+
+    def fuse_for_inference(self):
+        """A copy of this model for inference, with each batch norm folded into
+        the convolution before it (see minires.nn.fuse). This model is unchanged."""
+        from .fuse import fuse_for_inference
+        return fuse_for_inference(self)
+
+    def fusable_pairs(self):
+        """(conv name, batch norm name) pairs of children where the batch norm
+        reads the conv's output and nothing else does; none unless a subclass says."""
+        return ()
 
     def astype(self, dtype):
         """Cast every floating parameter and buffer (e.g. to float64 for gradient checks)."""
@@ -246,6 +274,14 @@ class Sequential(Module):
             x = m(x)
         return x
 
+    def fusable_pairs(self):
+        """Children run in order, so a Conv2d followed by a BatchNorm2d is a pair."""
+        from .batchnorm import BatchNorm2d
+        from .conv import Conv2d
+        named = list(self._modules.items())
+        return [(a, b) for (a, m), (b, n) in zip(named, named[1:])
+                if isinstance(m, Conv2d) and isinstance(n, BatchNorm2d)]
+
     def backward(self, dout):
         for m in reversed(list(self)):
             dout = m.backward(dout)
@@ -311,6 +347,9 @@ def take_cache(module):
     """Pop the cache saved by the last forward; a clear error if there is none."""
     cache = module.__dict__.get("_cache")
     if cache is None:
+        if not module.training and not module.keep_caches:
+            raise RuntimeError(f"{type(module).__name__}.backward after eval(keep_caches=False), which keeps "
+                               "no caches for backward; call model.eval() (keep_caches=True) to backpropagate")
         raise RuntimeError(f"{type(module).__name__}.backward called without a forward "
                            "(or twice for one forward)")
     module._cache = None

@@ -13,10 +13,16 @@ class ResidualBlock(Module):
     post_relu says whether a ReLU follows the add (as in He et al. 2016a)."""
 
     post_relu = True
+    # (conv, batch norm) attribute names where the BN reads the conv's output
+    # alone, for fuse_for_inference; a subclass lists its own.
+    conv_bn_pairs = ()
 
     def __init__(self):
         super().__init__()
         self.shortcut = Identity()
+
+    def fusable_pairs(self):
+        return self.conv_bn_pairs
 
     def branch_forward(self, x):
         raise NotImplementedError

@@ -1,0 +1,51 @@
+"""fuse_for_inference: fold each batch norm into the convolution before it.
+
+In eval mode a batch norm is a fixed affine map per channel,
+
+    bn(z) = gamma * (z - mean) / sqrt(var + eps) + beta = s * z + t,
+    s = gamma / sqrt(var + eps),   t = beta - mean * s,
+
+and a convolution is linear, so bn(conv(x, w, b)) = conv(x, s * w, s * b + t):
+one conv computes both, and a pass over the activation disappears. When the
+batch norm had a ReLU fused on (BatchNormReLU2d), the conv applies it as it
+writes its output (F.conv2d_forward(..., relu=True)).
+
+A module says which of its children pair up (Module.fusable_pairs): the
+batch norm must read the conv's output and nothing else may, which only the
+module's own forward knows. The folded model is a copy for inference: its
+state_dict has conv biases and no batch norms, and it refuses to train.
+"""
+import copy
+
+import numpy as np
+
+from .batchnorm import BatchNorm2d
+from .conv import Conv2d
+from .module import Identity, Parameter
+
+
+def fuse_for_inference(model):
+    """A copy of model in eval mode with every declared (Conv2d, BatchNorm2d)
+    pair folded into one Conv2d; model itself is unchanged. Outputs equal the
+    original's in eval mode within float32 rounding."""
+    fused = copy.deepcopy(model).eval(keep_caches=False)
+    for module in fused.modules():
+        for conv_name, bn_name in module.fusable_pairs():
+            conv, bn = getattr(module, conv_name), getattr(module, bn_name)
+            if isinstance(conv, Conv2d) and isinstance(bn, BatchNorm2d):
+                fold(conv, bn)
+                setattr(module, bn_name, Identity())
+    object.__setattr__(fused, "inference_only", True)
+    return fused
+
+
+def fold(conv, bn):
+    """Fold bn's running statistics and affine parameters into conv, in place."""
+    dtype = conv.weight.data.dtype
+    # float64 for the fold itself: s * w is rounded to float32 once, at the end
+    s = bn.weight.data.astype(np.float64) / np.sqrt(bn.running_var.astype(np.float64) + bn.eps)
+    t = bn.bias.data - bn.running_mean.astype(np.float64) * s
+    b = conv.bias.data.astype(np.float64) if conv.bias is not None else 0.0
+    conv.weight = Parameter((conv.weight.data * s[:, None, None, None]).astype(dtype))
+    conv.bias = Parameter((b * s + t).astype(dtype))
+    conv.fused_relu = bn.fused_relu
