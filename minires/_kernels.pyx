@@ -13,6 +13,8 @@ and stays correct. NaN and inf propagate as in PyTorch: a ReLU is written
 "0 if v <= 0 else v" (false for NaN, so NaN passes), and a NaN wins its
 max-pooling window.
 """
+import functools
+
 import numpy as np
 from cython cimport floating
 from libc.string cimport memcpy, memset
@@ -304,6 +306,7 @@ def _conv_direct(const floating[:, :, :, ::1] x, const floating[:, ::1] wt,
                             memcpy(&out[n0 + t, f, oh, 0], &opg[f, (t * HS + oh) * WQ], OW * sizeof(floating))
 
 
+@functools.lru_cache(maxsize=256)      # a model asks for the same few geometries every batch
 def _grid(shape, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw):
     """For input (N, C, H, W) -> (T, HS, WQ, P, L, offsets): images per grid,
     grid rows per image, row pitch, positions computed (a multiple of PB),
@@ -331,7 +334,7 @@ def conv_direct_forward(x, w, out, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, 
                         bias=None, bint relu=False):
     """Convolution of a chunk of images, written into out.
 
-    x: (N, C, H, W), w: (F, C, KH, KW), out: (N, F, OH, OW), out C-contiguous,
+    x: (N, C, H, W), w: (F, C, KH, KW), out: (N, F, OH, OW) with contiguous rows,
     OH = (H + 2*PH - KH) // SH + 1 (likewise OW); bias (F,) or None is added
     and relu applied as the rows are written. Single-threaded, without the
     GIL: callers run chunks of the batch side by side (minires.parallel).

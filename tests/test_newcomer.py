@@ -272,6 +272,39 @@ def test_bench_runs_minires_alone_end_to_end(tmp_path):
     assert res["models"][0]["torch"] is None and res["repeats"] == 1
 
 
+def _cifar10_folder(root, n_train=40, n_test=20):
+    """A small CIFAR-10 in the official extracted layout (pickled dicts of uint8 rows)."""
+    import pickle
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        n = n_test if name == "test_batch" else n_train // 5
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": list(rng.integers(0, 10, n))}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [f"c{i}".encode() for i in range(10)]}))
+
+
+def test_bench_epoch_end_to_end(tmp_path):
+    """One tiny epoch of `minires train` against the PyTorch loop (or minires
+    alone without torch): it runs and reports; it asserts no speed."""
+    import importlib.util
+    _cifar10_folder(tmp_path)
+    with_torch = importlib.util.find_spec("torch") is not None
+    out = _cli("bench", "--epoch", "--models", "seed-cnn", "--epoch-images", "40", "--data-dir", str(tmp_path),
+               "--threads", "1", "--json", "e.json", *([] if with_torch else ["--no-torch"]), cwd=tmp_path)
+    assert "One CIFAR-10 epoch end to end (40 training images" in out and "| seed-cnn |" in out
+    res = json.loads((tmp_path / "e.json").read_text())
+    (row,) = res["epochs"]
+    assert row["minires"]["seconds"] > 0 and (row["torch"]["seconds"] > 0 if with_torch else row["torch"] is None)
+
+
+def test_bench_epoch_without_data_is_one_error_line(tmp_path):
+    err = _cli("bench", "--epoch", "--models", "seed-cnn", "--data-dir", str(tmp_path / "nowhere"), "--no-torch",
+               cwd=tmp_path, code=2)
+    assert "Traceback" not in err and "nowhere" in err
+
+
 _FAKE_RESULT = dict(batch=128, threads=2, repeats=3, machine="x86_64", cpu_name="Some CPU", cpus=2,
                     fma_peak_gflops=300.0, torch_version=None, date="2026-01-01", single_conv_ms={"minires": 12.0},
                     models=[dict(model="seed-cnn", gflops=89.0, peak_pct=30.0, torch=None,

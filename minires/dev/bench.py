@@ -219,13 +219,19 @@ def _fma_peak(threads, repeats=5):
 def worker_main(argv):
     p = argparse.ArgumentParser()
     p.add_argument("--library", choices=["minires", "torch"])
-    p.add_argument("--what", choices=["model", "conv", "peak"])
+    p.add_argument("--what", choices=["model", "conv", "peak", "epoch"])
+    p.add_argument("--data-dir")
+    p.add_argument("--images", type=int)
     p.add_argument("--model")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--breakdown", action="store_true")
     a = p.parse_args(argv)
-    if a.what == "peak":
+    if a.what == "epoch":
+        from . import bench_epoch
+        epoch = bench_epoch.minires_epoch if a.library == "minires" else bench_epoch.torch_epoch
+        result = dict(seconds=epoch(a.model, a.data_dir, a.images, int(os.environ["OMP_NUM_THREADS"])))
+    elif a.what == "peak":
         result = dict(gflops=_fma_peak(int(os.environ["OMP_NUM_THREADS"])))
     elif a.what == "conv":
         result = _conv_worker(a.library, a.repeats)
@@ -357,6 +363,12 @@ def add_arguments(p):
     p.add_argument("--quick", action="store_true",
                    help="3 repeats, and resnet-20 and seed-cnn unless --models says otherwise")
     p.add_argument("--no-torch", action="store_true", help="time minires alone")
+    p.add_argument("--epoch", action="store_true",
+                   help="time one CIFAR-10 epoch of `minires train` (data, augmentation, steps, evaluation) "
+                        "against the same loop in PyTorch with a DataLoader; needs --data-dir")
+    p.add_argument("--data-dir", default=None, help="CIFAR-10 folder for --epoch")
+    p.add_argument("--epoch-images", type=int, default=None,
+                   help="with --epoch: train on the first N images only (default: all 50,000)")
     p.add_argument("--portable", action="store_true",
                    help="also build the extension without -march=native (MINIRES_NATIVE=0) in a temporary "
                         "folder and time it beside the native one (the build takes a minute or two)")
@@ -373,12 +385,41 @@ def run_cli(a):
         print(TORCH_MISSING, flush=True)
         with_torch = False
     check_models(names)
+    if a.epoch:
+        return _epoch_cli(a, names, with_torch)
     if a.portable:
         with portable_build() as package_dir:
             res = run(names, a.batch, repeats, a.threads, with_torch=with_torch, portable_dir=package_dir)
     else:
         res = run(names, a.batch, repeats, a.threads, with_torch=with_torch)
     print(to_markdown(res))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(res, f, indent=2)
+    return 0
+
+
+def _epoch_cli(a, names, with_torch):
+    """--epoch: one epoch per model and library, seconds and their ratio."""
+    from ..data import load_dataset
+    load_dataset("cifar10", a.data_dir)         # a missing or damaged data folder fails here, once
+    rows = []
+    for name in names:
+        args = ["--what", "epoch", "--model", name, "--images", str(a.epoch_images or 50_000)]
+        if a.data_dir:
+            args += ["--data-dir", a.data_dir]
+        mine = _run_worker(["--library", "minires", *args], a.threads)
+        theirs = _run_worker(["--library", "torch", *args], a.threads) if with_torch else None
+        rows.append(dict(model=name, minires=mine, torch=theirs))
+    res = dict(cpu_name=runtime.cpu_name(), threads=a.threads, images=a.epoch_images or 50_000, epochs=rows,
+               date=time.strftime("%Y-%m-%d"))
+    print(f"One CIFAR-10 epoch end to end ({res['images']:,} training images, batch 128, crop + flip, then the "
+          f"10,000 test images), {a.threads} threads; {res['cpu_name']}; {res['date']}.\n")
+    print("| model | minires s | torch s | ratio |\n|---|---:|---:|---:|")
+    for r in rows:
+        t = r["torch"]
+        print(f"| {r['model']} | {r['minires']['seconds']:.1f} | "
+              + (f"{t['seconds']:.1f} | {r['minires']['seconds'] / t['seconds']:.2f} |" if t else "- | - |"))
     if a.json:
         with open(a.json, "w") as f:
             json.dump(res, f, indent=2)
