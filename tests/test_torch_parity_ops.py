@@ -222,3 +222,20 @@ def test_conv2d_fused_relu(torch, rng, dtype, stride, padding, k, c, bias):
     np.testing.assert_allclose(out, tout.detach().numpy(), **tol(dtype))
     for mine, theirs in zip((dx, dw, db) if bias else (dx, dw), _grads(*((tx, tw, tb) if bias else (tx, tw)))):
         np.testing.assert_allclose(mine, theirs, **tol(dtype))
+
+
+@pytest.mark.parametrize("k,padding,size", [(1, 0, 2), (1, 0, 1), (3, 1, 2), (3, 1, 1)])
+def test_conv2d_small_maps_take_im2col(torch, rng, k, padding, size):
+    """Maps under 4x4 run as one long product over many images (im2col)."""
+    x = rng.standard_normal((5, 6, size, size))
+    w = rng.standard_normal((7, 6, k, k))
+    out, cache = F.conv2d_forward(x, w, None, 1, padding)
+    assert cache.path == "im2col"
+    dout = rng.standard_normal(out.shape)
+    dx, dw, _ = F.conv2d_backward(dout, cache)
+    tx, tw = _t(torch, x), _t(torch, w)
+    tout = torch.nn.functional.conv2d(tx, tw, None, padding=padding)
+    tout.backward(torch.tensor(dout))
+    np.testing.assert_allclose(out, tout.detach().numpy(), **tol(np.float64))
+    for mine, theirs in zip((dx, dw), _grads(tx, tw)):
+        np.testing.assert_allclose(mine, theirs, **tol(np.float64))
