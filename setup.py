@@ -8,9 +8,14 @@ The kernels are compiled for the building machine's CPU (-march=native),
 so the convolution's inner loops use its widest vectors (AVX-512 or AVX2
 FMA; about 2.5x faster than the SSE2 baseline on the direct convolution).
 A build made this way may not run on an older CPU: set
-``MINIRES_NATIVE=0`` to build a portable extension.
+``MINIRES_NATIVE=0`` to build a portable package. On x86-64 it holds the
+kernels three times, for the baseline CPU, for x86-64-v3 (AVX2 + FMA) and
+for x86-64-v4 (AVX-512), and minires.kernels loads the best one the CPU
+runs, as NumPy dispatches its own loops.
 """
 import os
+import platform
+import shutil
 import sys
 import tempfile
 import textwrap
@@ -74,15 +79,45 @@ def openmp_flags():
     return flags
 
 
+# The portable build's extra copies of the kernels: (module suffix, flags).
+# minires.kernels.CPU_LEVELS says which CPU features each needs.
+PORTABLE_LEVELS = [("x86_64_v4", ["-march=x86-64-v4", "-mprefer-vector-width=512"]),
+                   ("x86_64_v3", ["-march=x86-64-v3"])]
+
+
+def kernels_extension(name, source, flags, omp):
+    return Extension(
+        name, [source],
+        include_dirs=[np.get_include()],
+        extra_compile_args=["-O3"] + flags + omp if sys.platform != "win32" else omp,
+        extra_link_args=omp,
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    )
+
+
+def level_extensions(omp):
+    """For a portable build on x86-64: the kernels compiled again for each
+    CPU level the compiler knows, from copies of the source named after the
+    level (Cython names a module after its file)."""
+    if sys.platform == "win32" or platform.machine().lower() not in ("x86_64", "amd64"):
+        return []
+    exts = []
+    for level, flags in PORTABLE_LEVELS:
+        if not compiler_accepts(flags):
+            continue
+        source = os.path.join("build", "levels", "minires", f"_kernels_{level}.pyx")
+        os.makedirs(os.path.dirname(source), exist_ok=True)
+        shutil.copyfile(os.path.join("minires", "_kernels.pyx"), source)
+        exts.append(kernels_extension(f"minires._kernels_{level}", source, flags, omp))
+        print(f"minires: also building the kernels for {level} ({' '.join(flags)})")
+    return exts
+
+
 omp = openmp_flags()
-ext = Extension(
-    "minires._kernels",
-    ["minires/_kernels.pyx"],
-    include_dirs=[np.get_include()],
-    extra_compile_args=["-O3"] + native_flags() + omp if sys.platform != "win32" else omp,
-    extra_link_args=omp,
-    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-)
+native = native_flags()
+extensions = [kernels_extension("minires._kernels", "minires/_kernels.pyx", native, omp)]
+if not native:
+    extensions += level_extensions(omp)
 # The packages are listed here, not in pyproject.toml's [tool.setuptools] table
 # (beta in the setuptools 65 that a fresh Python 3.11 venv starts with).
 # package_dir {"": "."} makes `pip install -e .` put the project folder on
@@ -92,5 +127,5 @@ ext = Extension(
 setup(
     packages=["minires", "minires.functional", "minires.nn", "minires.models", "minires.dev"],
     package_dir={"": "."},
-    ext_modules=cythonize([ext], compiler_directives={"language_level": "3"}),
+    ext_modules=cythonize(extensions, compiler_directives={"language_level": "3"}),
 )

@@ -87,12 +87,18 @@ if grep -E '^(gcc|cc|clang|x86_64).* -c ' "$TMP/build.log" | grep -q -- '-march=
     echo "package-check: MINIRES_NATIVE=0 but the extension was compiled with -march=native" >&2
     exit 1
 fi
-# and no AVX (VEX/EVEX-encoded, v... mnemonics) in the wheel's extension: it runs on any x86-64 CPU
-if [ "$(uname -m)" = x86_64 ] && command -v objdump > /dev/null; then
+# the baseline kernels hold no AVX (VEX/EVEX-encoded, v... mnemonics): they run on any x86-64 CPU;
+# the x86-64-v3 and -v4 copies sit beside them, for minires.kernels to pick from
+if [ "$(uname -m)" = x86_64 ]; then
     "$PYTHON" -m zipfile -e "$TMP"/dist/minires-*.whl "$TMP/wheel-files"
-    n="$(objdump -d --no-show-raw-insn "$TMP"/wheel-files/minires/_kernels*.so | grep -cP '^\s+[0-9a-f]+:\s+v[a-z0-9]+\s' || true)"
-    [ "$n" = 0 ] || { echo "package-check: the portable wheel's extension holds $n AVX instructions" >&2; exit 1; }
-    echo "the wheel's extension: baseline x86-64 instructions only (no AVX)"
+    ls "$TMP"/wheel-files/minires/_kernels_x86_64_v3*.so "$TMP"/wheel-files/minires/_kernels_x86_64_v4*.so \
+        || { echo "package-check: the portable wheel lacks the x86-64-v3/v4 kernels" >&2; exit 1; }
+    if command -v objdump > /dev/null; then
+        n="$(objdump -d --no-show-raw-insn "$TMP"/wheel-files/minires/_kernels.cpython*.so \
+            | grep -cP '^\s+[0-9a-f]+:\s+v[a-z0-9]+\s' || true)"
+        [ "$n" = 0 ] || { echo "package-check: the portable wheel's baseline kernels hold $n AVX instructions" >&2; exit 1; }
+        echo "the wheel's baseline kernels: x86-64 instructions only (no AVX)"
+    fi
 fi
 tar -tzf "$TMP"/dist/minires-*.tar.gz > "$TMP/sdist-files.txt"
 grep -q '/minires/_kernels.pyx$' "$TMP/sdist-files.txt" \
@@ -104,4 +110,10 @@ echo "== the wheel in a fresh venv"
 "$TMP/venv-wheel/bin/python" -m pip install -q "$TMP"/dist/minires-*.whl > "$TMP/pip-wheel.log" 2>&1 \
     || { cat "$TMP/pip-wheel.log"; exit 1; }
 run_example "$TMP/venv-wheel"
+(cd "$TMP" && "$TMP/venv-wheel/bin/python" -c "
+from minires import kernels
+levels = [m for m, _ in kernels.CPU_LEVELS]
+want = kernels.pick_module(kernels.cpu_flags(), levels) if '$(uname -m)' == 'x86_64' else 'minires._kernels'
+print('the wheel loads', kernels.load_backend().__name__, 'on this CPU')
+assert kernels.module == want, (kernels.module, want)")
 echo "package-check: OK"

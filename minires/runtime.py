@@ -45,7 +45,7 @@ def setup(threads=None, wait_policy="PASSIVE", keep_freed_memory=True):
 def _set_wait_policy(policy):
     """-> the policy in force once the kernels load, with a note if it is not `policy`."""
     current = os.environ.get("OMP_WAIT_POLICY")
-    if "minires._kernels" in sys.modules:
+    if any(m.startswith("minires._kernels") and m != "minires._kernels_ref" for m in sys.modules):
         return f"{current or 'the OpenMP default'} (the kernels were loaded before setup(): too late to change)"
     if current is not None and current.upper() != policy.upper():
         return f"{current} (set in the environment; kept)"

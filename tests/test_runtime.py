@@ -43,3 +43,17 @@ def test_kernels_load_on_first_use_and_compute():
     import minires.functional as F
     out, _ = F.relu_forward(np.array([-1.0, 2.0]))
     np.testing.assert_array_equal(out, [0.0, 2.0])
+
+
+def test_portable_build_picks_the_best_level_this_cpu_runs():
+    from minires import kernels
+    v4, v3 = (m for m, _ in kernels.CPU_LEVELS)
+    avx512 = {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}
+    avx2 = {"avx2", "fma", "bmi1", "bmi2", "f16c", "movbe"}
+    both = [v4, v3]
+    assert kernels.pick_module(avx512 | avx2, both) == v4
+    assert kernels.pick_module(avx2, both) == v3
+    assert kernels.pick_module(avx2 - {"fma"}, both) == "minires._kernels"          # one feature short
+    assert kernels.pick_module(avx512 | avx2, [v3]) == v3                           # v4 not built
+    assert kernels.pick_module(avx512 | avx2, []) == "minires._kernels"             # a native build
+    assert kernels.pick_module(set(), both) == "minires._kernels"                   # no /proc/cpuinfo
