@@ -13,6 +13,7 @@ kernels three times, for the baseline CPU, for x86-64-v3 (AVX2 + FMA) and
 for x86-64-v4 (AVX-512), and minires.kernels loads the best one the CPU
 runs, as NumPy dispatches its own loops.
 """
+import glob
 import os
 import platform
 import shutil
@@ -113,10 +114,19 @@ def level_extensions(omp):
     return exts
 
 
+def remove_stale_levels():
+    """A native build in place (pip install -e) after a portable one: the
+    level copies left in minires/ would load instead of the fresh kernels."""
+    for path in glob.glob(os.path.join("minires", "_kernels_x86_64_v*")):
+        os.remove(path)
+
+
 omp = openmp_flags()
 native = native_flags()
 extensions = [kernels_extension("minires._kernels", "minires/_kernels.pyx", native, omp)]
-if not native:
+if native:
+    remove_stale_levels()
+else:
     extensions += level_extensions(omp)
 # The packages are listed here, not in pyproject.toml's [tool.setuptools] table
 # (beta in the setuptools 65 that a fresh Python 3.11 venv starts with).
