@@ -426,3 +426,29 @@ def test_skipped_parity_tests_say_why_and_how_to_run_them(tmp_path):
     assert lines[-2] == ("3 PyTorch parity tests skipped: torch is not installed; `.venv/bin/pip install "
                          "torch==2.13.0` (the CPU build) and rerun, or set MINIRES_REQUIRE_TORCH=1 (as CI does) "
                          "to make a missing torch an error"), r.stdout
+
+
+def test_bench_rounds_alternate_and_report_the_median_ratio(monkeypatch):
+    """Three rounds: the ratio reported is the median of the rounds' ratios,
+    so one slow spell (round 2's torch) cannot decide it."""
+    from minires.dev import bench
+    order, torch_ms = [], iter([100.0, 400.0, 110.0])
+
+    def fake_worker(args, threads, package_dir=None):
+        what = args[args.index("--what") + 1]
+        if what == "peak":
+            return dict(gflops=200.0)
+        if what == "conv":
+            return dict(conv_ms=1.0)
+        lib = args[args.index("--library") + 1]
+        order.append(lib)
+        ms = 100.0 if lib == "minires" else next(torch_ms)
+        return dict(step_ms=ms, infer_ms=ms, fused_ms=ms, one_image_ms=ms, peak_rss_mb=ms, macs=1e6,
+                    torch_version="x", breakdown=None, conv_ms=1.0)
+
+    monkeypatch.setattr(bench, "_run_worker", fake_worker)
+    res = bench.run(["seed-cnn"], 8, 1, 2, rounds=3)
+    assert order == ["minires", "torch"] * 3
+    (row,) = res["models"]
+    assert row["ratios"]["step_ms"] == pytest.approx(100 / 110)      # ratios 1.0, 0.25, 0.909 -> median
+    assert row["torch"]["step_ms"] == 110.0 and "| 0.91 |" in bench.to_markdown(res)

@@ -208,10 +208,12 @@ def _conv_worker(library, repeats):
 def _fma_peak(threads, repeats=5):
     """GFLOP/s of float32 multiply-adds on `threads` threads (the best of repeats)."""
     from .. import kernels
+    fma_flops = kernels.load_backend().fma_flops
+    fma_flops(1_000_000, threads)           # start the threads and the clocks
     best = 0.0
     for _ in range(repeats):
         t = time.perf_counter()
-        flops = kernels.load_backend().fma_flops(2_000_000, threads)
+        flops = fma_flops(40_000_000, threads)      # ~0.1 s: long against thread wake-up
         best = max(best, flops / (time.perf_counter() - t) / 1e9)
     return best
 
@@ -275,17 +277,40 @@ def check_models(names):
             raise MiniresError(str(exc)) from None
 
 
-def run(models_, batch, repeats, threads, with_torch=True, breakdown=True, portable_dir=None):
+TIMES = ("step_ms", "infer_ms", "fused_ms", "one_image_ms", "peak_rss_mb")
+
+
+def _median(values):
+    values = sorted(values)
+    return values[len(values) // 2] if len(values) % 2 else (values[len(values) // 2 - 1] + values[len(values) // 2]) / 2
+
+
+def _medians(results):
+    """One worker result whose times are the medians over rounds (the rest from the first)."""
+    return dict(results[0], **{k: _median([r[k] for r in results]) for k in TIMES if k in results[0]})
+
+
+def run(models_, batch, repeats, threads, with_torch=True, breakdown=True, portable_dir=None, rounds=1):
+    """Each model's minires and torch workers run `rounds` times, alternating, so that a
+    slow spell of a shared machine hits both; ratios are the medians of the rounds' ratios."""
     peaks = [_run_worker(["--what", "peak"], threads)["gflops"]]
     rows = []
     for name in models_:
         common = ["--what", "model", "--model", name, "--batch", str(batch), "--repeats", str(repeats)]
-        mine = _run_worker(["--library", "minires", *common] + (["--breakdown"] if breakdown else []), threads)
-        theirs = _run_worker(["--library", "torch", *common], threads) if with_torch else None
+        mines, theirs_ = [], []
+        for i in range(rounds):
+            extra = ["--breakdown"] if breakdown and i == 0 else []
+            mines.append(_run_worker(["--library", "minires", *common] + extra, threads))
+            if with_torch:
+                theirs_.append(_run_worker(["--library", "torch", *common], threads))
+        mine = _medians(mines)
+        theirs = _medians(theirs_) if with_torch else None
+        ratios = {k: _median([m[k] / t[k] for m, t in zip(mines, theirs_)]) for k in TIMES} if with_torch else None
         portable = _run_worker(["--library", "minires", *common], threads, portable_dir) if portable_dir else None
         # forward + backward ~ 3x the forward's MACs, 2 FLOPs per MAC
         gflops = 6 * mine["macs"] * batch / (mine["step_ms"] / 1000) / 1e9
-        rows.append(dict(model=name, minires=mine, torch=theirs, portable=portable, gflops=gflops))
+        rows.append(dict(model=name, minires=mine, torch=theirs, ratios=ratios, portable=portable, gflops=gflops,
+                         rounds=dict(minires=mines, torch=theirs_)))
     # Measured again at the end, the best of the two: on a shared machine a
     # neighbour can halve one measurement, never double it.
     peaks.append(_run_worker(["--what", "peak"], threads)["gflops"])
@@ -298,7 +323,7 @@ def run(models_, batch, repeats, threads, with_torch=True, breakdown=True, porta
     return dict(machine=platform.processor() or platform.machine(), cpu_name=runtime.cpu_name(), cpus=os.cpu_count(),
                 threads=threads,
                 openmp=kernels.load_backend().openmp_enabled(), kernels_module=kernels.module,
-                batch=batch, repeats=repeats, fma_peak_gflops=peak, fma_peak_measured=peaks, models=rows,
+                batch=batch, repeats=repeats, rounds=rounds, fma_peak_gflops=peak, fma_peak_measured=peaks, models=rows,
                 single_conv_ms=conv,
                 torch_version=rows[0]["torch"]["torch_version"] if with_torch and rows else None,
                 date=time.strftime("%Y-%m-%d"))
@@ -307,7 +332,9 @@ def run(models_, batch, repeats, threads, with_torch=True, breakdown=True, porta
 def to_markdown(res):
     with_torch = any(r["torch"] for r in res["models"])
     portable = any(r.get("portable") for r in res["models"])
-    lines = [f"Batch {res['batch']}, float32, {res['threads']} threads, median of {res['repeats']}; "
+    lines = [f"Batch {res['batch']}, float32, {res['threads']} threads, median of {res['repeats']}"
+             + (f", ratios the median of {res['rounds']} alternating rounds" if res.get("rounds", 1) > 1 else "")
+             + "; "
              f"{res.get('cpu_name') or res['machine']}, {res['cpus']} CPUs; "
              f"FMA peak {res['fma_peak_gflops']:.0f} GFLOP/s on {res['threads']} threads; "
              + (f"torch {res['torch_version']}; " if with_torch else "minires alone (no torch); ")
@@ -325,9 +352,8 @@ def to_markdown(res):
         m, t, pb = r["minires"], r["torch"], r.get("portable")
         cells = [r["model"], f"{m['step_ms']:.0f}"]
         if with_torch:
-            cells += [f"{t['step_ms']:.0f}", f"{m['step_ms'] / t['step_ms']:.2f}",
-                      f"{m['infer_ms'] / t['infer_ms']:.2f}", f"{m['fused_ms'] / t['fused_ms']:.2f}",
-                      f"{m['one_image_ms'] / t['one_image_ms']:.2f}", f"{m['peak_rss_mb'] / t['peak_rss_mb']:.2f}"]
+            ratio = r.get("ratios") or {k: m[k] / t[k] for k in TIMES}
+            cells += [f"{t['step_ms']:.0f}"] + [f"{ratio[k]:.2f}" for k in TIMES]
         cells += [f"{res['batch'] / m['infer_ms'] * 1000:.0f}", f"{res['batch'] / m['fused_ms'] * 1000:.0f}",
                   f"{m['one_image_ms']:.1f}", f"{r['gflops']:.1f}", f"{r['peak_pct']:.0f}%", f"{m['peak_rss_mb']:.0f}"]
         if portable:
@@ -369,6 +395,9 @@ def add_arguments(p):
     p.add_argument("--quick", action="store_true",
                    help="3 repeats, and resnet-20 and seed-cnn unless --models says otherwise")
     p.add_argument("--no-torch", action="store_true", help="time minires alone")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run each model's minires and torch workers this many times, alternating; "
+                        "ratios are the medians of the rounds' (default 1)")
     p.add_argument("--epoch", action="store_true",
                    help="time one CIFAR-10 epoch of `minires train` (data, augmentation, steps, evaluation) "
                         "against the same loop in PyTorch with a DataLoader; needs --data-dir")
@@ -395,9 +424,10 @@ def run_cli(a):
         return _epoch_cli(a, names, with_torch)
     if a.portable:
         with portable_build() as package_dir:
-            res = run(names, a.batch, repeats, a.threads, with_torch=with_torch, portable_dir=package_dir)
+            res = run(names, a.batch, repeats, a.threads, with_torch=with_torch, portable_dir=package_dir,
+                      rounds=a.rounds)
     else:
-        res = run(names, a.batch, repeats, a.threads, with_torch=with_torch)
+        res = run(names, a.batch, repeats, a.threads, with_torch=with_torch, rounds=a.rounds)
     print(to_markdown(res))
     if a.json:
         with open(a.json, "w") as f:
