@@ -382,8 +382,9 @@ def _setup(spec, spec_path, rows, root, scale):
              f"- Machines: {'; '.join(sorted(machines)) or 'not recorded'}; {'; '.join(sorted(versions)) or ''}.",
              "- Final train accuracy is the running mean over the last epoch's augmented batches "
              "(dropout on), not an evaluation pass; the gap is final train minus final test accuracy.",
-             "- Training hours and img/s are the runs' own timings (including augmentation), "
-             "not a benchmark on a quiet machine.",
+             "- Training hours and img/s are the runs' own wall-clock timings (including augmentation, and "
+             "any time the machine spent on other work or the run sat paused), not a benchmark on a quiet "
+             "machine: they do not compare the libraries' speed (`minires bench` does).",
              f"- {PUBLISHED} Our budgets are a few epochs, far from those schedules: compare rankings, "
              "not these absolute numbers.", ""]
     return lines
