@@ -102,10 +102,15 @@ def test_eval_for_inference_keeps_no_caches(rng):
     assert model.conv1.__dict__.get("_cache") is not None          # training keeps them, always
 
 
-def test_replacing_a_child_keeps_its_place_and_a_none_attribute_does_not_shadow():
+def test_a_reassigned_child_moves_last_and_a_none_attribute_does_not_shadow():
+    """Reassignment keeps the order the models were built and initialised in
+    (a block's shortcut replaces its Identity after the convs: it comes last)."""
+    model = models.build("bottleneck-11", rng=0)
+    names = [name for name, _ in model.named_parameters()]
+    assert names.index("layer2.0.shortcut.0.weight") > names.index("layer2.0.bn3.bias")
     seq = nn.Sequential(nn.ReLU(), nn.ReLU(), nn.ReLU())
     setattr(seq, "1", nn.Identity())
-    assert [type(m).__name__ for m in seq] == ["ReLU", "Identity", "ReLU"]
+    assert [type(m).__name__ for m in seq] == ["ReLU", "ReLU", "Identity"]
     conv = nn.Conv2d(2, 3, 3, bias=False, rng=0)
     assert conv.bias is None
     conv.bias = nn.Parameter(np.ones(3, np.float32))

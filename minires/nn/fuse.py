@@ -34,7 +34,7 @@ def fuse_for_inference(model):
             conv, bn = getattr(module, conv_name), getattr(module, bn_name)
             if isinstance(conv, Conv2d) and isinstance(bn, BatchNorm2d):
                 fold(conv, bn)
-                setattr(module, bn_name, Identity())
+                module._modules[bn_name] = Identity()    # in its place: Sequential runs children in order
     object.__setattr__(fused, "inference_only", True)
     return fused
 

@@ -53,16 +53,19 @@ class Module:
         if name in self._buffers and isinstance(value, np.ndarray):
             self._buffers[name] = value  # e.g. `self.num_batches_tracked += 1`
             return
-        target = (self._parameters if isinstance(value, Parameter) else
-                  self._modules if isinstance(value, Module) else None)
         for registry in (self._parameters, self._buffers, self._modules):
-            if registry is not target:
-                registry.pop(name, None)
-        if target is None:
-            object.__setattr__(self, name, value)
-        else:
+            registry.pop(name, None)
+        if isinstance(value, Parameter):
             self.__dict__.pop(name, None)   # e.g. `self.bias = None` set earlier would shadow it
-            target[name] = value            # a replaced child keeps its place (Sequential's order)
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            # A reassigned child moves to the end of the registry: the order the
+            # models' initialisation draws its random numbers in (a block's
+            # shortcut replaces its Identity after the convs) and state_dict's.
+            self.__dict__.pop(name, None)
+            self._modules[name] = value
+        else:
+            object.__setattr__(self, name, value)
 
     def __getattr__(self, name):
         # Only called when normal lookup fails: look in the registries.
