@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import threading
@@ -80,7 +81,6 @@ def _minires_worker(model_name, batch, repeats, breakdown):
 def _inference_ms(model, fused, x, repeats, no_grad=None):
     """Eval-mode and folded inference on the batch, and folded on its first image
     (more repeats: one image takes milliseconds)."""
-    import contextlib
     with no_grad() if no_grad else contextlib.nullcontext():
         return dict(infer_ms=_median_ms(lambda: model(x), repeats),
                     fused_ms=_median_ms(lambda: fused(x), repeats),
@@ -280,14 +280,9 @@ def check_models(names):
 TIMES = ("step_ms", "infer_ms", "fused_ms", "one_image_ms", "peak_rss_mb")
 
 
-def _median(values):
-    values = sorted(values)
-    return values[len(values) // 2] if len(values) % 2 else (values[len(values) // 2 - 1] + values[len(values) // 2]) / 2
-
-
 def _medians(results):
     """One worker result whose times are the medians over rounds (the rest from the first)."""
-    return dict(results[0], **{k: _median([r[k] for r in results]) for k in TIMES if k in results[0]})
+    return dict(results[0], **{k: statistics.median([r[k] for r in results]) for k in TIMES if k in results[0]})
 
 
 def run(models_, batch, repeats, threads, with_torch=True, breakdown=True, portable_dir=None, rounds=1):
@@ -305,7 +300,7 @@ def run(models_, batch, repeats, threads, with_torch=True, breakdown=True, porta
                 theirs_.append(_run_worker(["--library", "torch", *common], threads))
         mine = _medians(mines)
         theirs = _medians(theirs_) if with_torch else None
-        ratios = {k: _median([m[k] / t[k] for m, t in zip(mines, theirs_)]) for k in TIMES} if with_torch else None
+        ratios = {k: statistics.median([m[k] / t[k] for m, t in zip(mines, theirs_)]) for k in TIMES} if with_torch else None
         portable = _run_worker(["--library", "minires", *common], threads, portable_dir) if portable_dir else None
         # forward + backward ~ 3x the forward's MACs, 2 FLOPs per MAC
         gflops = 6 * mine["macs"] * batch / (mine["step_ms"] / 1000) / 1e9
