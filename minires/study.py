@@ -223,17 +223,21 @@ def _logged_images_per_second(run_dir):
 
 def dry_run(spec_path, only=None, scale=1.0, dataset=None):
     """One row per run: steps, epochs, state and estimated hours. Speed comes from
-    the run's own log if it has one, else from timing a few steps (once per model).
+    the study's quiet measurement (`minires study speed`) if it has the model,
+    else from the run's own log, else from timing a few steps (once per model).
     Hours = training images / speed + test passes (forward only, ~1/3 of a step per image)."""
+    from .study_speed import read_speeds, variant_key
     spec = load_spec(spec_path)
     root = study_dir(spec_path, scale)
+    quiet = read_speeds(study_dir(spec_path))[1]
     speeds, shares, rows = {}, [], []
     for run in select_runs(spec, only):
         config = run_config(spec, run, scale, dataset)
         run_dir = os.path.join(root, "runs", run["name"])
         train_size, test_size, steps, epochs = _planned_steps(config)
-        ips = _logged_images_per_second(run_dir)
-        source = "log"
+        measured = quiet.get(variant_key(run.get("framework", "minires"), config))
+        ips, source = (measured["train_images_per_second"], "quiet") if measured else \
+            (_logged_images_per_second(run_dir), "log")
         if ips is None:
             key = (config.model, json.dumps(config.model_options(), sort_keys=True))
             if key not in speeds:
@@ -271,7 +275,7 @@ def format_dry_run(rows):
 
 # ------------------------------------------------------------------ the CLI
 def add_study_parser(sub):
-    """Register `minires study run|report` on the main parser's subparsers."""
+    """Register `minires study run|report|speed` on the main parser's subparsers."""
     p = sub.add_parser("study", help="run or report a study: a list of runs in a spec file")
     actions = p.add_subparsers(dest="study_command", required=True)
     r = actions.add_parser("run", help="train the unfinished runs, resuming stopped ones")
@@ -289,6 +293,11 @@ def add_study_parser(sub):
     r.add_argument("spec")
     r.add_argument("--scale", type=float, default=1.0)
     r.set_defaults(func=cmd_study_report)
+    r = actions.add_parser("speed", help="time every model of the spec on this (quiet) machine: the report's "
+                                         "time axis (writes <study>/speed.json)")
+    r.add_argument("spec")
+    r.add_argument("--steps", type=int, default=3, help="timed calls per model (median), after one warm-up")
+    r.set_defaults(func=cmd_study_speed)
 
 
 def cmd_study_run(args):
@@ -312,4 +321,12 @@ def cmd_study_run(args):
 def cmd_study_report(args):
     from .study_report import write_report
     print(f"wrote {write_report(args.spec, args.scale)}")
+    return 0
+
+
+def cmd_study_speed(args):
+    from .study_speed import measure_study
+    if args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    print(f"wrote {measure_study(args.spec, args.steps)}")
     return 0

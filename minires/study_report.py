@@ -11,7 +11,8 @@ import json
 import os
 import time
 
-from .study import load_spec, num_classes, study_dir
+from .study import DATASET_SIZES, load_spec, num_classes, study_dir
+from .study_speed import read_speeds, variant_key
 
 MARGIN = 0.01           # accuracy (1 point): smaller differences settle nothing with one seed
 PUBLISHED = ("Published anchors (their full schedules, official CIFAR-10 files; not ours): "
@@ -49,29 +50,44 @@ def read_run(spec_run, run_dir):
     classes = num_classes(config.dataset, config.label_mode)
     params, macs = _model_cost(config.model, config.model_options(), classes)
     last = log[-1]
+    framework = spec_run.get("framework", "minires")
     train_size = last["images_seen"] / last["epochs_done"]
+    test_size = config.test_size or DATASET_SIZES[config.dataset][1]
     per_epoch = [r["images_seen"] - p for r, p in zip(log, [0] + [r["images_seen"] for r in log[:-1]])]
     train_seconds = sum(n / r["images_per_second"] for n, r in zip(per_epoch, log))
     return dict(name=spec_run["name"], experiments=spec_run["experiments"], model=config.model,
                 options=spec_run.get("options", {}), recipe=spec_run.get("recipe", {}),
                 spec_budget=spec_run.get("budget"), spec_epochs=spec_run.get("epochs"),
-                framework=spec_run.get("framework", "minires"), seed=spec_run.get("seed", 0),
+                framework=framework, seed=spec_run.get("seed", 0), key=variant_key(framework, config),
+                images_seen=last["images_seen"], test_images=len(log) * test_size,
                 params=params, macs=macs, epochs=last["epochs_done"],
                 compute=last["images_seen"] * macs / (train_size * macs_per_image("resnet-20", classes)),
                 best=max(r["test_acc"] for r in log), final=last["test_acc"], train=last["train_acc"],
                 gap=last["train_acc"] - last["test_acc"],
                 images_per_second=last["images_seen"] / train_seconds,
-                hours=sum(r["epoch_seconds"] for r in log) / 3600,
+                hours=sum(r["epoch_seconds"] for r in log) / 3600, quiet_ips=None, quiet_hours=None,
                 finished=len(log) >= saved["epochs"], log=log)
 
 
-def read_study(spec, root):
+def read_study(spec, root, speeds=None):
+    """The rows of the runs that have logged an epoch; with speeds (study_speed.read_speeds),
+    each row whose variant was timed gets its quiet-machine img/s and hours."""
     rows = []
     for run in spec["runs"]:
         row = read_run(run, os.path.join(root, "runs", run["name"]))
         if row:
+            add_quiet_hours(row, (speeds or {}).get(row["key"]))
             rows.append(row)
     return rows
+
+
+def add_quiet_hours(row, speed):
+    """Training hours at the quiet machine's speed: training images at its training
+    img/s plus the test images the run evaluated at its eval img/s."""
+    if speed:
+        row["quiet_ips"] = speed["train_images_per_second"]
+        row["quiet_hours"] = (row["images_seen"] / speed["train_images_per_second"]
+                              + row["test_images"] / speed["eval_images_per_second"]) / 3600
 
 
 def _label(row):
@@ -91,13 +107,14 @@ def _label(row):
 # ------------------------------------------------------------------ tables
 def experiment_table(rows):
     lines = ["| run | model | params | MMACs/img | budget (R20 epochs) | epochs | best test | final test | "
-             "final train | train-test gap | img/s | train hours |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "final train | train-test gap | img/s (quiet) | hours (quiet) | hours (logged) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         status = "" if r["finished"] else " (unfinished)"
+        quiet = (f"{r['quiet_ips']:.0f} | {r['quiet_hours']:.2f}" if r["quiet_hours"] is not None else "- | -")
         lines.append(f"| {r['name']}{status} | {_label(r)} | {r['params']:,} | {r['macs'] / 1e6:.1f} | "
                      f"{r['compute']:.2f} | {r['epochs']:.2f} | {r['best']:.3f} | {r['final']:.3f} | "
-                     f"{r['train']:.3f} | {r['gap']:+.3f} | {r['images_per_second']:.0f} | {r['hours']:.2f} |")
+                     f"{r['train']:.3f} | {r['gap']:+.3f} | {quiet} | {r['hours']:.2f} |")
     return "\n".join(lines)
 
 
@@ -299,28 +316,49 @@ CLAIMS = {
 
 
 # ------------------------------------------------------------------ plots
-def plot_compute(rows, path):
+def pareto_front(points):
+    """The (cost, accuracy) points no other point beats on both: cheaper or equal
+    and at least as accurate. Sorted by cost; accuracy rises along them."""
+    front = []
+    for cost, acc in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not front or acc > front[-1][1]:
+            front.append((cost, acc))
+    return front
+
+
+def plot_compute(rows, path, hours_label="training hours (measured in the runs)"):
     """Final test accuracy against training compute (R20 epochs) and against
-    training hours, one line per model variant across its budgets (E2-E4)."""
+    training hours, one line per model variant across its budgets (E2-E4), with
+    the Pareto front of all of them (grey steps). Hours are the quiet-machine
+    hours where every run has them (minires study speed), else the logged ones."""
     from .plots import plt, save_figure
     fig, (ax_c, ax_h) = plt.subplots(1, 2, figsize=(12, 4.5))
     groups = {}
     for r in rows:
         if r["spec_budget"] is not None and r["finished"]:
             groups.setdefault(_label(r), []).append(r)
-    for label, group in sorted(groups.items()):
+    plotted = [r for g in groups.values() for r in g]
+    quiet = bool(plotted) and all(r["quiet_hours"] is not None for r in plotted)
+    hours = (lambda r: r["quiet_hours"]) if quiet else (lambda r: r["hours"])
+    colors, markers = plt.get_cmap("tab20").colors, "os^Dv<>P"    # 13+ variants: tab10 alone repeats colours
+    for i, (label, group) in enumerate(sorted(groups.items())):
         group.sort(key=lambda r: r["compute"])
-        line, = ax_c.plot([r["compute"] for r in group], [r["final"] for r in group], marker="o", label=label)
-        ax_h.plot([r["hours"] for r in group], [r["final"] for r in group], marker="o", color=line.get_color())
+        style = dict(color=colors[(2 * i) % 20 + (2 * i) // 20 % 2], marker=markers[i % len(markers)])
+        ax_c.plot([r["compute"] for r in group], [r["final"] for r in group], label=label, **style)
+        ax_h.plot([hours(r) for r in group], [r["final"] for r in group], **style)
+    for ax, cost in ((ax_c, lambda r: r["compute"]), (ax_h, hours)):
+        front = pareto_front([(cost(r), r["final"]) for r in plotted])
+        if front:
+            ax.step(*zip(*front), where="post", color="grey", lw=1, ls=":", label="Pareto front")
     ax_c.set(xlabel="training compute (resnet-20 epochs)", ylabel="final test accuracy", xscale="log",
              title="accuracy against compute")
-    budgets = sorted({r["spec_budget"] for g in groups.values() for r in g})
+    budgets = sorted({r["spec_budget"] for r in plotted})
     if budgets:     # the budgets as ticks: a log axis over a narrow range would label it 1.498e0, 1.5e0, ...
         ax_c.set_xticks(budgets, [f"{b:g}" for b in budgets])
         ax_c.minorticks_off()
         ax_c.set_xlim(budgets[0] / 1.5, budgets[-1] * 1.5)
-    ax_h.set(xlabel="training hours (measured in the runs)", ylabel="final test accuracy", xscale="log",
-             title="accuracy against time")
+    ax_h.set(xlabel=hours_label if quiet else "training hours (logged by the runs)",
+             ylabel="final test accuracy", xscale="log", title="accuracy against time")
     ax_c.legend(fontsize=7)
     return save_figure(fig, path)
 
@@ -356,7 +394,7 @@ def plot_gap(rows, path):
 
 
 # ------------------------------------------------------------------ the report
-def _setup(spec, spec_path, rows, root, scale):
+def _setup(spec, spec_path, rows, root, scale, speed):
     machines, versions = set(), set()
     for r in rows:
         path = os.path.join(root, "runs", r["name"], "machine.json")
@@ -382,12 +420,27 @@ def _setup(spec, spec_path, rows, root, scale):
              f"- Machines: {'; '.join(sorted(machines)) or 'not recorded'}; {'; '.join(sorted(versions)) or ''}.",
              "- Final train accuracy is the running mean over the last epoch's augmented batches "
              "(dropout on), not an evaluation pass; the gap is final train minus final test accuracy.",
-             "- Training hours and img/s are the runs' own wall-clock timings (including augmentation, and "
-             "any time the machine spent on other work or the run sat paused), not a benchmark on a quiet "
-             "machine: they do not compare the libraries' speed (`minires bench` does).",
+             _speed_note(speed),
              f"- {PUBLISHED} Our budgets are a few epochs, far from those schedules: compare rankings, "
              "not these absolute numbers.", ""]
     return lines
+
+
+def _speed_note(speed):
+    """Where the hours come from: the quiet measurement (speed.json) and the logs."""
+    logged = ("'hours (logged)' is each run's own wall clock (with augmentation, and any time the machine "
+              "spent on other work or the run sat paused): it does not compare models or libraries")
+    if speed is None:
+        return (f"- Speed: no quiet measurement yet (`minires study speed SPEC` writes it); {logged}. "
+                "The time plot uses the logged hours.")
+    load = speed.get("other_load")
+    quiet = "" if speed["quiet"] else (" (warning: the machine was NOT quiet: other processes kept "
+                                       f"{load:.2f} cores busy)" if load is not None else " (quiet: unknown)")
+    return (f"- Speed: 'img/s (quiet)' and 'hours (quiet)' come from `{speed['command']}` on "
+            f"{speed['cpu']}, {speed['cores']} cores, {speed['threads']} threads, {speed['date']}{quiet}: "
+            "each model's training step (forward, loss, backward, SGD; no data loading or augmentation) and "
+            "eval forward timed back to back; hours = training images / train img/s + test images evaluated / "
+            f"eval img/s. The time plot uses them. {logged}.")
 
 
 def write_report(spec_path, scale=1.0):
@@ -395,10 +448,11 @@ def write_report(spec_path, scale=1.0):
     spec = load_spec(spec_path)
     root = study_dir(spec_path, scale)
     os.makedirs(root, exist_ok=True)
-    rows = read_study(spec, root)
+    speed, speeds = read_speeds(study_dir(spec_path))    # one quiet measurement serves every scale
+    rows = read_study(spec, root, speeds)
     budgets = sorted({r["budget"] for r in spec["runs"] if "E2" in r["experiments"] and "budget" in r})
     e1_epochs = next((r["epochs"] for r in spec["runs"] if "E1" in r["experiments"] and "epochs" in r), None)
-    lines = _setup(spec, spec_path, rows, root, scale)
+    lines = _setup(spec, spec_path, rows, root, scale, speed)
     for exp, title in spec.get("experiments", {}).items():
         lines += [f"## {exp}: {title}", ""]
         exp_rows = [r for r in rows if exp in r["experiments"]]
@@ -414,7 +468,8 @@ def write_report(spec_path, scale=1.0):
         if exp == "E5" and exp_rows:
             lines += anchor_table(exp_rows)
     if rows:
-        plot_compute(rows, os.path.join(root, "accuracy_vs_compute.png"))
+        plot_compute(rows, os.path.join(root, "accuracy_vs_compute.png"),
+                     f"training hours at quiet-machine speed ({speed['cpu']})" if speed else "")
         plot_degradation(rows, os.path.join(root, "e1_curves.png"))
         plot_gap(rows, os.path.join(root, "gap_vs_params.png"))
         lines += ["## Accuracy against training compute and time", "",

@@ -100,13 +100,24 @@ def test_study_runs_stops_resumes_restarts_and_reports(tmp_path):
     out = _cli("report", spec_path, "--scale", "0.5", cwd=tmp_path)
     report = open(os.path.join(root, "REPORT.md")).read()
     for text in ("## Setup", "## E1: epochs", "## E2: equal compute", "| e1-plain-8 | plain-8 |",
-                 "seed-cnn no dropout", "## Verdicts", "**C1**", "not yet run", "No runs in this spec yet"):
+                 "seed-cnn no dropout", "## Verdicts", "**C1**", "not yet run", "No runs in this spec yet",
+                 "no quiet measurement yet", "| - | - |"):
         assert text in report, text
     for png in ("accuracy_vs_compute.png", "e1_curves.png", "gap_vs_params.png"):
         assert os.path.getsize(os.path.join(root, png)) > 1000
 
     # the unscaled study is untouched
     assert not os.path.exists(study_dir(spec_path))
+
+    # the time axis measured once (for every scale), then the report's hours come from it
+    out = _cli("speed", spec_path, "--steps", "1", cwd=tmp_path)
+    assert out.count(" img/s, eval ") == 3 and os.listdir(study_dir(spec_path)) == ["speed.json"]
+    _cli("report", spec_path, "--scale", "0.5", cwd=tmp_path)
+    report = open(os.path.join(root, "REPORT.md")).read()
+    assert "`minires study speed " in report and "no quiet measurement" not in report
+    assert "| - | - |" not in report and report.count("| e2-") == 2
+    out = _cli("run", spec_path, "--scale", "0.5", "--dataset", "shapes", "--dry-run", cwd=tmp_path)
+    assert out.count("(quiet)") == 3
 
 
 def test_a_changed_spec_never_continues_an_old_run(tmp_path):
@@ -170,3 +181,39 @@ def test_verdicts_do_not_claim_what_the_budget_cannot_show():
     rows = [_row("resnet-20", 0.6, 0.0, 1), _row("wrn-16-4", 0.3, 0.0, 2, epochs=0.16)]
     verdict, text = verdicts(rows, [1.5])["C5"]
     assert verdict == "not supported" and "wrn-16-4 trained for only 0.16 epochs" in text
+
+
+def test_quiet_hours_and_pareto_front():
+    from minires.study_report import add_quiet_hours, pareto_front
+    row = dict(images_seen=1000, test_images=500, quiet_ips=None, quiet_hours=None)
+    add_quiet_hours(row, None)
+    assert row["quiet_hours"] is None
+    add_quiet_hours(row, dict(train_images_per_second=100.0, eval_images_per_second=500.0))
+    assert row["quiet_ips"] == 100.0 and row["quiet_hours"] == pytest.approx((1000 / 100 + 500 / 500) / 3600)
+    # (cost, accuracy): (2, 0.5) is beaten by (1, 0.6); the tie in cost keeps the better one
+    assert pareto_front([(3, 0.9), (2, 0.5), (1, 0.6), (1, 0.4), (4, 0.8)]) == [(1, 0.6), (3, 0.9)]
+
+
+def test_other_load_sees_a_busy_neighbour_and_not_itself():
+    """The quiet check of `minires study speed`: a busy child process counts; the
+    measuring process's own work does not (asserted loosely: pytest -n 2 runs a
+    second worker beside this one)."""
+    import time
+    from minires.study_speed import other_load
+    if not os.path.exists("/proc/stat"):
+        pytest.skip("no /proc/stat on this system")
+    spin = "import time\nt = time.time()\nwhile time.time() - t < 2.0: pass"
+    child = subprocess.Popen([sys.executable, "-c", spin])
+    try:
+        time.sleep(0.3)
+        result, load = other_load(lambda: time.sleep(1.0) or 7)
+    finally:
+        child.wait()
+    assert result == 7 and load > 0.6
+
+    def own_spin():
+        t = time.perf_counter()
+        while time.perf_counter() - t < 1.0:
+            pass
+    _, load = other_load(own_spin)
+    assert load < 1.5          # its own full core is not counted (the other xdist worker may be)
