@@ -673,6 +673,111 @@ def _bn_apply(const floating[:, :, ::1] x, floating[:, :, ::1] out, const double
                     out[n, c, p] = (0 if v <= 0 else v) if relu else v     # <=: NaN stays NaN
 
 
+# Small maps (8x8 and below; an ImageNet ResNet's 4x4, 2x2 and 1x1 on 32x32
+# images): a channel's values come P = H*W at a time, strided by C*P, so the loops above
+# spend their time on calls and cache misses (2048 channels at 1x1, batch
+# 128: 7.6 ms forward + backward where PyTorch takes 0.6). These kernels see
+# x as rows (N, C*P) instead: each column j (channel j // P) is summed down
+# the rows, a contiguous vector at a time, and the per-channel constants are
+# spread over the columns first. Threads take blocks of columns.
+cdef enum:
+    COLS = 256      # columns per thread block
+
+
+def _bn_col_sums(const floating[:, ::1] x, const double[::1] centre, double[::1] s1, double[::1] s2,
+                 int nthreads):
+    """Per column j: s1[j] = sum of x[:, j]; with centre (per column), also
+    s2[j] = sum of (x[:, j] - centre[j])**2 (skipped when centre is empty)."""
+    cdef Py_ssize_t N = x.shape[0], J = x.shape[1]
+    cdef Py_ssize_t jb, j, n, j1
+    cdef double d
+    cdef bint second = centre.shape[0] > 0
+    with nogil:
+        for jb in prange((J + COLS - 1) // COLS, num_threads=nthreads, schedule="static"):
+            j1 = min(J, (jb + 1) * COLS)
+            for j in range(jb * COLS, j1):
+                s1[j] = 0
+                s2[j] = 0
+            for n in range(N):
+                if second:
+                    for j in range(jb * COLS, j1):
+                        d = x[n, j] - centre[j]
+                        s2[j] += d * d
+                else:
+                    for j in range(jb * COLS, j1):
+                        s1[j] += x[n, j]
+
+
+def _bn_col_apply(const floating[:, ::1] x, floating[:, ::1] out, const floating[::1] mf,
+                  const floating[::1] scale, const floating[::1] bias, bint relu, int nthreads):
+    cdef Py_ssize_t N = x.shape[0], J = x.shape[1]
+    cdef Py_ssize_t jb, j, n, j1
+    cdef floating v
+    with nogil:
+        for jb in prange((J + COLS - 1) // COLS, num_threads=nthreads, schedule="static"):
+            j1 = min(J, (jb + 1) * COLS)
+            for n in range(N):
+                for j in range(jb * COLS, j1):
+                    v = _bn_value(x[n, j], mf[j], scale[j], bias[j])
+                    out[n, j] = (0 if v <= 0 else v) if relu else v
+
+
+def _bn_col_grad_sums(const floating[:, ::1] dout, const floating[:, ::1] x, const double[::1] m,
+                      const floating[::1] mf, const floating[::1] scale, const floating[::1] bias,
+                      bint relu, double[::1] sd, double[::1] sdx, int nthreads):
+    """Per column: sd = sum of g, sdx = sum of g * (x - m), g = dout (masked for a fused ReLU)."""
+    cdef Py_ssize_t N = x.shape[0], J = x.shape[1]
+    cdef Py_ssize_t jb, j, n, j1
+    cdef floating g
+    with nogil:
+        for jb in prange((J + COLS - 1) // COLS, num_threads=nthreads, schedule="static"):
+            j1 = min(J, (jb + 1) * COLS)
+            for j in range(jb * COLS, j1):
+                sd[j] = 0
+                sdx[j] = 0
+            for n in range(N):
+                for j in range(jb * COLS, j1):
+                    g = _masked(dout[n, j], x[n, j], mf[j], scale[j], bias[j]) if relu else dout[n, j]
+                    sd[j] += g
+                    sdx[j] += g * (x[n, j] - m[j])
+
+
+def _bn_col_dx(const floating[:, ::1] dout, const floating[:, ::1] x, floating[:, ::1] dx,
+               const floating[::1] a, const floating[::1] k1, const floating[::1] b,
+               const floating[::1] mf, const floating[::1] scale, const floating[::1] bias,
+               bint training, bint relu, int nthreads):
+    """dx = a * (g - k1) - b * (x - mf) per column (training), a * g (evaluation)."""
+    cdef Py_ssize_t N = x.shape[0], J = x.shape[1]
+    cdef Py_ssize_t jb, j, n, j1
+    cdef floating g
+    with nogil:
+        for jb in prange((J + COLS - 1) // COLS, num_threads=nthreads, schedule="static"):
+            j1 = min(J, (jb + 1) * COLS)
+            for n in range(N):
+                for j in range(jb * COLS, j1):
+                    g = _masked(dout[n, j], x[n, j], mf[j], scale[j], bias[j]) if relu else dout[n, j]
+                    if training:
+                        dx[n, j] = a[j] * (g - k1[j]) - b[j] * (x[n, j] - mf[j])
+                    else:       # no x term: an inf in x cannot make 0 * inf
+                        dx[n, j] = a[j] * g
+
+
+# Planes of up to this many values (H*W) take the column kernels. Forward +
+# backward, batch 128, 2 threads, AMD EPYC (Zen 4), ms (per channel / columns):
+# 2048 channels at 1x1 7.6 / 0.31; 1024 at 2x2 4.4 / 0.63; 512 at 4x4 7.2 /
+# 0.8; 256 at 8x8 2.7 / 2.1; 16 at 32x32 2.3 / 3.5.
+SMALL_PLANE = 64
+
+
+def _per_column(values, p, dtype):
+    """A per-channel array (C,) spread over the C*P columns of the row view."""
+    return np.ascontiguousarray(np.repeat(np.asarray(values).astype(dtype, copy=False), p))
+
+
+def _per_channel(col_sums, p):
+    return col_sums.reshape(-1, p).sum(axis=1)
+
+
 def batchnorm_forward(x, gamma, beta, running_mean, running_var, bint training, double eps,
                       bint relu=False):
     """x: (N, C, H, W) -> (out, mean (C,), var (C,)); mean and var are float64.
@@ -684,10 +789,14 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, bint training, 
     x = np.ascontiguousarray(x)
     n, c = x.shape[0], x.shape[1]
     x3 = x.reshape(n, c, -1)
+    p = x3.shape[2]
     if training:
         mean = np.empty(c)
         var = np.empty(c)
-        _bn_stats(x3, mean, var, _num_threads)
+        if p <= SMALL_PLANE:
+            _bn_stats_columns(x3.reshape(n, -1), p, mean, var)
+        else:
+            _bn_stats(x3, mean, var, _num_threads)
     else:
         mean = np.asarray(running_mean, dtype=np.float64)
         var = np.asarray(running_var, dtype=np.float64)
@@ -695,8 +804,28 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, bint training, 
     out = np.empty(x.shape, dtype=x.dtype)
     g = np.ascontiguousarray(gamma, dtype=x.dtype)
     b = np.ascontiguousarray(beta, dtype=x.dtype)
-    _bn_apply(x3, out.reshape(n, c, -1), mean, rstd, g, b, relu, _num_threads)
+    if p <= SMALL_PLANE:
+        mf, scale, bias = _column_constants(mean, rstd, g, b, p, x.dtype)
+        _bn_col_apply(x3.reshape(n, -1), out.reshape(n, -1), mf, scale, bias, relu, _num_threads)
+    else:
+        _bn_apply(x3, out.reshape(n, c, -1), mean, rstd, g, b, relu, _num_threads)
     return out, mean, var
+
+
+def _bn_stats_columns(x2, p, mean, var):
+    """mean and biased var per channel of the row view x2 (N, C*P), two passes as _bn_stats."""
+    j = x2.shape[1]
+    s1, s2 = np.empty(j), np.empty(j)
+    _bn_col_sums(x2, np.empty(0), s1, s2, _num_threads)
+    mean[:] = _per_channel(s1, p) / (x2.shape[0] * p)
+    _bn_col_sums(x2, np.repeat(mean, p), s1, s2, _num_threads)
+    var[:] = _per_channel(s2, p) / (x2.shape[0] * p)
+
+
+def _column_constants(mean, rstd, g, b, p, dtype):
+    """mf, scale, bias per column: the very floats _bn_apply computes per channel."""
+    scale = (g.astype(np.float64) * rstd).astype(dtype)
+    return (_per_column(mean.astype(dtype), p, dtype), _per_column(scale, p, dtype), _per_column(b, p, dtype))
 
 
 def _bn_backward(const floating[:, :, ::1] dout, const floating[:, :, ::1] x,
@@ -760,9 +889,30 @@ def batchnorm_backward(dout, x, mean, rstd, gamma, beta, bint training, bint rel
     dgamma, dbeta = np.empty(c), np.empty(c)
     g = np.ascontiguousarray(gamma, dtype=x.dtype)
     b = np.ascontiguousarray(beta, dtype=x.dtype)
+    p = x[0, 0].size
+    if p <= SMALL_PLANE:
+        _bn_backward_columns(dout.reshape(n, -1), x.reshape(n, -1), dx.reshape(n, -1), p, mean, rstd,
+                             g, b, dgamma, dbeta, training, relu)
+        return dx, dgamma.astype(x.dtype), dbeta.astype(x.dtype)
     _bn_backward(dout.reshape(n, c, -1), x.reshape(n, c, -1), dx.reshape(n, c, -1),
                  mean, rstd, g, b, dgamma, dbeta, training, relu, _num_threads)
     return dx, dgamma.astype(x.dtype), dbeta.astype(x.dtype)
+
+
+def _bn_backward_columns(d2, x2, dx2, p, mean, rstd, g, b, dgamma, dbeta, training, relu):
+    """_bn_backward on the row view (N, C*P) of small planes: the same constants, per column."""
+    dtype, m_count = x2.dtype, x2.shape[0] * p
+    mf, scale, bias = _column_constants(mean, rstd, g, b, p, dtype)
+    sd, sdx = np.empty(x2.shape[1]), np.empty(x2.shape[1])
+    _bn_col_grad_sums(d2, x2, np.repeat(mean, p), mf, scale, bias, relu, sd, sdx, _num_threads)
+    dbeta[:] = _per_channel(sd, p)
+    dgamma[:] = _per_channel(sdx, p) * rstd
+    k1 = dbeta / m_count if training else np.zeros_like(dbeta)
+    k2 = dgamma / m_count if training else np.zeros_like(dgamma)
+    gd = g.astype(np.float64)
+    _bn_col_dx(d2, x2, dx2, _per_column((gd * rstd).astype(dtype), p, dtype), _per_column(k1.astype(dtype), p, dtype),
+               _per_column((gd * rstd * rstd * k2).astype(dtype), p, dtype), mf, scale, bias, training, relu,
+               _num_threads)
 
 
 # ---------------------------------------------------------------- relu

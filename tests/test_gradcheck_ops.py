@@ -15,6 +15,10 @@ CONV_CASES = [
     (3, 1, 9, 6, 2, 1, 1, 2, 0),
     (2, 4, 5, 7, 3, 5, 3, 1, 2),
     (1, 3, 6, 6, 2, 2, 4, (1, 3), (0, 2)),
+    # maps of up to 16 output positions (the per-tap path): 2x2, 1x1, strided with wide padding
+    (2, 3, 2, 2, 4, 3, 3, 1, 1),
+    (2, 2, 1, 1, 3, 3, 3, 1, 1),
+    (1, 2, 3, 4, 3, 3, 3, 2, 2),
 ]
 
 
@@ -24,7 +28,9 @@ def _arrays(rng, *shapes):
 
 @pytest.mark.parametrize("case", CONV_CASES)
 @pytest.mark.parametrize("bias", [True, False])
-def test_conv2d(rng, case, bias):
+def test_conv2d(rng, case, bias, monkeypatch):
+    from minires.functional import _conv_paths
+    monkeypatch.setattr(_conv_paths, "TAP_ROWS", 0)     # the small maps take taps even in a batch of 2
     n, c, h, w, f, kh, kw, stride, padding = case
     x, wt, b = _arrays(rng, (n, c, h, w), (f, c, kh, kw), (f,))
     inputs = dict(x=x, w=wt, b=b) if bias else dict(x=x, w=wt)

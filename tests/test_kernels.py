@@ -3,12 +3,15 @@ import os
 import subprocess
 import sys
 
+from unittest import mock
+
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from minires import _kernels, _kernels_ref, kernels
+from minires.functional import _conv_paths
 
 
 @st.composite
@@ -158,10 +161,17 @@ def test_missing_extension_says_how_to_build():
     assert "pip install -e ." in r.stderr and "MINIRES_PURE=1" in r.stderr
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(st.integers(1, 4), st.integers(1, 5), st.integers(1, 6), st.integers(1, 6),
-       st.sampled_from([np.float32, np.float64]), st.booleans(), st.booleans(), st.integers(0, 2**31))
-def test_batchnorm_kernels_match_reference(n, c, h, w, dtype, training, relu, seed):
+       st.sampled_from([np.float32, np.float64]), st.booleans(), st.booleans(), st.integers(0, 2**31),
+       st.sampled_from([0, 64]))
+def test_batchnorm_kernels_match_reference(n, c, h, w, dtype, training, relu, seed, small_plane):
+    """Both loop orders: per channel (SMALL_PLANE 0) and per column (planes of up to 64 values)."""
+    with mock.patch.object(_kernels, "SMALL_PLANE", small_plane):
+        _check_batchnorm_kernels(n, c, h, w, dtype, training, relu, seed)
+
+
+def _check_batchnorm_kernels(n, c, h, w, dtype, training, relu, seed):
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal((n, c, h, w)) * 3 + 2).astype(dtype)
     g, b = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
@@ -190,6 +200,55 @@ def test_relu_kernels_match_reference(shape, dtype, seed):
     np.testing.assert_array_equal(out, _kernels_ref.relu(x))
     np.testing.assert_array_equal(_kernels.relu_grad(dout, out), _kernels_ref.relu_grad(dout, out))
     np.testing.assert_array_equal(_kernels.add_relu(x, dout), _kernels_ref.add_relu(x, dout))
+
+
+@st.composite
+def small_map_case(draw):
+    """A conv whose output has at most 16 positions (the per-tap path), with any
+    padding (up to and past the kernel size: taps that read only padding)."""
+    n, c, f = draw(st.integers(1, 3)), draw(st.integers(1, 5)), draw(st.integers(1, 9))
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    ph, pw = draw(st.integers(0, kh + 1)), draw(st.integers(0, kw + 1))
+    h = draw(st.integers(max(1, kh - 2 * ph), 6))
+    w = draw(st.integers(max(1, kw - 2 * pw), 6))
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    assume(oh * ow <= 16 and not (oh * ow == 16 and kh == kw == 1 and ph == pw == 0))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    arrays = [rng.standard_normal(s).astype(dtype) for s in ((n, c, h, w), (f, c, kh, kw), (n, f, oh, ow))]
+    return (*arrays, (sh, sw, ph, pw))
+
+
+def test_small_maps_take_taps_when_the_rows_pay_for_the_weight_copies():
+    from minires.functional._conv_paths import choose_path
+    w = np.ones((8, 4, 3, 3), np.float32)
+    assert choose_path((64, 4, 2, 2), (3, 3, 1, 1, 1, 1), w) == "taps"       # 256 rows
+    assert choose_path((2, 4, 2, 2), (3, 3, 1, 1, 1, 1), w) == "im2col"      # 8 rows, every tap useful
+    assert choose_path((4, 4, 1, 1), (3, 3, 1, 1, 1, 1), w) == "taps"        # one useful tap of nine
+    assert choose_path((64, 4, 8, 8), (3, 3, 1, 1, 1, 1), w) == "direct"
+    assert choose_path((64, 4, 8, 8), (1, 1, 2, 2, 0, 0), w[:, :, :1, :1]) == "pointwise"   # 16 positions
+    w[0, 0, 0, 0] = np.nan
+    assert choose_path((64, 4, 2, 2), (3, 3, 1, 1, 1, 1), w) == "im2col"
+
+
+@settings(max_examples=100, deadline=None)
+@given(small_map_case())
+def test_the_tap_path_agrees_with_the_loop_convolution(case):
+    """Small maps take one product per useful tap (functional/_conv_taps.py):
+    forward and all three gradients against the four-loop convolution."""
+    import minires.functional as F
+    x, w, dout, (sh, sw, ph, pw) = case
+    tol = dict(rtol=1e-4, atol=1e-4) if x.dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
+    b = np.arange(w.shape[0], dtype=x.dtype)
+    with mock.patch.object(_conv_paths, "TAP_ROWS", 0):      # small batches too (they pick im2col)
+        out, cache = F.conv2d_forward(x, w, b, (sh, sw), (ph, pw))
+    assert cache.path == "taps"
+    np.testing.assert_allclose(out, _kernels_ref.conv_naive_forward(x, w, b, sh, sw, ph, pw), **tol)
+    grads = F.conv2d_backward(dout, cache)
+    for got, want in zip(grads, _kernels_ref.conv_naive_backward(dout, x, w, sh, sw, ph, pw)):
+        assert got.dtype == x.dtype
+        np.testing.assert_allclose(got, want, **tol)
 
 
 @settings(max_examples=40, deadline=None)

@@ -224,18 +224,54 @@ def test_conv2d_fused_relu(torch, rng, dtype, stride, padding, k, c, bias):
         np.testing.assert_allclose(mine, theirs, **tol(dtype))
 
 
-@pytest.mark.parametrize("k,padding,size", [(1, 0, 2), (1, 0, 1), (3, 1, 2), (3, 1, 1)])
-def test_conv2d_small_maps_take_im2col(torch, rng, k, padding, size):
-    """Maps under 4x4 run as one long product over many images (im2col)."""
-    x = rng.standard_normal((5, 6, size, size))
+@pytest.mark.parametrize("k,stride,padding,size", [(1, 1, 0, 2), (1, 1, 0, 1), (3, 1, 1, 2), (3, 1, 1, 1),
+                                                   (3, 2, 1, (8, 7)), (3, 1, 1, 4), (1, 2, 0, 3), (5, 1, 2, (1, 3)),
+                                                   (3, (2, 1), 2, (3, 2)), (2, 1, 1, 1)])
+def test_conv2d_small_maps_take_taps(torch, rng, k, stride, padding, size, monkeypatch):
+    """Maps of up to 16 output positions run one product per kernel tap, and
+    skip the taps that read only padding."""
+    from minires.functional import _conv_paths
+    monkeypatch.setattr(_conv_paths, "TAP_ROWS", 0)           # a batch of 5 would pick im2col
+    size = size if isinstance(size, tuple) else (size, size)
+    x = rng.standard_normal((5, 6, *size))
     w = rng.standard_normal((7, 6, k, k))
-    out, cache = F.conv2d_forward(x, w, None, 1, padding)
-    assert cache.path == "im2col"
+    out, cache = F.conv2d_forward(x, w, None, stride, padding)
+    assert cache.path == "taps"
     dout = rng.standard_normal(out.shape)
     dx, dw, _ = F.conv2d_backward(dout, cache)
     tx, tw = _t(torch, x), _t(torch, w)
-    tout = torch.nn.functional.conv2d(tx, tw, None, padding=padding)
+    tout = torch.nn.functional.conv2d(tx, tw, None, stride=stride, padding=padding)
     tout.backward(torch.tensor(dout))
     np.testing.assert_allclose(out, tout.detach().numpy(), **tol(np.float64))
     for mine, theirs in zip((dx, dw), _grads(tx, tw)):
         np.testing.assert_allclose(mine, theirs, **tol(np.float64))
+
+
+@pytest.mark.parametrize("where", ["w", "dout"])
+def test_conv2d_small_maps_propagate_nan_through_the_padding_like_torch(torch, rng, where, monkeypatch):
+    """0 * inf is NaN: an inf weight at a tap that reads only padding (a 1x1
+    map) makes the output NaN, and an inf in dout makes NaN in the weight
+    gradient of such a tap. The taps path skips those products, so it hands
+    these calls to im2col."""
+    from minires.functional import _conv_paths
+    monkeypatch.setattr(_conv_paths, "TAP_ROWS", 0)
+    x = rng.standard_normal((2, 3, 1, 1))
+    w = rng.standard_normal((4, 3, 3, 3))
+    dout = rng.standard_normal((2, 4, 1, 1))
+    if where == "w":
+        w[1, 2, 0, 0] = np.inf
+    else:
+        dout[0, 3, 0, 0] = np.inf
+    out, cache = F.conv2d_forward(x, w, None, 1, 1)
+    assert cache.path == ("im2col" if where == "w" else "taps")
+    dx, dw, _ = F.conv2d_backward(dout, cache)
+    tx, tw = _t(torch, x), _t(torch, w)
+    tout = torch.nn.functional.conv2d(tx, tw, None, padding=1)
+    tout.backward(torch.tensor(dout))
+    assert np.isnan(dw).any() or np.isnan(out).any()
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(tout.detach().numpy()))
+    for mine, theirs in zip((dx, dw), _grads(tx, tw)):
+        np.testing.assert_array_equal(np.isnan(mine), np.isnan(theirs))
+        np.testing.assert_allclose(mine, theirs, **tol(np.float64))
+
+

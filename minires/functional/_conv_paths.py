@@ -1,13 +1,14 @@
 """The fast paths of the 2-D convolution: which algorithm runs, and how.
 
 minires.functional.conv holds the maths and its plain NumPy form; this
-file picks one of three algorithms for each call and splits the batch
+file picks one of four algorithms for each call and splits the batch
 across threads. Every path computes the same numbers (tests hold each to
 the reference), so a reader can skip this file.
 
 1x1 convolutions (ResNet projections, most of a bottleneck) are plain
-products per image; see the end of this file. Maps of fewer than 16 output
-positions take im2col whatever the kernel (see SMALL_MAP).
+products per image; see the end of this file. Maps of up to 16 output
+positions take one product per kernel tap over the whole batch
+(_conv_taps.py; see SMALL_MAP).
 
 im2col + matrix multiply, the general path: each receptive field of an
 image is unfolded into a column (im2col), so the convolution becomes a
@@ -41,35 +42,105 @@ Either way images are split across threads (minires.parallel).
 import numpy as np
 
 from .. import kernels, parallel
+from . import _conv_taps
 
 
 def forward(x, w, geometry, b=None, relu=False):
     """x: (N, C, H, W), w: (F, C, KH, KW), geometry (KH, KW, SH, SW, PH, PW),
     b: (F,) or None -> (out (N, F, OH, OW) with the bias added and the ReLU
     applied when asked, what backward needs of x, the path's name)."""
-    kh, kw, sh, sw, ph, pw = geometry
-    positions = np.prod(_out_size(x.shape, geometry))
     # Each path adds the bias and applies the ReLU to a tile of its output
     # while it is still in cache (the direct kernel, as it writes it).
-    if positions < SMALL_MAP:
-        return _im2col_forward(x, w, geometry, b, relu), x, "im2col"
-    if kh == kw == 1 and ph == pw == 0:
+    path = choose_path(x.shape, geometry, w)
+    if path == "pointwise":
         out, x3 = _pointwise_forward(x, w, geometry, b, relu)
-        return out, x3, "pointwise"
-    if _direct_applies(geometry):
-        return _direct_forward(x, w, geometry, b, relu), x, "direct"
-    return _im2col_forward(x, w, geometry, b, relu), x, "im2col"
+        return out, x3, path
+    run = {"taps": _taps_forward, "direct": _direct_forward, "im2col": _im2col_forward}[path]
+    return run(x, w, geometry, b, relu), x, path
 
 
-# Maps of fewer output positions (ImageNet ResNets applied to 32x32 images
-# end at 2x2 and 1x1) go through im2col, whose tiles of many images make one
-# long matrix product. Per image, a 1x1 conv on a 1x1 map is a
-# matrix-vector product, and the direct kernel's zero border is most of its
-# grid (75% at 1x1). Forward + backward, batch 128, 2 threads, AMD EPYC
-# (Zen 4): 1x1 conv 1024->256 at 2x2, per image 38.5 ms, im2col 11.2; 3x3
-# conv 256->256 at 2x2, direct 45.7 ms, im2col 23.7; at 4x4 the other paths
-# win (3x3 128->128: direct 21.3 ms, im2col 29.9; 1x1 512->128: 10.6, 14.8).
+# Small maps (ImageNet ResNets applied to 32x32 images end at 4x4, 2x2 and
+# 1x1) take one product per kernel tap over all the images (_conv_taps),
+# which also skips the taps that read only padding. Per image, a conv on a
+# 1x1 map is a matrix-vector product, and the direct kernel's zero border is
+# most of its grid (75% at 1x1). Forward + backward, batch 128, 2 threads,
+# AMD EPYC (Zen 4), ms: 3x3 512->512 at 1x1: im2col 39.5, taps 3.6; 3x3
+# 256->256 at 2x2: direct 45.7, im2col 35.2, taps 9.8; 3x3 128->128 at 4x4:
+# direct 21.2, taps 9.5; 3x3 64->64 at 8x8: direct 12.4, taps 14.8 (so
+# SMALL_MAP stops at 16 positions); 1x1 64->128 stride 2 to 4x4: per image
+# 1.3, taps 2.6 (so 1x1 convs take taps only below 16 positions).
 SMALL_MAP = 16
+
+
+# The tap path copies each useful tap's (F, C) weights before its product;
+# with few rows (images x positions) the copies cost more than im2col's one
+# product. Forward, 2 threads, AMD EPYC (Zen 4), ms (taps / im2col): 3x3
+# 256->256 at 2x2, 1 image 0.46 / 0.17, 8 images 1.09 / 0.90, 32 images
+# 1.68 / 2.08; 3x3 512->512 at 1x1 (one useful tap of nine), 2 images
+# 0.62 / 0.54, 4 images 0.67 / 2.57.
+TAP_ROWS = 128
+
+
+def _taps_pay(x_shape, geometry, positions):
+    n = x_shape[0]
+    if n * positions >= TAP_ROWS:
+        return True
+    useful = len(_conv_taps.taps(geometry, x_shape[2:], _out_size(x_shape, geometry)))
+    return n >= 4 and 2 * useful <= geometry[0] * geometry[1]
+
+
+def choose_path(x_shape, geometry, w):
+    """The algorithm for a conv: "taps", "pointwise", "direct" or "im2col"."""
+    kh, kw, sh, sw, ph, pw = geometry
+    positions = np.prod(_out_size(x_shape, geometry))
+    pointwise = kh == kw == 1 and ph == pw == 0
+    if positions < SMALL_MAP or (positions == SMALL_MAP and not pointwise):
+        # a weight that is inf or NaN makes NaN even where it meets the padding:
+        # only im2col multiplies the zeros
+        return "taps" if _taps_pay(x_shape, geometry, positions) and _finite(w) else "im2col"
+    if pointwise:
+        return "pointwise"
+    return "direct" if _direct_applies(geometry) else "im2col"
+
+
+def _finite(a):
+    """No inf or NaN in a (one pass; a sum of huge finite values that
+    overflows reads as not finite, which only costs the slower path)."""
+    with np.errstate(invalid="ignore", over="ignore"):      # inf - inf: the answer, not a warning
+        return bool(np.isfinite(a.sum()))
+
+
+def _taps_forward(x, w, geometry, b, relu):
+    """Per chunk of images, one product per useful tap (_conv_taps.forward)."""
+    n, f = x.shape[0], w.shape[0]
+    out_size = _out_size(x.shape, geometry)
+    useful = _conv_taps.taps(geometry, x.shape[2:], out_size)
+    w_taps = _conv_taps.tap_weights(w, useful)
+    out = np.empty((n, f, *out_size), dtype=x.dtype)
+
+    def images(lo, hi):
+        out[lo:hi] = _conv_taps.forward(x[lo:hi], w_taps, useful, (f, *out_size)).transpose(2, 3, 0, 1)
+        kernels.bias_relu(out[lo:hi], b, relu, threads=1)
+
+    parallel.map_chunks(images, n)
+    return out
+
+
+def _taps_backward(dout, x, w, geometry):
+    useful = _conv_taps.taps(geometry, x.shape[2:], dout.shape[2:])
+    w_taps = _conv_taps.tap_weights(w, useful)
+    dx = np.empty(x.shape, dtype=x.dtype)
+
+    def images(lo, hi):
+        dxt, dw_taps = _conv_taps.backward(dout[lo:hi], x[lo:hi], w_taps, useful)
+        dx[lo:hi] = dxt.transpose(2, 3, 0, 1)
+        return dw_taps
+
+    parts = parallel.map_chunks(images, x.shape[0])
+    dw = np.zeros(w.shape, dtype=w.dtype)             # taps that read only padding get no gradient
+    for tap in parts[0]:
+        dw[:, :, tap[0], tap[1]] = sum(p[tap] for p in parts)
+    return dx, dw
 
 
 def backward(dout, cache):
@@ -77,6 +148,8 @@ def backward(dout, cache):
     if cache.path == "pointwise":
         return _pointwise_backward(dout, cache)
     x, w, geometry = cache[:3]
+    if cache.path == "taps" and _finite(dout):     # else dout * padding would make NaN where im2col does
+        return _taps_backward(dout, x, w, geometry)
     # The direct input gradient multiplies w with the zero border of dout's
     # grid, which a non-finite w turns into 0 * inf = NaN; im2col never does.
     if cache.path == "direct" and geometry[2:4] == (1, 1) and np.isfinite(w).all():

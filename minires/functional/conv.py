@@ -19,8 +19,8 @@ In matrix form: im2col unfolds every window into a column, cols of shape
 where col2im, the adjoint of im2col, adds each column back onto its window.
 conv2d_forward_numpy and conv2d_backward_numpy below are exactly that, in
 NumPy. conv2d_forward and conv2d_backward compute the same numbers faster:
-_conv_paths.py picks the algorithm (1x1 products, a direct kernel, im2col
-in tiles of images) and splits the batch across threads; tests hold every
+_conv_paths.py picks the algorithm (one product per kernel tap on small
+maps, 1x1 products, a direct kernel, im2col in tiles of images) and splits the batch across threads; tests hold every
 path to the NumPy form and to a four-loop version (_kernels_ref.conv_naive_*).
 """
 from typing import NamedTuple
@@ -39,7 +39,7 @@ class ConvCache(NamedTuple):
     has_bias: bool
     x_shape: tuple          # (N, C, H, W)
     out_shape: tuple        # (N, F, OH, OW)
-    path: str               # the algorithm forward used: "pointwise", "direct" or "im2col"
+    path: str               # the algorithm forward used: "taps", "pointwise", "direct" or "im2col"
     relu_out: np.ndarray    # (N, F, OH, OW), the output when a ReLU was fused on (its mask); else None
 
 
