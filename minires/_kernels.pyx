@@ -37,6 +37,20 @@ def get_num_threads():
     return _num_threads
 
 
+# Waking the OpenMP threads for a parallel loop costs tens of microseconds
+# (they sleep between loops: OMP_WAIT_POLICY=PASSIVE, see minires.runtime),
+# more than a ReLU over 16k values takes on one core; one image's layers
+# are that small. Below this many values a loop runs on the calling thread
+# (PyTorch's at::parallel_for uses the same grain, 32768). Folded seed-cnn
+# on one image, AMD EPYC (Zen 4): 2.57 ms -> see the README's table.
+GRAIN = 32768
+
+
+def _threads(Py_ssize_t values):
+    """Threads for a loop over this many values: 1 below GRAIN, else the module's setting."""
+    return 1 if values < GRAIN else _num_threads
+
+
 def openmp_enabled():
     """True when this extension was compiled with OpenMP."""
     return bool(_OPENMP)
@@ -126,7 +140,7 @@ def im2col(x, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
     n, c, h, w = x.shape
     oh, ow = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
     cols = np.empty((c * kh * kw, n * oh * ow), dtype=x.dtype)
-    _im2col(x, cols, kh, kw, sh, sw, ph, pw, threads or _num_threads)
+    _im2col(x, cols, kh, kw, sh, sw, ph, pw, threads or _threads(cols.size))
     return cols
 
 
@@ -169,7 +183,7 @@ def col2im(cols, Py_ssize_t c, Py_ssize_t h, Py_ssize_t w, Py_ssize_t kh, Py_ssi
     cols = np.ascontiguousarray(cols)
     n = cols.shape[1] // (_out_size(h, kh, sh, ph) * _out_size(w, kw, sw, pw))
     x = np.zeros((n, c, h, w), dtype=cols.dtype)
-    _col2im(cols, x, kh, kw, sh, sw, ph, pw, threads or _num_threads)
+    _col2im(cols, x, kh, kw, sh, sw, ph, pw, threads or _threads(cols.size))
     return x
 
 
@@ -504,7 +518,7 @@ def max_pool_forward(x, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t 
     oh, ow = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
     out = np.empty((n, c, oh, ow), dtype=x.dtype)
     argmax = np.empty((n, c, oh, ow), dtype=np.int64)
-    _max_pool_forward(x, out, argmax, kh, kw, sh, sw, ph, pw, _num_threads)
+    _max_pool_forward(x, out, argmax, kh, kw, sh, sw, ph, pw, _threads(x.size))
     return out, argmax
 
 
@@ -530,7 +544,7 @@ def max_pool_backward(dout, argmax, Py_ssize_t h, Py_ssize_t w, Py_ssize_t kh, P
     dout = np.ascontiguousarray(dout)
     argmax = np.ascontiguousarray(argmax, dtype=np.int64)
     dx = np.zeros((dout.shape[0], dout.shape[1], h, w), dtype=dout.dtype)
-    _max_pool_backward(dout, argmax, dx, kh, kw, sh, sw, ph, pw, _num_threads)
+    _max_pool_backward(dout, argmax, dx, kh, kw, sh, sw, ph, pw, _threads(dx.size))
     return dx
 
 
@@ -796,7 +810,7 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, bint training, 
         if p <= SMALL_PLANE:
             _bn_stats_columns(x3.reshape(n, -1), p, mean, var)
         else:
-            _bn_stats(x3, mean, var, _num_threads)
+            _bn_stats(x3, mean, var, _threads(x.size))
     else:
         mean = np.asarray(running_mean, dtype=np.float64)
         var = np.asarray(running_var, dtype=np.float64)
@@ -806,9 +820,9 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, bint training, 
     b = np.ascontiguousarray(beta, dtype=x.dtype)
     if p <= SMALL_PLANE:
         mf, scale, bias = _column_constants(mean, rstd, g, b, p, x.dtype)
-        _bn_col_apply(x3.reshape(n, -1), out.reshape(n, -1), mf, scale, bias, relu, _num_threads)
+        _bn_col_apply(x3.reshape(n, -1), out.reshape(n, -1), mf, scale, bias, relu, _threads(x.size))
     else:
-        _bn_apply(x3, out.reshape(n, c, -1), mean, rstd, g, b, relu, _num_threads)
+        _bn_apply(x3, out.reshape(n, c, -1), mean, rstd, g, b, relu, _threads(x.size))
     return out, mean, var
 
 
@@ -816,9 +830,9 @@ def _bn_stats_columns(x2, p, mean, var):
     """mean and biased var per channel of the row view x2 (N, C*P), two passes as _bn_stats."""
     j = x2.shape[1]
     s1, s2 = np.empty(j), np.empty(j)
-    _bn_col_sums(x2, np.empty(0), s1, s2, _num_threads)
+    _bn_col_sums(x2, np.empty(0), s1, s2, _threads(x2.size))
     mean[:] = _per_channel(s1, p) / (x2.shape[0] * p)
-    _bn_col_sums(x2, np.repeat(mean, p), s1, s2, _num_threads)
+    _bn_col_sums(x2, np.repeat(mean, p), s1, s2, _threads(x2.size))
     var[:] = _per_channel(s2, p) / (x2.shape[0] * p)
 
 
@@ -895,7 +909,7 @@ def batchnorm_backward(dout, x, mean, rstd, gamma, beta, bint training, bint rel
                              g, b, dgamma, dbeta, training, relu)
         return dx, dgamma.astype(x.dtype), dbeta.astype(x.dtype)
     _bn_backward(dout.reshape(n, c, -1), x.reshape(n, c, -1), dx.reshape(n, c, -1),
-                 mean, rstd, g, b, dgamma, dbeta, training, relu, _num_threads)
+                 mean, rstd, g, b, dgamma, dbeta, training, relu, _threads(x.size))
     return dx, dgamma.astype(x.dtype), dbeta.astype(x.dtype)
 
 
@@ -904,7 +918,7 @@ def _bn_backward_columns(d2, x2, dx2, p, mean, rstd, g, b, dgamma, dbeta, traini
     dtype, m_count = x2.dtype, x2.shape[0] * p
     mf, scale, bias = _column_constants(mean, rstd, g, b, p, dtype)
     sd, sdx = np.empty(x2.shape[1]), np.empty(x2.shape[1])
-    _bn_col_grad_sums(d2, x2, np.repeat(mean, p), mf, scale, bias, relu, sd, sdx, _num_threads)
+    _bn_col_grad_sums(d2, x2, np.repeat(mean, p), mf, scale, bias, relu, sd, sdx, _threads(x2.size))
     dbeta[:] = _per_channel(sd, p)
     dgamma[:] = _per_channel(sdx, p) * rstd
     k1 = dbeta / m_count if training else np.zeros_like(dbeta)
@@ -912,7 +926,7 @@ def _bn_backward_columns(d2, x2, dx2, p, mean, rstd, g, b, dgamma, dbeta, traini
     gd = g.astype(np.float64)
     _bn_col_dx(d2, x2, dx2, _per_column((gd * rstd).astype(dtype), p, dtype), _per_column(k1.astype(dtype), p, dtype),
                _per_column((gd * rstd * rstd * k2).astype(dtype), p, dtype), mf, scale, bias, training, relu,
-               _num_threads)
+               _threads(x2.size))
 
 
 # ---------------------------------------------------------------- relu
@@ -945,7 +959,7 @@ def add_relu(a, b):
     """max(a + b, 0) for two arrays of one shape, in one parallel pass."""
     a, b = np.ascontiguousarray(a), np.ascontiguousarray(b, dtype=a.dtype)
     out = np.empty(a.shape, dtype=a.dtype)
-    _add_relu_loop(a.reshape(-1), b.reshape(-1), out.reshape(-1), _num_threads)
+    _add_relu_loop(a.reshape(-1), b.reshape(-1), out.reshape(-1), _threads(a.size))
     return out
 
 
@@ -953,7 +967,7 @@ def relu(x):
     """max(x, 0), any shape, in one parallel pass."""
     x = np.ascontiguousarray(x)
     out = np.empty(x.shape, dtype=x.dtype)
-    _relu_loop(x.reshape(-1), out.reshape(-1), _num_threads)
+    _relu_loop(x.reshape(-1), out.reshape(-1), _threads(x.size))
     return out
 
 
@@ -963,7 +977,7 @@ def relu_grad(dout, out):
     out = np.ascontiguousarray(out)
     dout = np.ascontiguousarray(dout, dtype=out.dtype)
     dx = np.empty(out.shape, dtype=out.dtype)
-    _relu_grad_loop(dout.reshape(-1), out.reshape(-1), dx.reshape(-1), _num_threads)
+    _relu_grad_loop(dout.reshape(-1), out.reshape(-1), dx.reshape(-1), _threads(out.size))
     return dx
 
 
@@ -984,7 +998,7 @@ def bias_relu(out, bias, bint relu, int threads=0):
         return
     n, f = out.shape[0], out.shape[1]
     b = np.zeros(f, dtype=out.dtype) if bias is None else np.ascontiguousarray(bias, dtype=out.dtype)
-    _bias_relu_loop(out.reshape(n, f, -1), b, relu, threads or _num_threads)
+    _bias_relu_loop(out.reshape(n, f, -1), b, relu, threads or _threads(out.size))
 
 
 # ---------------------------------------------------------------- the FMA peak

@@ -142,6 +142,49 @@ def test_threads_setting_keeps_results(rng):
         kernels.set_num_threads(0)
 
 
+def _every_kernel(x, dout):
+    """The outputs of every threaded loop, on x (N, C, H, W) and dout of x's shape."""
+    c = x.shape[1]
+    g, b = np.linspace(0.5, 2, c).astype(x.dtype), np.linspace(-1, 1, c).astype(x.dtype)
+    rm, rv = np.zeros(c, x.dtype), np.ones(c, x.dtype)
+    outs = [_kernels.relu(x), _kernels.relu_grad(dout, x), _kernels.add_relu(x, dout)]
+    for plane in (0, 64):                           # per channel and per column
+        with mock.patch.object(_kernels, "SMALL_PLANE", plane):
+            out, mean, var = _kernels.batchnorm_forward(x, g, b, rm, rv, True, 1e-5, True)
+            outs += [out, mean, var, *_kernels.batchnorm_backward(dout, x, mean, 1 / np.sqrt(var + 1e-5),
+                                                                  g, b, True, True)]
+    pooled, arg = _kernels.max_pool_forward(x, 2, 2, 2, 2, 0, 0)
+    outs += [pooled, arg, _kernels.max_pool_backward(pooled, arg, *x.shape[2:], 2, 2, 2, 2, 0, 0)]
+    cols = _kernels.im2col(x, 3, 3, 1, 1, 1, 1)
+    outs += [cols, _kernels.col2im(cols, c, *x.shape[2:], 3, 3, 1, 1, 1, 1)]
+    biased = x.copy()
+    _kernels.bias_relu(biased, b, True)
+    return outs + [biased]
+
+
+def test_threaded_loops_equal_one_thread(rng):
+    """Every prange loop split over two threads (GRAIN 0: even small arrays)
+    gives the same bits as one thread, and as the default grain, under which
+    small arrays stay on the calling thread."""
+    x = rng.standard_normal((3, 5, 8, 6)).astype(np.float32)
+    dout = rng.standard_normal(x.shape).astype(np.float32)
+    n = _kernels.get_num_threads()
+    try:
+        _kernels.set_num_threads(1)
+        one = _every_kernel(x, dout)
+        _kernels.set_num_threads(2)
+        default_grain = _every_kernel(x, dout)
+        with mock.patch.object(_kernels, "GRAIN", 0):
+            assert _kernels._threads(10) == 2
+            two = _every_kernel(x, dout)
+    finally:
+        _kernels.set_num_threads(n)
+    assert _kernels._threads(10) == 1 and _kernels._threads(1 << 20) == n
+    for a, b, c in zip(one, two, default_grain):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+
+
 def _run(code, **env):
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, **env})
