@@ -326,7 +326,7 @@ def pareto_front(points):
     return front
 
 
-def plot_compute(rows, path, hours_label="training hours (measured in the runs)"):
+def plot_compute(rows, path, hours_label="training hours at quiet-machine speed"):
     """Final test accuracy against training compute (R20 epochs) and against
     training hours, one line per model variant across its budgets (E2-E4), with
     the Pareto front of all of them (grey steps). Hours are the quiet-machine
@@ -340,10 +340,12 @@ def plot_compute(rows, path, hours_label="training hours (measured in the runs)"
     plotted = [r for g in groups.values() for r in g]
     quiet = bool(plotted) and all(r["quiet_hours"] is not None for r in plotted)
     hours = (lambda r: r["quiet_hours"]) if quiet else (lambda r: r["hours"])
-    colors, markers = plt.get_cmap("tab20").colors, "os^Dv<>P"    # 13+ variants: tab10 alone repeats colours
+    # 13+ variants: tab10 alone repeats colours; tab20's ten dark shades first, then its light ones
+    colors, markers = plt.get_cmap("tab20").colors, "os^Dv<>P"
+    shades = list(range(0, 20, 2)) + list(range(1, 20, 2))
     for i, (label, group) in enumerate(sorted(groups.items())):
         group.sort(key=lambda r: r["compute"])
-        style = dict(color=colors[(2 * i) % 20 + (2 * i) // 20 % 2], marker=markers[i % len(markers)])
+        style = dict(color=colors[shades[i % 20]], marker=markers[i % len(markers)])
         ax_c.plot([r["compute"] for r in group], [r["final"] for r in group], label=label, **style)
         ax_h.plot([hours(r) for r in group], [r["final"] for r in group], **style)
     for ax, cost in ((ax_c, lambda r: r["compute"]), (ax_h, hours)):
@@ -469,7 +471,7 @@ def write_report(spec_path, scale=1.0):
             lines += anchor_table(exp_rows)
     if rows:
         plot_compute(rows, os.path.join(root, "accuracy_vs_compute.png"),
-                     f"training hours at quiet-machine speed ({speed['cpu']})" if speed else "")
+                     f"training hours at quiet-machine speed ({speed['cpu']})" if speed else None)
         plot_degradation(rows, os.path.join(root, "e1_curves.png"))
         plot_gap(rows, os.path.join(root, "gap_vs_params.png"))
         lines += ["## Accuracy against training compute and time", "",

@@ -8,7 +8,8 @@ the reference), so a reader can skip this file.
 1x1 convolutions (ResNet projections, most of a bottleneck) are plain
 products per image; see the end of this file. Maps of up to 16 output
 positions take one product per kernel tap over the whole batch
-(_conv_taps.py; see SMALL_MAP).
+(_conv_taps.py; see SMALL_MAP), unless the batch is too small to pay for
+it (TAP_ROWS).
 
 im2col + matrix multiply, the general path: each receptive field of an
 image is unfolded into a column (im2col), so the convolution becomes a
@@ -82,6 +83,8 @@ TAP_ROWS = 128
 
 
 def _taps_pay(x_shape, geometry, positions):
+    """Enough rows per product (TAP_ROWS), or at least 4 images and at most half
+    of the taps useful (a 3x3 conv on a 1x1 map: the tap path reads a ninth of w)."""
     n = x_shape[0]
     if n * positions >= TAP_ROWS:
         return True
@@ -127,6 +130,7 @@ def _taps_forward(x, w, geometry, b, relu):
 
 
 def _taps_backward(dout, x, w, geometry):
+    """dx (N, C, H, W), dw (F, C, KH, KW) with one product per useful tap (_conv_taps.backward)."""
     useful = _conv_taps.taps(geometry, x.shape[2:], dout.shape[2:])
     w_taps = _conv_taps.tap_weights(w, useful)
     dx = np.empty(x.shape, dtype=x.dtype)
