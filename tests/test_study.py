@@ -183,6 +183,22 @@ def test_verdicts_do_not_claim_what_the_budget_cannot_show():
     assert verdict == "not supported" and "wrn-16-4 trained for only 0.16 epochs" in text
 
 
+def test_e1_verdicts_read_the_e1_runs_which_record_diagnostics():
+    """The spec's E1 runs set recipe {"diagnostics": true} (it records, it does
+    not change training): C2 and the degradation verdict must still find them."""
+    from minires.study_report import verdicts
+
+    def e1(model, final, train):
+        row = _row(model, final, train - final, 1, epochs=8, budget=None)
+        return {**row, "spec_epochs": 8, "recipe": {"diagnostics": True}, "experiments": ["E1"]}
+    rows = [e1("plain-20", 0.79, 0.79), e1("plain-56", 0.70, 0.69), e1("resnet-20", 0.81, 0.82),
+            e1("resnet-56", 0.75, 0.75)]
+    out = verdicts(rows, [1.5], 8)
+    assert out["C2"][0] == "supported" and "resnet-20 81.0% vs resnet-56 75.0%" in out["C2"][1]   # cheaper, not worse
+    assert out["Degradation"][0].startswith("plain-56 trains worse than plain-20: supported")
+    assert "resnet-56 trains at least as well as resnet-20: not supported" in out["Degradation"][0]
+
+
 def test_quiet_hours_and_pareto_front():
     from minires.study_report import add_quiet_hours, pareto_front
     row = dict(images_seen=1000, test_images=500, quiet_ips=None, quiet_hours=None)
