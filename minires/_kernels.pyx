@@ -616,6 +616,12 @@ cdef inline floating _masked(floating d, floating x, floating mf, floating scale
     return zero if _bn_value(x, mf, scale, bias) <= zero else d
 
 
+cdef inline floating _grad_in(floating d, floating x, floating mf, floating scale, floating bias,
+                              bint relu) noexcept nogil:
+    """The gradient that reaches the normalisation: d, masked as in _masked for a fused ReLU."""
+    return _masked(d, x, mf, scale, bias) if relu else d
+
+
 cdef inline void _row_grad_sums(const floating* dr, const floating* xr, Py_ssize_t n, double m,
                                 bint relu, floating mf, floating scale, floating bias,
                                 double* sd, double* sdx) noexcept nogil:
@@ -643,7 +649,7 @@ cdef inline void _row_grad_sums(const floating* dr, const floating* xr, Py_ssize
                 a1[q] += g[p + q]
                 a2[q] += g[p + q] * (xr[b + p + q] - m)
     for p in range(full, n):
-        gp = _masked(dr[p], xr[p], mf, scale, bias) if relu else dr[p]
+        gp = _grad_in(dr[p], xr[p], mf, scale, bias, relu)
         sd[0] += gp
         sdx[0] += gp * (xr[p] - m)
     for q in range(LANES):
@@ -699,6 +705,17 @@ cdef enum:
     COLS = 256      # columns per thread block
 
 
+cdef inline Py_ssize_t _block_end(Py_ssize_t jb, Py_ssize_t J) noexcept nogil:
+    """One past the last column of block jb."""
+    return min(J, (jb + 1) * COLS)
+
+
+cdef inline void _zero(double* a, Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
+    cdef Py_ssize_t j
+    for j in range(j0, j1):
+        a[j] = 0
+
+
 def _bn_col_sums(const floating[:, ::1] x, const double[::1] centre, double[::1] s1, double[::1] s2,
                  int nthreads):
     """Per column j: s1[j] = sum of x[:, j]; with centre (per column), also
@@ -709,10 +726,9 @@ def _bn_col_sums(const floating[:, ::1] x, const double[::1] centre, double[::1]
     cdef bint second = centre.shape[0] > 0
     with nogil:
         for jb in prange((J + COLS - 1) // COLS, num_threads=nthreads, schedule="static"):
-            j1 = min(J, (jb + 1) * COLS)
-            for j in range(jb * COLS, j1):
-                s1[j] = 0
-                s2[j] = 0
+            j1 = _block_end(jb, J)
+            _zero(&s1[0], jb * COLS, j1)
+            _zero(&s2[0], jb * COLS, j1)
             for n in range(N):
                 if second:
                     for j in range(jb * COLS, j1):
@@ -730,7 +746,7 @@ def _bn_col_apply(const floating[:, ::1] x, floating[:, ::1] out, const floating
     cdef floating v
     with nogil:
         for jb in prange((J + COLS - 1) // COLS, num_threads=nthreads, schedule="static"):
-            j1 = min(J, (jb + 1) * COLS)
+            j1 = _block_end(jb, J)
             for n in range(N):
                 for j in range(jb * COLS, j1):
                     v = _bn_value(x[n, j], mf[j], scale[j], bias[j])
@@ -746,13 +762,12 @@ def _bn_col_grad_sums(const floating[:, ::1] dout, const floating[:, ::1] x, con
     cdef floating g
     with nogil:
         for jb in prange((J + COLS - 1) // COLS, num_threads=nthreads, schedule="static"):
-            j1 = min(J, (jb + 1) * COLS)
-            for j in range(jb * COLS, j1):
-                sd[j] = 0
-                sdx[j] = 0
+            j1 = _block_end(jb, J)
+            _zero(&sd[0], jb * COLS, j1)
+            _zero(&sdx[0], jb * COLS, j1)
             for n in range(N):
                 for j in range(jb * COLS, j1):
-                    g = _masked(dout[n, j], x[n, j], mf[j], scale[j], bias[j]) if relu else dout[n, j]
+                    g = _grad_in(dout[n, j], x[n, j], mf[j], scale[j], bias[j], relu)
                     sd[j] += g
                     sdx[j] += g * (x[n, j] - m[j])
 
@@ -767,10 +782,10 @@ def _bn_col_dx(const floating[:, ::1] dout, const floating[:, ::1] x, floating[:
     cdef floating g
     with nogil:
         for jb in prange((J + COLS - 1) // COLS, num_threads=nthreads, schedule="static"):
-            j1 = min(J, (jb + 1) * COLS)
+            j1 = _block_end(jb, J)
             for n in range(N):
                 for j in range(jb * COLS, j1):
-                    g = _masked(dout[n, j], x[n, j], mf[j], scale[j], bias[j]) if relu else dout[n, j]
+                    g = _grad_in(dout[n, j], x[n, j], mf[j], scale[j], bias[j], relu)
                     if training:
                         dx[n, j] = a[j] * (g - k1[j]) - b[j] * (x[n, j] - mf[j])
                     else:       # no x term: an inf in x cannot make 0 * inf
