@@ -57,8 +57,9 @@ def test_col2im_matches_reference_and_is_the_adjoint(case):
 @st.composite
 def direct_conv_case(draw):
     """A convolution the direct kernels take: padding below the kernel size, strides 1-3;
-    F and C crossing the kernels' register-tile widths (8 and 32 channels)."""
-    n, c, f = draw(st.integers(1, 3)), draw(st.integers(1, 5)), draw(st.sampled_from([1, 3, 8, 9, 17, 33]))
+    F and C crossing the kernels' register-tile widths (8, 16 and 32 channels; float32
+    layers of at most 16 output channels take the narrow weight-gradient tile)."""
+    n, c, f = draw(st.integers(1, 3)), draw(st.integers(1, 5)), draw(st.sampled_from([1, 3, 8, 9, 16, 17, 33]))
     kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
     sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     ph, pw = draw(st.integers(0, kh - 1)), draw(st.integers(0, kw - 1))
@@ -87,21 +88,24 @@ def test_direct_conv_matches_reference(case):
     np.testing.assert_allclose(dw, _kernels_ref.conv_direct_backward_weight(x, dout, kh, kw, *geometry), **tol)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n", [6, 7, 13])
-def test_direct_conv_tiles_of_several_images(n):
+def test_direct_conv_tiles_of_several_images(n, dtype):
     """8x8 maps run 6 images to a grid: whole tiles, and a partial last tile
-    whose empty slots must contribute nothing to the weight gradient."""
+    whose empty slots must contribute nothing to the weight gradient (float32:
+    the narrow weight-gradient tile, 5 channels padded to 16)."""
     rng = np.random.default_rng(n)
-    x = rng.standard_normal((n, 3, 8, 8))
-    w = rng.standard_normal((5, 3, 3, 3))
-    dout = rng.standard_normal((n, 5, 8, 8))
-    got, want = np.empty(dout.shape), np.empty(dout.shape)
+    x = rng.standard_normal((n, 3, 8, 8)).astype(dtype)
+    w = rng.standard_normal((5, 3, 3, 3)).astype(dtype)
+    dout = rng.standard_normal((n, 5, 8, 8)).astype(dtype)
+    # float32: dw sums up to 13 * 64 products, so its rounding reaches about 1e-4
+    tol = dict(rtol=1e-5, atol=2e-4) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    got, want = np.empty(dout.shape, dtype), np.empty(dout.shape, dtype)
     _kernels.conv_direct_forward(x, w, got, 1, 1, 1, 1)
     _kernels_ref.conv_direct_forward(x, w, want, 1, 1, 1, 1)
-    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got, want, **tol)
     np.testing.assert_allclose(_kernels.conv_direct_backward_weight(x, dout, 3, 3, 1, 1, 1, 1),
-                               _kernels_ref.conv_direct_backward_weight(x, dout, 3, 3, 1, 1, 1, 1),
-                               rtol=1e-12, atol=1e-12)
+                               _kernels_ref.conv_direct_backward_weight(x, dout, 3, 3, 1, 1, 1, 1), **tol)
 
 
 @settings(max_examples=150, deadline=None)
