@@ -433,24 +433,53 @@ cdef extern from *:
                                                 Py_ssize_t k0) noexcept nogil
 
 
+cdef void _dout_on_grid(const floating[:, :, :, ::1] dout, Py_ssize_t n0, Py_ssize_t count,
+                        floating[:, ::1] dT, Py_ssize_t T, Py_ssize_t HS, Py_ssize_t WQ) noexcept nogil:
+    """dT[(t*HS + oh)*WQ + ow, f] = dout[n0 + t, f, oh, ow]: dout transposed onto
+    the grid (junk rows stay zero); slots t >= count (a partial last tile) are zeroed.
+    Position by position, all channels of one position are read one value per
+    channel plane; when the planes lie 4 KB apart or more (32x32 and up in
+    float32) every such read falls in the same L1 cache set, so big planes go
+    in blocks of 8 channels x 8 columns instead (64 channels at 32x32, a
+    64-image chunk's weight gradient: 67 -> 60 ms; on 16x16 and 8x8 maps the
+    blocks cost 4-7% more, measured on AMD Zen 4)."""
+    cdef Py_ssize_t F = dout.shape[1], OH = dout.shape[2], OW = dout.shape[3], FP = dT.shape[1]
+    cdef Py_ssize_t t, oh, f0, w0, f, ow
+    cdef bint blocks = OH * OW * sizeof(floating) >= 4096
+    cdef const floating* src
+    cdef floating* dst
+    for t in range(T):
+        for oh in range(OH):
+            dst = &dT[(t * HS + oh) * WQ, 0]       # OW rows of FP values, contiguous
+            if t >= count:
+                memset(dst, 0, OW * FP * sizeof(floating))
+            elif not blocks:
+                for ow in range(OW):
+                    for f in range(F):
+                        dst[ow * FP + f] = dout[n0 + t, f, oh, ow]
+            else:
+                for f0 in range(0, F, 8):       # (a nogil range takes only a literal step)
+                    for w0 in range(0, OW, 8):
+                        for f in range(f0, min(f0 + 8, F)):
+                            src = &dout[n0 + t, f, oh, 0]
+                            for ow in range(w0, min(w0 + 8, OW)):
+                                dst[ow * FP + f] = src[ow]
+
+
 def _conv_direct_weight(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dout,
                         floating[:, ::1] dwt, Py_ssize_t sh, Py_ssize_t sw,
                         Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t T, Py_ssize_t HS, Py_ssize_t WQ,
                         floating[:, ::1] planes, floating[:, ::1] dT, const Py_ssize_t[::1] offsets):
     """The loop of conv_direct_backward_weight (a def over fused memoryviews, as _conv_direct)."""
-    cdef Py_ssize_t N = x.shape[0], F = dout.shape[1], OH = dout.shape[2], OW = dout.shape[3]
+    cdef Py_ssize_t N = x.shape[0]
     cdef Py_ssize_t P = dT.shape[0], FP = dT.shape[1], KP = dwt.shape[0]
-    cdef Py_ssize_t tile, n0, count, t, f, oh, ow, f0, k0
+    cdef Py_ssize_t tile, n0, count, f0, k0
     with nogil:
         for tile in range((N + T - 1) // T):
             n0 = tile * T
             count = min(T, N - n0)
             _load_images(x, n0, count, planes, T, HS, WQ, sh, sw, ph, pw)
-            for t in range(T):          # dout transposed onto the grid; junk rows stay zero
-                for oh in range(OH):
-                    for ow in range(OW):
-                        for f in range(F):
-                            dT[(t * HS + oh) * WQ + ow, f] = dout[n0 + t, f, oh, ow] if t < count else 0
+            _dout_on_grid(dout, n0, count, dT, T, HS, WQ)
             if floating is float:
                 if FP == NARROW:
                     for k0 in range(0, KP, 16):
