@@ -171,6 +171,21 @@ def test_max_pool_matches_reference(case):
                                rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (1, 2, 5, 7), (3, 1, 32, 34)])
+def test_max_pool_2x2_matches_reference(shape, dtype):
+    """2x2 stride 2 has a kernel of its own: ties (values on a coarse grid),
+    NaN (one or several in a window) and odd sizes (the last row and column dropped)."""
+    rng = np.random.default_rng(shape[3])
+    x = rng.integers(-2, 3, shape).astype(dtype)
+    x.reshape(-1)[rng.choice(x.size, x.size // 10, replace=False)] = np.nan
+    out, arg = _kernels.max_pool_forward(x, 2, 2, 2, 2, 0, 0)
+    out_r, arg_r = _kernels_ref.max_pool_forward(x, 2, 2, 2, 2, 0, 0)
+    np.testing.assert_array_equal(out, out_r)
+    np.testing.assert_array_equal(arg, arg_r)
+    assert {0, 1, 2, 3} <= set(np.unique(arg))
+
+
 def test_max_pool_ties_pick_the_first():
     x = np.ones((1, 1, 2, 2), dtype=np.float64)
     for backend in (_kernels, _kernels_ref):
