@@ -195,11 +195,12 @@ def _missing(what):
 def _short_runs(runs):
     """'. Caution: X trained for only 0.48 epochs ...' for runs under one epoch
     (a comparison at equal compute then says how far each got, not where it ends)."""
-    short = sorted({(r["model"], r["epochs"]) for r in runs if r and r["epochs"] < 1})
+    short = sorted({(r["spec_budget"] or 0, r["model"], r["epochs"]) for r in runs if r and r["epochs"] < 1})
     if not short:
         return ""
-    return (". Caution: at this budget " + ", ".join(f"{m} trained for only {e:.2f} epochs" for m, e in short)
-            + ", so this compares early training, not trained models")
+    return (". Caution: " + ", ".join(f"{m} trained for only {e:.2f} epochs" + (f" at {b:g} R20 epochs" if b else "")
+                                      for b, m, e in short)
+            + ", so those comparisons are of early training, not of trained models")
 
 
 def verdicts(rows, budgets, e1_epochs=8):

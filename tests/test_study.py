@@ -178,9 +178,13 @@ def test_verdicts_do_not_claim_what_the_budget_cannot_show():
     overfit = [_row(m, 0.5, 0.02 + 0.01 * i, 1000 * (i + 1)) for i, m in
                enumerate(["seed-cnn", "resnet-20", "resnet-56", "wrn-16-4"])]
     assert verdicts(overfit, [1.5])["C3"][0] == "supported"
-    rows = [_row("resnet-20", 0.6, 0.0, 1), _row("wrn-16-4", 0.3, 0.0, 2, epochs=0.16)]
-    verdict, text = verdicts(rows, [1.5])["C5"]
-    assert verdict == "not supported" and "wrn-16-4 trained for only 0.16 epochs" in text
+    rows = [_row("resnet-20", 0.6, 0.0, 1), _row("wrn-16-4", 0.3, 0.0, 2, epochs=0.16),
+            _row("resnet-20", 0.7, 0.0, 1, budget=4.5), _row("wrn-16-4", 0.4, 0.0, 2, epochs=0.47, budget=4.5)]
+    verdict, text = verdicts(rows, [1.5, 4.5])["C5"]
+    assert verdict == "not supported"
+    # each short run named with its budget: two budgets, two different epoch counts
+    assert "wrn-16-4 trained for only 0.16 epochs at 1.5 R20 epochs" in text
+    assert "wrn-16-4 trained for only 0.47 epochs at 4.5 R20 epochs" in text
 
 
 def test_e1_verdicts_read_the_e1_runs_which_record_diagnostics():
