@@ -30,7 +30,7 @@ def _add_recipe(p):
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--nesterov", action="store_true")
     p.add_argument("--weight-decay", type=float, default=None,
-                   help="default: the paper's value per model (1e-4 ResNets, 5e-4 WRN and seed-cnn)")
+                   help="default: the paper's value per model (1e-4 ResNets and plain nets, 5e-4 WRN and seed-cnn)")
     p.add_argument("--no-decay-bn-bias", action="store_true", help="no weight decay on BN parameters and biases")
     p.add_argument("--schedule", default="cosine", choices=["cosine", "linear", "multistep", "onecycle", "constant"])
     p.add_argument("--warmup", type=int, default=0, help="epochs of linear learning-rate warm-up")

@@ -35,9 +35,10 @@ from .errors import MiniresError, RunFolderError
 from .losses import CrossEntropyLoss
 from .optim import SGD, Schedule, param_groups
 
-# The papers' weight decay: He et al. 1e-4 for their ResNets, Zagoruyko &
-# Komodakis 5e-4 for WRN; the seed CNN has no paper and follows WRN.
-WEIGHT_DECAY = {"resnet": 1e-4, "bottleneck": 1e-4, "seed-wide": 1e-4, "imagenet": 1e-4,
+# The papers' weight decay: He et al. 1e-4 for their ResNets and for the
+# plain nets they compare them with (trained alike), Zagoruyko & Komodakis
+# 5e-4 for WRN; the seed CNN has no paper and follows WRN.
+WEIGHT_DECAY = {"resnet": 1e-4, "plain": 1e-4, "bottleneck": 1e-4, "seed-wide": 1e-4, "imagenet": 1e-4,
                 "wrn": 5e-4, "seed-cnn": 5e-4}
 
 

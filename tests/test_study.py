@@ -201,6 +201,24 @@ def test_e1_verdicts_read_the_e1_runs_which_record_diagnostics():
     assert out["C2"][0] == "supported" and "resnet-20 81.0% vs resnet-56 75.0%" in out["C2"][1]   # cheaper, not worse
     assert out["Degradation"][0].startswith("plain-56 trains worse than plain-20: supported")
     assert "resnet-56 trains at least as well as resnet-20: not supported" in out["Degradation"][0]
+    assert "rises by +10.0 points without shortcuts and +7.0 with them" in out["Degradation"][1]
+    assert "not like for like" not in out["Degradation"][1]
+
+
+def test_degradation_falls_back_to_the_first_plain_runs_and_says_so():
+    """The first plain runs took weight decay 5e-4, the ResNets 1e-4: until the
+    paper's recipe is run for the plain nets, the verdict uses them with a caveat."""
+    from minires.study_report import verdicts
+
+    def e1(model, final, train, recipe):
+        row = _row(model, final, train - final, 1, epochs=8, budget=None)
+        return {**row, "spec_epochs": 8, "recipe": recipe, "experiments": ["E1"]}
+    old = {"diagnostics": True, "weight_decay": 0.0005}
+    rows = [e1("plain-20", 0.79, 0.79, old), e1("plain-56", 0.44, 0.42, old),
+            e1("resnet-20", 0.81, 0.82, {"diagnostics": True}), e1("resnet-56", 0.75, 0.75, {"diagnostics": True})]
+    verdict, text = verdicts(rows, [1.5], 8)["Degradation"]
+    assert verdict.startswith("plain-56 trains worse than plain-20: supported") and "not like for like" in text
+    assert verdicts(rows[:1] + rows[2:], [1.5], 8)["Degradation"][0] == "not yet run"
 
 
 def test_quiet_hours_and_pareto_front():

@@ -192,3 +192,10 @@ def test_atomic_write_leaves_nothing_half_written(tmp_path):
             f.write("half")
             raise KeyboardInterrupt
     assert target.read_text() == "complete\n" and sorted(p.name for p in tmp_path.iterdir()) == ["log.jsonl"]
+
+
+def test_default_weight_decay_follows_the_papers():
+    """He et al. trained their plain nets exactly as their ResNets (1e-4); WRN 5e-4."""
+    from minires.train import default_weight_decay
+    assert default_weight_decay("plain-56") == default_weight_decay("resnet-56") == 1e-4
+    assert default_weight_decay("wrn-16-4") == default_weight_decay("seed-cnn") == 5e-4
