@@ -952,16 +952,26 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, bint training, 
     else:
         mean = np.asarray(running_mean, dtype=np.float64)
         var = np.asarray(running_var, dtype=np.float64)
-    rstd = 1.0 / np.sqrt(var + eps)
+    return batchnorm_apply(x, mean, 1.0 / np.sqrt(var + eps), gamma, beta, relu), mean, var
+
+
+def batchnorm_apply(x, mean, rstd, gamma, beta, bint relu=False):
+    """x: (N, C, H, W), mean, rstd: (C,) float64 -> (x - mean) * (gamma * rstd) + beta,
+    max(., 0) if relu: batchnorm_forward's output for these statistics, bit for bit."""
+    x = np.ascontiguousarray(x)
+    n, c = x.shape[0], x.shape[1]
+    x3 = x.reshape(n, c, -1)
+    p = x3.shape[2]
     out = np.empty(x.shape, dtype=x.dtype)
     g = np.ascontiguousarray(gamma, dtype=x.dtype)
     b = np.ascontiguousarray(beta, dtype=x.dtype)
+    mean, rstd = np.ascontiguousarray(mean, dtype=np.float64), np.ascontiguousarray(rstd, dtype=np.float64)
     if p <= SMALL_PLANE:
         mf, scale, bias = _column_constants(mean, rstd, g, b, p, x.dtype)
         _bn_col_apply(x3.reshape(n, -1), out.reshape(n, -1), mf, scale, bias, relu, _threads(x.size))
     else:
         _bn_apply(x3, out.reshape(n, c, -1), mean, rstd, g, b, relu, _threads(x.size))
-    return out, mean, var
+    return out
 
 
 def _bn_stats_columns(x2, p, mean, var):

@@ -210,9 +210,14 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, training, eps, 
     else:
         mean = np.asarray(running_mean, dtype=np.float64)
         var = np.asarray(running_var, dtype=np.float64)
-    rstd = 1.0 / np.sqrt(var + eps)
+    return batchnorm_apply(x, mean, 1.0 / np.sqrt(var + eps), gamma, beta, relu), mean, var
+
+
+def batchnorm_apply(x, mean, rstd, gamma, beta, relu=False):
+    """x: (N, C, H, W), mean, rstd: (C,) float64 -> batchnorm_forward's output
+    for these statistics: (x - mean) * (gamma * rstd) + beta, max(., 0) if relu."""
     out = _normalised(x, mean, rstd, gamma, beta)
-    return (np.maximum(out, 0) if relu else out), mean, var
+    return np.maximum(out, 0) if relu else out
 
 
 def _normalised(x, mean, rstd, gamma, beta):

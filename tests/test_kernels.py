@@ -260,6 +260,9 @@ def _check_batchnorm_kernels(n, c, h, w, dtype, training, relu, seed):
     for a, r in zip(got, want):
         np.testing.assert_allclose(a, r, **tol)
     assert got[0].dtype == dtype
+    # batchnorm_apply with the forward's statistics is its output again, bit for bit (nn.recompute)
+    for backend, (out, mean, var) in ((_kernels, got), (_kernels_ref, want)):
+        np.testing.assert_array_equal(backend.batchnorm_apply(x, mean, 1 / np.sqrt(var + 1e-5), g, b, relu), out)
     dout = rng.standard_normal(x.shape).astype(dtype)
     rstd = 1 / np.sqrt(want[2] + 1e-5)
     for a, r in zip(_kernels.batchnorm_backward(dout, x, want[1], rstd, g, b, training, relu),

@@ -71,10 +71,12 @@ def _minires_worker(model_name, batch, repeats, breakdown):
 
     model.train()
     step_ms = _median_ms(step, repeats)
+    step_rss_mb = _peak_rss_mb()        # before inference adds a folded copy of the weights
     parts = _breakdown(step, model, opt) if breakdown else None
     model.eval(keep_caches=False)
     fused = model.fuse_for_inference()
-    return dict(step_ms=step_ms, macs=totals(models.build(model_name, rng=0, **opts))[1], breakdown=parts,
+    return dict(step_ms=step_ms, peak_rss_mb=step_rss_mb, macs=totals(models.build(model_name, rng=0, **opts))[1],
+                breakdown=parts,
                 **_inference_ms(model, fused, x, repeats))
 
 
@@ -176,9 +178,10 @@ def _torch_worker(model_name, batch, repeats):
 
     model.train()
     step_ms = _median_ms(step, repeats)
+    step_rss_mb = _peak_rss_mb()
     model.eval()
     from torch.fx.experimental.optimization import fuse     # folds each conv-BN pair, as ours
-    return dict(step_ms=step_ms, torch_version=torch.__version__,
+    return dict(step_ms=step_ms, peak_rss_mb=step_rss_mb, torch_version=torch.__version__,
                 **_inference_ms(model, fuse(model), x, repeats, torch.no_grad))
 
 
@@ -241,7 +244,7 @@ def worker_main(argv):
         result = _minires_worker(a.model, a.batch, a.repeats, a.breakdown)
     else:
         result = _torch_worker(a.model, a.batch, a.repeats)
-    result["peak_rss_mb"] = _peak_rss_mb()
+    result.setdefault("peak_rss_mb", _peak_rss_mb())   # the model workers report the steps' peak
     print("RESULT " + json.dumps(result))
 
 

@@ -1,7 +1,7 @@
 """Functional ops: each a pair ``<op>_forward(...) -> (out, cache)`` and
 ``<op>_backward(dout, cache) -> gradients``, written by hand side by side."""
 from .activation import relu_backward, relu_forward
-from .batchnorm import (batchnorm2d_backward, batchnorm2d_forward, batchnorm2d_relu_backward,
+from .batchnorm import (batchnorm2d_backward, batchnorm2d_forward, batchnorm2d_output, batchnorm2d_relu_backward,
                         batchnorm2d_relu_forward)
 from .conv import conv2d_backward, conv2d_forward
 from .dropout import dropout_backward, dropout_forward
@@ -14,7 +14,7 @@ from .residual import add_backward, add_forward, add_relu_backward, add_relu_for
 __all__ = [
     "linear_forward", "linear_backward",
     "conv2d_forward", "conv2d_backward",
-    "batchnorm2d_forward", "batchnorm2d_backward",
+    "batchnorm2d_forward", "batchnorm2d_backward", "batchnorm2d_output",
     "batchnorm2d_relu_forward", "batchnorm2d_relu_backward",
     "relu_forward", "relu_backward",
     "max_pool2d_forward", "max_pool2d_backward",

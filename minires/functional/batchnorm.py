@@ -85,6 +85,15 @@ def batchnorm2d_backward(dout, cache):
     return kernels.batchnorm_backward(dout, x, mean, rstd, gamma, beta, training, relu)
 
 
+def batchnorm2d_output(cache):
+    """The output of the forward that made `cache` (N, C, H, W), computed again
+    from its input and statistics: bit for bit the same values (the same
+    kernel, the same per-channel constants). It lets the layer after a BN keep
+    no copy of its input between forward and backward (see nn.recompute)."""
+    x, mean, rstd, gamma, beta, training, relu = cache
+    return kernels.batchnorm_apply(x, mean, rstd, gamma, beta, relu)
+
+
 # BN followed by ReLU is the most common pair in a ResNet. Each is a pass or
 # two over an activation too big for the CPU's caches, so time goes to
 # memory traffic, not arithmetic. Fused, the forward writes max(out, 0)

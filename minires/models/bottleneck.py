@@ -41,9 +41,13 @@ class Bottleneck(nn.ResidualBlock):
             self.shortcut = projection(in_channels, filters, stride, rng)
 
     def branch_forward(self, x):
-        out = self.bn1(self.conv1(x))
-        out = self.bn2(self.conv2(out))
-        return self.bn3(self.conv3(out))
+        out1 = self.bn1(self.conv1(x))
+        out2 = self.bn2(self.conv2(out1))
+        y = self.conv3(out2)
+        # conv2 and conv3 keep no copy of their inputs: bn1 and bn2 rebuild them for backward
+        nn.release_input(self.conv2, self.bn1, out1)
+        nn.release_input(self.conv3, self.bn2, out2)
+        return self.bn3(y)
 
     def branch_backward(self, dout):
         d = self.conv3.backward(self.bn3.backward(dout))

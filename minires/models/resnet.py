@@ -38,7 +38,9 @@ class BasicBlock(nn.ResidualBlock):
 
     def branch_forward(self, x):
         out = self.bn1(self.conv1(x))
-        return self.bn2(self.conv2(out))
+        y = self.conv2(out)
+        nn.release_input(self.conv2, self.bn1, out)     # bn1 rebuilds it for backward
+        return self.bn2(y)
 
     def branch_backward(self, dout):
         d = self.conv2.backward(self.bn2.backward(dout))

@@ -40,8 +40,15 @@ class WideBlock(nn.Module):
 
     def forward(self, x):
         o1 = self.bn1(x)
-        y = self.conv2(self.dropout(self.bn2(self.conv1(o1))))
+        o2 = self.bn2(self.conv1(o1))
+        y = self.conv2(self.dropout(o2))
         out, self._cache = F.add_forward(y, self.shortcut(o1) if self.project else x)
+        # the convs keep no copies of bn1's and bn2's outputs: the BNs rebuild them for backward
+        # (not past an active dropout, nor for a strided shortcut: release_input checks)
+        for conv, bn, bn_out in ((self.conv1, self.bn1, o1), (self.conv2, self.bn2, o2)):
+            nn.release_input(conv, bn, bn_out)
+        if self.project:
+            nn.release_input(self.shortcut, self.bn1, o1)
         return out
 
     def backward(self, dout):

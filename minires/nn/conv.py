@@ -4,6 +4,7 @@ from .. import functional as F
 from ._args import count, window
 from .init import as_generator, uniform_fan_in
 from .module import Module, Parameter, take_cache
+from .recompute import restored
 
 
 class Conv2d(Module):
@@ -29,7 +30,8 @@ class Conv2d(Module):
         return out
 
     def backward(self, dout):
-        dx, dw, db = F.conv2d_backward(dout, take_cache(self))
+        # restored: the input again, if forward let it go (nn.recompute)
+        dx, dw, db = F.conv2d_backward(dout, restored(take_cache(self)))
         self.weight.grad += dw
         if self.bias is not None:
             self.bias.grad += db

@@ -14,6 +14,8 @@ from collections import OrderedDict
 
 import numpy as np
 
+from .recompute import release_input
+
 
 class Parameter:
     """A trainable array and its accumulated gradient (same shape and dtype)."""
@@ -273,8 +275,12 @@ class Sequential(Module):
         return list(self._modules.values())[i]
 
     def forward(self, x):
+        before = None
         for m in self:
-            x = m(x)
+            out = m(x)
+            # a conv right after a BN keeps no copy of its input (nn.recompute)
+            release_input(_first_layer(m), _last_layer(before), x)
+            before, x = m, out
         return x
 
     def fusable_pairs(self):
@@ -289,6 +295,20 @@ class Sequential(Module):
         for m in reversed(list(self)):
             dout = m.backward(dout)
         return dout
+
+
+def _first_layer(m):
+    """The layer that reads a module's input first (inside nested Sequentials)."""
+    while isinstance(m, Sequential) and len(m):
+        m = m[0]
+    return m
+
+
+def _last_layer(m):
+    """The layer whose output a module returns (inside nested Sequentials)."""
+    while isinstance(m, Sequential) and len(m):
+        m = m[-1]
+    return m
 
 
 class Identity(Module):

@@ -1,0 +1,152 @@
+"""nn.recompute: a conv after a BN keeps no copy of its input; the BN rebuilds it.
+
+The rebuilt input must be the forward's, bit for bit: a model's gradients
+with the release on equal those with it off exactly, and the memory held
+between forward and backward shrinks by the arrays released."""
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from minires import functional as F
+from minires import models, nn
+from minires.losses import CrossEntropyLoss
+from minires.nn import recompute
+
+# (name, options, image size, convs whose input is released in train mode)
+MODELS = [
+    ("resnet-8", dict(width_scale=0.25), 8, 3),                 # each block's conv2
+    ("resnet-8", dict(width_scale=0.25, shortcut="B"), 8, 3),
+    ("plain-8", dict(width_scale=0.25), 8, 6),                  # every conv after the stem's
+    ("bottleneck-11", dict(width_scale=1 / 16), 8, 6),          # conv2 and conv3 (a 1x1: a reshaped view)
+    ("wrn-10-1", dict(width_scale=0.25), 8, 7),                 # conv1, conv2, the last stride-2 shortcut
+    ("wrn-10-1", dict(width_scale=0.25, dropout=0.3), 8, 4),    # not conv2: a dropout mask in between
+    ("seed-wide-8", dict(width_scale=0.25), 8, 3),
+    ("seed-cnn", dict(width_scale=0.25, dropout=0.5), 32, 2),   # the convs right after a BN-ReLU
+    ("imagenet-resnet-18", dict(width_scale=1 / 16), 32, 8),
+    ("imagenet-resnet-50", dict(width_scale=1 / 16), 32, 32),
+]
+
+
+def _released(model):
+    return [name for name, m in model.named_modules()
+            if isinstance(m, nn.Conv2d) and isinstance(m.__dict__["_cache"].x, recompute.FromBatchNorm)]
+
+
+def _step(name, options, size, dtype=np.float32, mode="train"):
+    """One forward and backward: -> (model, every gradient and dx, conv names released)."""
+    model = models.build(name, rng=0, **options).astype(dtype)
+    getattr(model, mode)()
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 3, size, size)).astype(dtype)
+    crit = CrossEntropyLoss()
+    crit(model(x), rng.integers(0, 10, 3))
+    released = _released(model)
+    model.zero_grad()
+    dx = model.backward(crit.backward())
+    return [p.grad.copy() for p in model.parameters()] + [dx], released
+
+
+def _no_release(monkeypatch):
+    monkeypatch.setattr(recompute, "release_input", lambda *args: None)
+    monkeypatch.setattr(nn, "release_input", recompute.release_input)
+    monkeypatch.setattr(nn.module, "release_input", recompute.release_input)
+
+
+def _same(a, b):
+    return len(a) == len(b) and all(np.array_equal(u, v) for u, v in zip(a, b))
+
+
+@pytest.mark.parametrize("name,options,size,count", MODELS)
+@pytest.mark.parametrize("dtype,mode", [(np.float32, "train"), (np.float64, "train"), (np.float64, "eval")])
+def test_gradients_equal_those_without_the_release(monkeypatch, name, options, size, count, dtype, mode):
+    got, released = _step(name, options, size, dtype, mode)
+    if mode == "train":
+        assert len(released) == count, released
+    else:
+        assert len(released) >= 1      # eval(keep_caches=True) keeps caches: a gradient check releases too
+    with monkeypatch.context() as m:
+        _no_release(m)
+        want, none = _step(name, options, size, dtype, mode)
+    assert none == []
+    assert _same(got, want)
+
+
+def test_the_comparison_catches_a_rebuild_one_ulp_off(monkeypatch):
+    """If the BN rebuilt its output with the slightest difference, the test above fails."""
+    want, _ = _step("resnet-8", dict(width_scale=0.25), 8)
+    apply = F.batchnorm2d_output
+    monkeypatch.setattr(F, "batchnorm2d_output", lambda cache: np.nextafter(apply(cache), np.inf))
+    got, released = _step("resnet-8", dict(width_scale=0.25), 8)
+    assert released and not _same(got, want)
+
+
+def test_the_release_frees_the_arrays(monkeypatch):
+    """Between forward and backward the model holds the released inputs' bytes less."""
+    def held_after_forward():
+        model = models.build("plain-8", rng=0, width_scale=0.5).train()
+        x = np.random.default_rng(1).standard_normal((16, 3, 16, 16)).astype(np.float32)
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            model(x)
+            return tracemalloc.get_traced_memory()[0] - before, model
+        finally:
+            tracemalloc.stop()
+    held, model = held_after_forward()
+    released = [m.__dict__["_cache"].x for m in model.modules()
+                if isinstance(m, nn.Conv2d) and isinstance(m.__dict__["_cache"].x, recompute.FromBatchNorm)]
+    saved = sum(int(np.prod(r.shape)) * 4 for r in released)
+    with monkeypatch.context() as m:
+        _no_release(m)
+        held_all, _ = held_after_forward()
+    assert saved > 0 and held_all - held >= 0.95 * saved, (held_all, held, saved)
+
+
+def test_batchnorm_output_is_the_forward_output_bit_for_bit():
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        for shape in [(4, 3, 2, 3), (2, 5, 12, 10), (1, 2, 1, 1 + 1)]:     # column kernel, per channel, tiny
+            x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
+            x.flat[0] = np.nan
+            c = shape[1]
+            g, b = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
+            for training in (True, False):
+                for forward in (F.batchnorm2d_forward, F.batchnorm2d_relu_forward):
+                    rm, rv = np.zeros(c, dtype), np.ones(c, dtype) * 0.7
+                    out, cache = forward(x, g, b, rm, rv, training)
+                    np.testing.assert_array_equal(F.batchnorm2d_output(cache), out)
+
+
+def test_backward_out_of_order_still_rebuilds_from_the_right_forward():
+    """The conv holds the BN's cache of that forward, not the layer: running the
+    BN's backward first (or another forward of the BN alone) cannot change it."""
+    rng = np.random.default_rng(0)
+    bn, conv = nn.BatchNormReLU2d(4), nn.Conv2d(4, 3, 3, padding=1, rng=rng)
+    x = rng.standard_normal((2, 4, 5, 5)).astype(np.float32)
+    out = bn(x)
+    y = conv(out)
+    nn.release_input(conv, bn, out)
+    bn(x * 2)                                   # a new forward of the BN alone
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx = conv.backward(dy)
+    conv2 = nn.Conv2d(4, 3, 3, padding=1, rng=np.random.default_rng(0))
+    conv2.weight.data[...] = conv.weight.data
+    conv2.bias.data[...] = conv.bias.data
+    conv2(out)
+    np.testing.assert_array_equal(dx, conv2.backward(dy))
+    np.testing.assert_array_equal(conv.weight.grad, conv2.weight.grad)
+
+
+def test_no_release_in_inference_or_for_other_pairs():
+    rng = np.random.default_rng(0)
+    bn, conv, relu = nn.BatchNorm2d(4), nn.Conv2d(4, 3, 1, rng=rng), nn.ReLU()
+    x = rng.standard_normal((2, 4, 5, 5)).astype(np.float32)
+    out = bn(x)
+    conv(relu(out))                             # the conv read the ReLU's output, not the BN's
+    nn.release_input(conv, bn, out)
+    assert isinstance(conv.__dict__["_cache"].x, np.ndarray)
+    nn.release_input(relu, bn, out)             # not a conv: nothing to do
+    model = nn.Sequential(bn, conv).eval(keep_caches=False)
+    model(x)
+    assert conv.__dict__.get("_cache") is None
