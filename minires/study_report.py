@@ -298,14 +298,6 @@ def verdicts(rows, budgets, e1_epochs=8):
     out["C6"] = ("; ".join(verdict_parts), "; ".join(parts)) if parts else _missing("the E3 pairs")
     # He et al. Fig. 6: the deeper plain net trains worse, the deeper ResNet does not
     runs = {m: _find(rows, m, epochs=e1_epochs) for m in ("plain-20", "plain-56", "resnet-20", "resnet-56")}
-    caveat = ""
-    old_plain = {m: _find(rows, m, epochs=e1_epochs, recipe={"weight_decay": 5e-4}) for m in ("plain-20", "plain-56")}
-    if not (runs["plain-20"] and runs["plain-56"]) and all(old_plain.values()):
-        # The first plain runs took weight decay 5e-4 (a default the ResNets did not share); until the
-        # paper's 1e-4 is run, they answer the within-family half of the question, saying so.
-        runs.update(old_plain)
-        caveat = ("; the plain nets here trained with weight decay 5e-4, the ResNets (and He et al.'s plain "
-                  "nets) with 1e-4: each family is compared with itself, plain against residual is not like for like")
     if all(runs.values()):
         err = {m: 1 - r["train"] for m, r in runs.items()}
         plain = _directional([err["plain-56"] - err["plain-20"]])
@@ -316,7 +308,7 @@ def verdicts(rows, budgets, e1_epochs=8):
                               ", ".join(f"{m} {_pct(e)}" for m, e in err.items()) +
                               f"; from 20 to 56 layers the training error rises by "
                               f"{100 * (err['plain-56'] - err['plain-20']):+.1f} points without shortcuts and "
-                              f"{100 * (err['resnet-56'] - err['resnet-20']):+.1f} with them" + caveat)
+                              f"{100 * (err['resnet-56'] - err['resnet-20']):+.1f} with them")
     else:
         out["Degradation"] = _missing("plain-20/56 and resnet-20/56 (E1)")
     return out
