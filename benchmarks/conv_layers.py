@@ -11,13 +11,13 @@ runs it. PyTorch is required.
 """
 import argparse
 import json
-import time
 from collections import Counter
 
 import numpy as np
 
 from minires import functional as F
 from minires import models, nn, runtime
+from minires.dev.bench import median_ms
 
 
 def conv_shapes(model_name, options, batch):
@@ -32,16 +32,6 @@ def conv_shapes(model_name, options, batch):
             m.register_forward_hook(record)
     model(np.zeros((2, 3, 32, 32), dtype=np.float32))
     return seen
-
-
-def median_ms(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1000 * sorted(times)[len(times) // 2]
 
 
 def layer_arrays(shape, batch, rng):

@@ -14,13 +14,13 @@ elementwise product over all tiles and channels is 16 matrix products
 
     python benchmarks/winograd_prototype.py
 """
-import time
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from minires import functional as F
 from minires import runtime
+from minires.dev.bench import median_ms
 
 BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64)
 G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float64)
@@ -45,16 +45,6 @@ def winograd_conv3x3(x, w):
     return np.ascontiguousarray(y.transpose(0, 1, 2, 4, 3, 5).reshape(n, f, h, wd))
 
 
-def _median_ms(fn, repeats=5):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1000 * sorted(times)[len(times) // 2]
-
-
 def main():
     runtime.setup()
     rng = np.random.default_rng(0)
@@ -72,8 +62,8 @@ def main():
         wino = winograd_conv3x3(x, w)
         e_direct = np.abs(direct - exact).max() / scale
         e_wino = np.abs(wino - exact).max() / scale
-        t_direct = _median_ms(lambda: F.conv2d_forward(x, w, None, 1, 1))
-        t_wino = _median_ms(lambda: winograd_conv3x3(x, w))
+        t_direct = median_ms(lambda: F.conv2d_forward(x, w, None, 1, 1), 5)
+        t_wino = median_ms(lambda: winograd_conv3x3(x, w), 5)
         print(f"| {c}->{f}, {hw}x{hw} ({note}) | {e_direct:.1e} | {e_wino:.1e} | {t_direct:.1f} | "
               f"{t_wino:.1f} | {t_wino / t_direct:.2f} |")
 

@@ -30,7 +30,7 @@ DEFAULT_MODELS = ["resnet-20", "resnet-56", "plain-56", "seed-cnn", "bottleneck-
 MODEL_OPTIONS = {"resnet-20": {"shortcut": "B"}}
 
 
-def _median_ms(fn, repeats, warmup=1):
+def median_ms(fn, repeats, warmup=1):
     for _ in range(warmup):
         fn()
     times = []
@@ -70,7 +70,7 @@ def _minires_worker(model_name, batch, repeats, breakdown):
         return loss
 
     model.train()
-    step_ms = _median_ms(step, repeats)
+    step_ms = median_ms(step, repeats)
     step_rss_mb = _peak_rss_mb()        # before inference adds a folded copy of the weights
     parts = _breakdown(step, model, opt) if breakdown else None
     model.eval(keep_caches=False)
@@ -84,9 +84,9 @@ def _inference_ms(model, fused, x, repeats, no_grad=None):
     """Eval-mode and folded inference on the batch, and folded on its first image
     (more repeats: one image takes milliseconds)."""
     with no_grad() if no_grad else contextlib.nullcontext():
-        return dict(infer_ms=_median_ms(lambda: model(x), repeats),
-                    fused_ms=_median_ms(lambda: fused(x), repeats),
-                    one_image_ms=_median_ms(lambda: fused(x[:1]), max(repeats, 25), warmup=3))
+        return dict(infer_ms=median_ms(lambda: model(x), repeats),
+                    fused_ms=median_ms(lambda: fused(x), repeats),
+                    one_image_ms=median_ms(lambda: fused(x[:1]), max(repeats, 25), warmup=3))
 
 
 def _breakdown(step, model, opt):
@@ -178,7 +178,7 @@ def _torch_worker(model_name, batch, repeats):
         opt.step()
 
     model.train()
-    step_ms = _median_ms(step, repeats)
+    step_ms = median_ms(step, repeats)
     step_rss_mb = _peak_rss_mb()
     model.eval()
     from torch.fx.experimental.optimization import fuse     # folds each conv-BN pair, as ours
@@ -206,7 +206,7 @@ def _conv_worker(library, repeats):
 
         def run():
             torch.nn.functional.conv2d(tx, tw, None, 1, 1).backward(td)
-    return dict(conv_ms=_median_ms(run, repeats))
+    return dict(conv_ms=median_ms(run, repeats))
 
 
 def _fma_peak(threads, repeats=5):
