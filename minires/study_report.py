@@ -391,9 +391,9 @@ def plot_degradation(rows, path):
         if "E1" not in r["experiments"]:
             continue
         x = [e["epochs_done"] for e in r["log"]]
-        line, = ax_e.plot(x, [1 - e["test_acc"] for e in r["log"]], marker="o", label=r["model"])
+        line, = ax_e.plot(x, [1 - e["test_acc"] for e in r["log"]], marker="o", label=_label(r))
         ax_e.plot(x, [1 - e["train_acc"] for e in r["log"]], "--", color=line.get_color())
-        ax_l.plot(x, [e["train_loss"] for e in r["log"]], marker="o", color=line.get_color(), label=r["model"])
+        ax_l.plot(x, [e["train_loss"] for e in r["log"]], marker="o", color=line.get_color(), label=_label(r))
     ax_e.set(xlabel="epoch", ylabel="error (dashed: training)", title="E1: error per epoch")
     ax_l.set(xlabel="epoch", ylabel="training loss", title="E1: training loss")
     ax_e.legend(fontsize=8)
