@@ -17,6 +17,7 @@ import numpy as np
 
 from minires import functional as F
 from minires import models, nn, runtime
+from minires._kernels_ref import output_size
 from minires.dev.bench import median_ms
 
 
@@ -39,7 +40,7 @@ def layer_arrays(shape, batch, rng):
     c, f, h, w, kh, kw, sh, sw, ph, pw = shape
     x = rng.standard_normal((batch, c, h, w)).astype(np.float32)
     wt = (rng.standard_normal((f, c, kh, kw)) * 0.1).astype(np.float32)
-    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    oh, ow = output_size(h, kh, sh, ph), output_size(w, kw, sw, pw)
     return x, wt, rng.standard_normal((batch, f, oh, ow)).astype(np.float32)
 
 
