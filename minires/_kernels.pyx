@@ -20,6 +20,7 @@ from cython cimport floating
 from libc.string cimport memcpy, memset
 from cython.parallel cimport prange
 
+from minires import _kernels_ref
 from minires.parallel import default_threads
 
 cdef int _num_threads = default_threads()
@@ -514,6 +515,218 @@ def conv_direct_backward_weight(x, dout, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_
     offsets[:k] = taps
     _conv_direct_weight(x, dout, dwt, sh, sw, ph, pw, t, hs, wq, planes, dT, offsets)
     return np.ascontiguousarray(dwt[:k, :f].T).reshape(f, c, kh, kw)
+
+
+# ---------------------------------------------------------------- Winograd convolution
+# The maths is in _kernels_ref.conv_winograd_forward: each 4x4 tile of the
+# padded input is transformed (V = BT d BT^T), the 16 elements of the
+# transformed tiles meet the transformed kernels U in 16 matrix products
+# (M = U @ V), and each product tile goes back to a 2x2 output block
+# (AT M AT^T). Here whole images go in blocks of TB tiles, sized so that the
+# block's V (16, C, TB) and M (16, FP, TB) stay in the L2 cache from one
+# step to the next (the NumPy prototype, which transforms the whole batch at
+# once, spent its time moving them through memory). The products reuse the
+# direct convolution's register tile: a channel's row of V plays a tap.
+cdef inline void _winograd_plane(const floating* src, Py_ssize_t H, Py_ssize_t TW, floating* hb,
+                                 floating* dst, Py_ssize_t plane) noexcept nogil:
+    """The tiles of one channel plane src (H, 2*TW), transformed:
+    dst[k * plane + th*TW + tw] = (BT d BT^T)[k // 4, k % 4] for tile (th, tw).
+    BT along the rows first, into hb ((H+2) rows of 4 x TW; rows 0 and H+1,
+    the zero padding, stay zero), then down the columns. hb holds 2*TW + 2
+    more values: a padded row."""
+    cdef Py_ssize_t r, tw, th, j
+    cdef const floating* h0
+    cdef floating* hr
+    cdef floating* d
+    cdef floating* pr = hb + (H + 2) * 4 * TW
+    cdef floating b, c, x1, x2
+    for r in range(H):
+        # the padded row in pr (its two zeros stay from allocation); tile tw
+        # covers its columns 2tw..2tw+3
+        memcpy(pr + 1, src + r * 2 * TW, 2 * TW * sizeof(floating))
+        hr = hb + (r + 1) * 4 * TW
+        for tw in range(TW):
+            b = pr[2 * tw + 1]
+            c = pr[2 * tw + 2]
+            hr[tw] = pr[2 * tw] - c
+            hr[TW + tw] = b + c
+            hr[2 * TW + tw] = c - b
+            hr[3 * TW + tw] = b - pr[2 * tw + 3]
+    for th in range(H // 2):
+        h0 = hb + 2 * th * 4 * TW                 # rows 2th..2th+3 of hb
+        d = dst + th * TW
+        for j in range(4):
+            for tw in range(TW):
+                x1 = h0[4 * TW + j * TW + tw]
+                x2 = h0[8 * TW + j * TW + tw]
+                d[j * plane + tw] = h0[j * TW + tw] - x2
+                d[(4 + j) * plane + tw] = x1 + x2
+                d[(8 + j) * plane + tw] = x2 - x1
+                d[(12 + j) * plane + tw] = x1 - h0[12 * TW + j * TW + tw]
+
+
+cdef void _winograd_input(const floating[:, :, :, ::1] x, Py_ssize_t n0, Py_ssize_t count,
+                          floating* hb, floating* v, Py_ssize_t TB, Py_ssize_t plane) noexcept nogil:
+    """v[k, c, t] = (BT d BT^T)[k // 4, k % 4] for every tile d of images
+    x[n0:n0+count] (t = image * TH*TW + th*TW + tw), the 16 planes of v
+    `plane` values apart. The common widths get a copy of _winograd_plane
+    each, compiled for that width: their loops of 4 or 8 tiles then become
+    single vector instructions (16x16 maps: input transform 1.2 -> x ms)."""
+    cdef Py_ssize_t C = x.shape[1], H = x.shape[2], TW = x.shape[3] // 2, TH = x.shape[2] // 2
+    cdef Py_ssize_t t, c
+    cdef floating* dst
+    for t in range(count):
+        for c in range(C):
+            dst = v + c * TB + t * TH * TW
+            if TW == 4:
+                _winograd_plane(&x[n0 + t, c, 0, 0], H, 4, hb, dst, plane)
+            elif TW == 8:
+                _winograd_plane(&x[n0 + t, c, 0, 0], H, 8, hb, dst, plane)
+            elif TW == 16:
+                _winograd_plane(&x[n0 + t, c, 0, 0], H, 16, hb, dst, plane)
+            else:
+                _winograd_plane(&x[n0 + t, c, 0, 0], H, TW, hb, dst, plane)
+
+
+cdef inline floating _epilogue(floating v, floating bias, bint relu) noexcept nogil:
+    v = v + bias
+    return 0 if relu and v <= 0 else v      # NaN passes, as in PyTorch's ReLU
+
+
+cdef int _winograd_output(const floating* m, floating[:, :, :, ::1] out, Py_ssize_t n0,
+                          Py_ssize_t count, Py_ssize_t TB, Py_ssize_t S, floating* y,
+                          const floating[::1] bias, bint relu) noexcept nogil:
+    """out[n0:n0+count] = AT m AT^T per tile (m: 16 planes of (FP, TB), S values
+    apart), plus bias, ReLU if relu; -> 1 if any of these sums was inf or NaN.
+    An image's tiles lie side by side in each plane of m, so the transform
+    runs over all of them at once (vectorised) into y (4, TH*TW), then
+    y's 2x2 blocks are spread into the output rows."""
+    cdef Py_ssize_t F = out.shape[1], H = out.shape[2], W = out.shape[3]
+    cdef Py_ssize_t TH = H // 2, TW = W // 2, R = TH * TW
+    cdef Py_ssize_t t, f, th, tw, r
+    cdef const floating* mp
+    cdef const floating* yr
+    cdef floating* o0
+    cdef floating s0, s1, s2, s3, b
+    cdef int bad = 0
+    for t in range(count):
+        for f in range(F):
+            mp = m + f * TB + t * R
+            for r in range(R):
+                # AT down the columns of the 4x4 tile, then along its two rows
+                s0 = mp[r] + mp[4 * S + r] + mp[8 * S + r]
+                s1 = mp[S + r] + mp[5 * S + r] + mp[9 * S + r]
+                s2 = mp[2 * S + r] + mp[6 * S + r] + mp[10 * S + r]
+                s3 = mp[3 * S + r] + mp[7 * S + r] + mp[11 * S + r]
+                y[r] = s0 + s1 + s2
+                y[R + r] = s1 - s2 - s3
+            for r in range(R):
+                s0 = mp[4 * S + r] - mp[8 * S + r] - mp[12 * S + r]
+                s1 = mp[5 * S + r] - mp[9 * S + r] - mp[13 * S + r]
+                s2 = mp[6 * S + r] - mp[10 * S + r] - mp[14 * S + r]
+                s3 = mp[7 * S + r] - mp[11 * S + r] - mp[15 * S + r]
+                y[2 * R + r] = s0 + s1 + s2
+                y[3 * R + r] = s1 - s2 - s3
+            for r in range(4 * R):
+                bad |= y[r] - y[r] != 0         # inf - inf and NaN - NaN are NaN
+            b = bias[f]
+            for th in range(TH):
+                o0 = &out[n0 + t, f, 2 * th, 0]
+                yr = y + th * TW
+                for tw in range(TW):
+                    o0[2 * tw] = _epilogue(yr[tw], b, relu)
+                    o0[2 * tw + 1] = _epilogue(yr[R + tw], b, relu)
+                    o0[W + 2 * tw] = _epilogue(yr[2 * R + tw], b, relu)
+                    o0[W + 2 * tw + 1] = _epilogue(yr[3 * R + tw], b, relu)
+    return bad
+
+
+def _conv_winograd(const floating[:, :, :, ::1] x, const floating[:, ::1] u,
+                   floating[:, :, :, ::1] out, Py_ssize_t B, floating[::1] hb,
+                   floating[:, ::1] v, floating[:, ::1] m, Py_ssize_t TB, floating[::1] y,
+                   const Py_ssize_t[::1] offsets,
+                   const floating[::1] bias, bint relu):
+    """The loop of conv_winograd_forward: B images (at most TB tiles) per
+    block; -> False if some output before bias and ReLU was inf or NaN."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], FP = u.shape[1] // x.shape[1]
+    cdef Py_ssize_t tiles = (x.shape[2] // 2) * (x.shape[3] // 2)
+    cdef Py_ssize_t block, n0, count, k, tf, tp, used
+    cdef int bad = 0
+    with nogil:
+        for block in range((N + B - 1) // B):
+            n0 = block * B
+            count = min(B, N - n0)
+            _winograd_input(x, n0, count, &hb[0], &v[0, 0], TB, v.shape[1])
+            used = _round_up(count * tiles, PB)
+            for k in range(16):
+                for tf in range(FP // FB):
+                    for tp in range(used // PB):
+                        _forward_tile(&v[k, 0], &u[k, 0], &m[k, 0], &offsets[0], C, TB,
+                                      tf * FB, tp * PB)
+            bad |= _winograd_output(&m[0, 0], out, n0, count, TB, m.shape[1], &y[0], bias, relu)
+    return not bad
+
+
+# Tiles per block: V and M of a block take 64 * (C + FP) * TB bytes in
+# float32; this keeps them near 512 KB, half the L2 cache of one core (AMD
+# Zen 4: 1 MB; 2 MB on Sapphire Rapids). 4096, 8192 and 16384 timed within
+# 5% of each other on most layers; 8192 was the best or near it on all.
+WINOGRAD_BLOCK = 8192
+
+
+def _g_rows(a):
+    """G @ a along the first axis (a: (3, ...) -> (4, ...)): the rows of
+    _kernels_ref.WINOGRAD_G, (1, 0, 0), (1, 1, 1)/2, (1, -1, 1)/2, (0, 0, 1)."""
+    half = (a[0] + a[2]) * 0.5
+    return np.stack([a[0], half + a[1] * 0.5, half - a[1] * 0.5, a[2]]).astype(a.dtype, copy=False)
+
+
+def winograd_weights(w):
+    """w: (F, C, 3, 3) -> the transformed kernels G w G^T, (16, F/FB, C, FB)
+    flattened to (16, FP*C): for each of the 16 products, each register
+    tile's weights contiguous (F padded with zeros to FP, a multiple of FB),
+    as conv_winograd_forward reads them."""
+    f, c = w.shape[:2]
+    fp = _round_up(f, FB)
+    # G's rows written out as sums, applied along both axes of the 3x3
+    # kernels: no BLAS call, which would leave OpenBLAS's threads spinning
+    # on the cores the convolution is about to use (2x slower, measured)
+    t = _g_rows(np.ascontiguousarray(w).transpose(2, 3, 0, 1))                   # (4 i, 3 b, F, C)
+    t = _g_rows(t.transpose(1, 0, 2, 3))                                          # (4 j, 4 i, F, C)
+    u = np.zeros((4, 4, fp, c), dtype=w.dtype)
+    u[:, :, :f] = t.transpose(1, 0, 2, 3)
+    return np.ascontiguousarray(u.reshape(16, fp // FB, FB, c).transpose(0, 1, 3, 2)).reshape(16, -1)
+
+
+def conv_winograd_forward(x, u, out, bias=None, bint relu=False):
+    """The stride-1, padding-1 3x3 convolution of a chunk of images by
+    Winograd's F(2x2, 3x3), written into out.
+
+    x: (N, C, H, W) with H and W even, u = winograd_weights(w) for w (F, C,
+    3, 3), out: (N, F, H, W) with contiguous rows; bias (F,) or None is added
+    and relu applied as the output is written. Single-threaded, without the
+    GIL (as conv_direct_forward). -> True, or False if an output before
+    bias and ReLU came out inf or NaN: Winograd's tiles spread a non-finite
+    input over more outputs than the direct sum does, so the caller then
+    computes the convolution another way.
+    """
+    x = np.ascontiguousarray(x)
+    n, c, h, wd = x.shape
+    f = out.shape[1]
+    fp = u.shape[1] // c
+    tiles = (h // 2) * (wd // 2)
+    images = max(1, min(n, max(PB, WINOGRAD_BLOCK // (c + fp)) // tiles))
+    tb = _round_up(images * tiles, PB)
+    # Planes (C, TB) of V and (FP, TB) of M, 16 floats longer: their sizes are
+    # multiples of 4 KB, so the transforms' 16 streams, one per plane, would all
+    # fall in the same L1 cache set.
+    v = np.zeros((16, c * tb + 16), dtype=x.dtype)     # zero: tiles past the last image stay finite
+    m = np.empty((16, fp * tb + 16), dtype=x.dtype)
+    hb = np.zeros((h + 2) * 2 * wd + wd + 2, dtype=x.dtype)
+    y = np.empty(4 * tiles, dtype=x.dtype)
+    offsets = np.arange(c, dtype=np.intp) * tb
+    bias = np.zeros(f, dtype=x.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
+    return _conv_winograd(x, u, out, images, hb, v, m, tb, y, offsets, bias, relu)
 
 
 # ---------------------------------------------------------------- max pool

@@ -98,6 +98,51 @@ def conv_direct_forward(x, w, out, sh, sw, ph, pw, bias=None, relu=False):
     bias_relu(out, bias, relu)
 
 
+# ---------------------------------------------------------------- Winograd convolution
+# Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray 2016) for 3x3,
+# stride-1, padding-1 convolutions on maps of even height and width. The
+# padded image is cut into 4x4 tiles d, one every 2 pixels; each gives a
+# 2x2 block of the output
+#     Y = AT [ sum over c of (G g G^T)[f, c] * (BT d[c] BT^T) ] AT^T
+# with g the 3x3 kernel. The brackets are 16 independent matrix products
+# (one per element of the 4x4 transformed tile) of the transformed weights
+# (F, C) with the transformed tiles (C, tiles): 16 multiplications for four
+# outputs where the direct sum takes 36. The transforms only add and
+# subtract (G halves), so float32 rounding stays near the direct sum's.
+WINOGRAD_BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]])
+WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+WINOGRAD_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]])
+
+
+def winograd_weights(w):
+    """w: (F, C, 3, 3) -> the transformed kernels G w G^T as (16, F, C)
+    (the compiled twin orders them for its register tiles)."""
+    g = WINOGRAD_G.astype(w.dtype)
+    with np.errstate(invalid="ignore", over="ignore"):   # a non-finite w: the conv reports it
+        return (g @ w @ g.T).transpose(2, 3, 0, 1).reshape(16, *w.shape[:2])
+
+
+def conv_winograd_forward(x, u, out, bias=None, relu=False):
+    """x: (N, C, H, W) with H and W even, u = winograd_weights(w) for w (F, C,
+    3, 3) -> out: (N, F, H, W), written in place: the stride-1, padding-1
+    convolution, bias (F,) or None added, then relu applied when asked.
+    -> False if an output before bias and ReLU was inf or NaN, else True."""
+    n, c, h, wd = x.shape
+    f = out.shape[1]
+    bt, at = WINOGRAD_BT.astype(x.dtype), WINOGRAD_AT.astype(x.dtype)
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    d = sliding_window_view(xp, (4, 4), axis=(2, 3))[:, :, ::2, ::2]   # (N, C, H/2, W/2, 4, 4) tiles
+    with np.errstate(invalid="ignore", over="ignore"):   # inf - inf: reported below, not warned
+        v = bt @ d @ bt.T                                               # BT d BT^T, per tile
+        v = v.transpose(4, 5, 1, 0, 2, 3).reshape(16, c, -1)           # (16, C, N*H/2*W/2)
+        m = (u @ v).reshape(4, 4, f, n, h // 2, wd // 2)               # the 16 products
+        y = at @ m.transpose(3, 2, 4, 5, 0, 1) @ at.T                   # (N, F, H/2, W/2, 2, 2)
+    out[...] = y.transpose(0, 1, 2, 4, 3, 5).reshape(n, f, h, wd)
+    finite = bool(np.isfinite(out).all())
+    bias_relu(out, bias, relu)
+    return finite
+
+
 def bias_relu(out, bias, relu, threads=0):
     """In place: out += bias (F,) per channel, then out = max(out, 0) if relu;
     out: (N, F, ...), bias (F,) or None."""

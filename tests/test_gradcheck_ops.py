@@ -40,6 +40,19 @@ def test_conv2d(rng, case, bias, monkeypatch):
     assert report.ok(TOL), report
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 4, 6), (1, 2, 6, 4)])
+def test_conv2d_winograd_path(rng, shape, monkeypatch):
+    """Winograd's F(2x2, 3x3) (forward and dx; WINOGRAD_CHANNELS lowered so
+    that a conv small enough for a gradient check takes it)."""
+    from minires.functional import _conv_paths
+    monkeypatch.setattr(_conv_paths, "WINOGRAD_CHANNELS", 1)
+    x, wt, b = _arrays(rng, shape, (4, shape[1], 3, 3), (4,))
+    assert F.conv2d_forward(x, wt, b, 1, 1)[1].path == "winograd"
+    report = check_op(lambda x, w, b, **kw: F.conv2d_forward(x, w, b, relu=True, **kw), F.conv2d_backward,
+                      dict(x=x, w=wt, b=b), dict(stride=1, padding=1), rng=rng)
+    assert report.ok(TOL), report
+
+
 @pytest.mark.parametrize("case", CONV_CASES)
 def test_conv2d_fused_relu(rng, case):
     """The conv with a ReLU fused on (what fuse_for_inference builds)."""

@@ -380,3 +380,91 @@ def test_bias_relu_in_place_keeps_nan(backend):
     np.testing.assert_array_equal(out, [[[0.0, 1.0, np.nan, 0.0], [3.0, 0.0, np.inf, 1.0]]])
     backend.bias_relu(out, None, False)                          # nothing to do
     np.testing.assert_array_equal(out, [[[0.0, 1.0, np.nan, 0.0], [3.0, 0.0, np.inf, 1.0]]])
+
+
+@st.composite
+def winograd_case(draw):
+    """A batch for the Winograd kernel: even maps (non-square, down to 2x2),
+    channel counts crossing the register tile's 8 output channels."""
+    n, c = draw(st.integers(1, 4)), draw(st.integers(1, 40))
+    f = draw(st.sampled_from([1, 3, 8, 9, 16, 17, 33]))
+    h, w = 2 * draw(st.integers(1, 8)), 2 * draw(st.integers(1, 8))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    wt = (rng.standard_normal((f, c, 3, 3)) / np.sqrt(9 * c)).astype(dtype)
+    b = rng.standard_normal(f).astype(dtype) if draw(st.booleans()) else None
+    return x, wt, b, draw(st.booleans())
+
+
+def _winograd(backend, x, w, b, relu):
+    out = np.full((x.shape[0], w.shape[0], *x.shape[2:]), np.nan, x.dtype)
+    finite = backend.conv_winograd_forward(x, backend.winograd_weights(w), out, b, relu)
+    return out, finite
+
+
+@settings(max_examples=150, deadline=None)
+@given(winograd_case())
+def test_winograd_conv_matches_reference_and_the_loops(case):
+    x, w, b, relu = case
+    tol = dict(rtol=1e-5, atol=1e-5) if x.dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    got, finite = _winograd(_kernels, x, w, b, relu)
+    want, want_finite = _winograd(_kernels_ref, x, w, b, relu)
+    assert finite is True and want_finite is True
+    np.testing.assert_allclose(got, want, **tol)
+    loops = _kernels_ref.conv_naive_forward(x, w, b, 1, 1, 1, 1)
+    np.testing.assert_allclose(got, np.maximum(loops, 0) if relu else loops, **tol)
+
+
+@pytest.mark.parametrize("shape", [(70, 1, 8, 8), (9, 3, 16, 16), (3, 2, 32, 32), (5, 40, 4, 6)])
+def test_winograd_conv_in_several_blocks(shape):
+    """Images go through the kernel in blocks of about WINOGRAD_BLOCK tiles:
+    several blocks and a partial last one (70 images of 8x8 with 1 channel),
+    one image per block, and blocks smaller than an image's tiles."""
+    rng = np.random.default_rng(shape[0])
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal((9, shape[1], 3, 3)).astype(np.float32)
+    got, finite = _winograd(_kernels, x, w, None, False)
+    assert finite
+    np.testing.assert_allclose(got, _kernels_ref.conv_naive_forward(x, w, None, 1, 1, 1, 1), rtol=1e-4, atol=1e-4)
+
+
+def test_winograd_comparison_fails_for_a_wrong_transformed_kernel():
+    """The checks above can fail: one of the 16 transformed kernels off by
+    a little moves whole 2x2 output blocks beyond the tolerance."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
+    w = rng.standard_normal((8, 4, 3, 3)).astype(np.float32)
+    u = _kernels.winograd_weights(w)
+    u[5] *= 1.001
+    got = np.empty((2, 8, 8, 8), np.float32)
+    _kernels.conv_winograd_forward(x, u, got)
+    with pytest.raises(AssertionError):
+        np.testing.assert_allclose(got, _kernels_ref.conv_naive_forward(x, w, None, 1, 1, 1, 1),
+                                   rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", [_kernels, _kernels_ref])
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
+def test_winograd_conv_reports_non_finite_sums(backend, value):
+    """A non-finite input spreads over a whole tile (inf - inf in the
+    transforms), so the kernel says so and the caller computes that chunk
+    again with the direct kernel; even a ReLU that would turn -inf into 0
+    does not hide it."""
+    x = np.random.default_rng(1).standard_normal((2, 3, 6, 8)).astype(np.float32)
+    w = np.random.default_rng(2).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    assert _winograd(backend, x, w, None, True)[1] is True
+    x[1, 2, 3, 4] = value
+    assert _winograd(backend, x, w, None, True)[1] is False
+
+
+def test_convs_take_winograd_where_it_pays():
+    from minires.functional._conv_paths import choose_path
+    w = np.ones((32, 32, 3, 3), np.float32)
+    assert choose_path((64, 32, 8, 8), (3, 3, 1, 1, 1, 1), w) == "winograd"
+    assert choose_path((64, 32, 16, 10), (3, 3, 1, 1, 1, 1), w) == "winograd"
+    assert choose_path((64, 32, 8, 7), (3, 3, 1, 1, 1, 1), w) == "direct"           # odd width
+    assert choose_path((64, 32, 16, 16), (3, 3, 2, 2, 1, 1), w) == "direct"         # stride 2
+    assert choose_path((64, 32, 8, 8), (3, 3, 1, 1, 0, 0), w) == "direct"           # no padding
+    assert choose_path((64, 16, 8, 8), (3, 3, 1, 1, 1, 1), w[:, :16]) == "direct"   # 16 channels in
+    assert choose_path((64, 32, 8, 8), (3, 3, 1, 1, 1, 1), w[:16]) == "direct"      # 16 channels out

@@ -64,6 +64,54 @@ def test_conv2d_direct_and_im2col_paths(torch, rng, dtype, channels, stride, mon
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,f", [((3, 32, 8, 10), 40), ((1, 33, 6, 4), 32), ((2, 32, 16, 16), 64)])
+def test_conv2d_winograd_path(torch, rng, dtype, shape, f):
+    """3x3 convs with stride 1 and padding 1, even maps and 32 channels or
+    more take Winograd's F(2x2, 3x3) forward and for dx; bias and ReLU are
+    fused into its output transform."""
+    x = rng.standard_normal(shape).astype(dtype)
+    w = (rng.standard_normal((f, shape[1], 3, 3)) / np.sqrt(9 * shape[1])).astype(dtype)
+    b = rng.standard_normal(f).astype(dtype)
+    for relu in (False, True):
+        out, cache = F.conv2d_forward(x, w, b, 1, 1, relu=relu)
+        assert cache.path == "winograd"
+        dout = rng.standard_normal(out.shape).astype(dtype)
+        grads = F.conv2d_backward(dout, cache)
+        tx, tw, tb = _t(torch, x), _t(torch, w), _t(torch, b)
+        tout = torch.nn.functional.conv2d(tx, tw, tb, padding=1)
+        tout = torch.relu(tout) if relu else tout
+        tout.backward(torch.tensor(dout))
+        for mine, theirs in zip((out, *grads), (tout.detach().numpy(), *_grads(tx, tw, tb))):
+            assert mine.dtype == dtype
+            # dw sums up to 512 products of values near 1 in float32: its
+            # rounding is relative to the largest entries, not to each one
+            scaled = dict(tol(dtype), atol=tol(dtype)["atol"] * max(1.0, np.abs(theirs).max()))
+            np.testing.assert_allclose(mine, theirs, **scaled)
+
+
+@pytest.mark.parametrize("where", ["x", "dout", "w"])
+@pytest.mark.parametrize("value", [np.inf, np.nan])
+def test_conv2d_winograd_path_propagates_inf_and_nan_like_torch(torch, rng, where, value):
+    """Winograd's transforms would spread one non-finite value over a whole
+    tile and its neighbours (inf - inf); such chunks are redone by the
+    direct kernel, so NaN and inf land exactly where PyTorch puts them."""
+    x = rng.standard_normal((3, 32, 8, 8))
+    w = rng.standard_normal((32, 32, 3, 3)) / 17
+    dout = rng.standard_normal((3, 32, 8, 8))
+    {"x": x, "dout": dout, "w": w}[where][(1, 5, 3, 4) if where != "w" else (1, 5, 1, 1)] = value
+    out, cache = F.conv2d_forward(x, w, None, 1, 1)
+    assert cache.path == "winograd"
+    dx, dw, _ = F.conv2d_backward(dout, cache)
+    tx, tw = _t(torch, x), _t(torch, w)
+    tout = torch.nn.functional.conv2d(tx, tw, None, padding=1)
+    tout.backward(torch.tensor(dout))
+    assert not np.isfinite(out).all() or not np.isfinite(dx).all()
+    for mine, theirs in zip((out, dx, dw), (tout.detach().numpy(), *_grads(tx, tw))):
+        np.testing.assert_array_equal(np.isnan(mine), np.isnan(theirs))
+        np.testing.assert_allclose(mine, theirs, **tol(np.float64))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_linear(torch, rng, dtype):
     x, w, b = (rng.standard_normal(s).astype(dtype) for s in [(5, 7), (3, 7), (3,)])
     out, cache = F.linear_forward(x, w, b)

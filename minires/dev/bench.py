@@ -136,8 +136,8 @@ def _breakdown(step, model, opt):
     for group, targets in groups.items():
         for owner, name in targets:
             wrap(owner, name, spent, group, marks_backward=name == "conv2d_backward")
-    wrap(kernels, "conv_direct_forward", inside,      # in a backward pass it computes dx
-         lambda: "input gradient (dx) kernel" if in_backward[0] else "forward kernel")
+    for name in ("conv_direct_forward", "conv_winograd_forward"):     # in a backward pass they compute dx
+        wrap(kernels, name, inside, lambda: "input gradient (dx) kernel" if in_backward[0] else "forward kernel")
     wrap(kernels, "conv_direct_backward_weight", inside, "weight gradient (dw) kernel")
     for name in ("im2col", "col2im"):
         wrap(kernels, name, inside, "im2col + col2im (strided convs)")

@@ -39,7 +39,7 @@ class ConvCache(NamedTuple):
     has_bias: bool
     x_shape: tuple          # (N, C, H, W)
     out_shape: tuple        # (N, F, OH, OW)
-    path: str               # the algorithm forward used: "taps", "pointwise", "direct" or "im2col"
+    path: str               # the algorithm forward used: "taps", "pointwise", "winograd", "direct" or "im2col"
     relu_out: np.ndarray    # (N, F, OH, OW), the output when a ReLU was fused on (its mask); else None
 
 
