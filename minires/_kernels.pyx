@@ -729,6 +729,110 @@ def conv_winograd_forward(x, u, out, bias=None, bint relu=False):
     return _conv_winograd(x, u, out, images, hb, v, m, tb, y, offsets, bias, relu)
 
 
+# The weight gradient by the same transforms: Y = AT [U * V] AT^T is linear
+# in U, so dU = sum over tiles of (A dY A^T) * V (A = AT^T, dY a 2x2 block of
+# dout), 16 products reduced over the tiles, and dw = G^T dU G. The products
+# run on the direct weight gradient's register tile (_weight_tile): a
+# channel's row of V plays a tap, and the transformed dout D lies tile by
+# tile, its channels side by side, as that tile reads dout.
+cdef void _winograd_dout(const floating[:, :, :, ::1] dout, Py_ssize_t n0, Py_ssize_t count,
+                         floating* d, Py_ssize_t FP, Py_ssize_t plane) noexcept nogil:
+    """d[k * plane + t * FP + f] = (A dY A^T)[k // 4, k % 4] for the 2x2 block dY of
+    dout[n0 + image, f] at tile t (t = image * TH*TW + th*TW + tw). Channels
+    innermost: each of the 16 rows of a tile is written contiguously."""
+    cdef Py_ssize_t F = dout.shape[1], H = dout.shape[2], W = dout.shape[3]
+    cdef Py_ssize_t TH = H // 2, TW = W // 2, HW = H * W
+    cdef Py_ssize_t t, th, tw, f
+    cdef const floating* src
+    cdef floating* dst
+    cdef floating a0, a1, b0, b1, p0, p1, m0, m1
+    for t in range(count):
+        for th in range(TH):
+            for tw in range(TW):
+                src = &dout[n0 + t, 0, 2 * th, 2 * tw]
+                dst = d + ((t * TH + th) * TW + tw) * FP
+                for f in range(F):
+                    # A down the two rows y0 = (a0, a1), y1 = (b0, b1): y0, y0 + y1,
+                    # y0 - y1, -y1; then the same along each of those four rows
+                    a0 = src[f * HW]
+                    a1 = src[f * HW + 1]
+                    b0 = src[f * HW + W]
+                    b1 = src[f * HW + W + 1]
+                    p0 = a0 + b0
+                    p1 = a1 + b1
+                    m0 = a0 - b0
+                    m1 = a1 - b1
+                    dst[f] = a0
+                    dst[plane + f] = a0 + a1
+                    dst[2 * plane + f] = a0 - a1
+                    dst[3 * plane + f] = -a1
+                    dst[4 * plane + f] = p0
+                    dst[5 * plane + f] = p0 + p1
+                    dst[6 * plane + f] = p0 - p1
+                    dst[7 * plane + f] = -p1
+                    dst[8 * plane + f] = m0
+                    dst[9 * plane + f] = m0 + m1
+                    dst[10 * plane + f] = m0 - m1
+                    dst[11 * plane + f] = -m1
+                    dst[12 * plane + f] = -b0
+                    dst[13 * plane + f] = -b0 - b1
+                    dst[14 * plane + f] = b1 - b0
+                    dst[15 * plane + f] = b1
+
+
+def _conv_winograd_weight(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dout,
+                          Py_ssize_t B, floating[::1] hb, floating[:, ::1] v, floating[:, ::1] d,
+                          floating[:, ::1] du, Py_ssize_t TB, const Py_ssize_t[::1] offsets):
+    """The loop of conv_winograd_backward_weight: du[k] (CP, FP) += V_k @ D_k
+    over blocks of B images."""
+    cdef Py_ssize_t N = x.shape[0], CP = offsets.shape[0], FP = du.shape[1] // offsets.shape[0]
+    cdef Py_ssize_t tiles = (x.shape[2] // 2) * (x.shape[3] // 2)
+    cdef Py_ssize_t block, n0, count, k, k0, f0
+    with nogil:
+        for block in range((N + B - 1) // B):
+            n0 = block * B
+            count = min(B, N - n0)
+            _winograd_input(x, n0, count, &hb[0], &v[0, 0], TB, v.shape[1])
+            _winograd_dout(dout, n0, count, &d[0, 0], FP, d.shape[1])
+            for k in range(16):
+                for k0 in range(0, CP, 8):          # literal steps KB, VL (checked at import)
+                    for f0 in range(0, FP, 32):
+                        _weight_tile(&v[k, 0], &d[k, 0], &du[k, 0], &offsets[0], count * tiles, FP, k0, f0)
+
+
+def _gt_rows(a):
+    """G^T @ a along the first axis (a: (4, ...) -> (3, ...)), the adjoint of _g_rows."""
+    half = (a[1] + a[2]) * 0.5
+    return np.stack([a[0] + half, (a[1] - a[2]) * 0.5, half + a[3]]).astype(a.dtype, copy=False)
+
+
+def conv_winograd_backward_weight(x, dout):
+    """Weight gradient of the stride-1, padding-1 3x3 convolution over a
+    chunk of images, by Winograd's F(2x2, 3x3).
+
+    x: (N, C, H, W) with H and W even, dout: (N, F, H, W) -> dw: (F, C, 3, 3),
+    summed over the chunk. Single-threaded, without the GIL (as
+    conv_direct_backward_weight).
+    """
+    x, dout = np.ascontiguousarray(x), np.ascontiguousarray(dout)
+    n, c, h, wd = x.shape
+    f = dout.shape[1]
+    fp, cp = _round_up(f, VL), _round_up(c, KB)
+    tiles = (h // 2) * (wd // 2)
+    images = max(1, min(n, max(PB, WINOGRAD_BLOCK // (c + fp)) // tiles))
+    tb = images * tiles
+    v = np.zeros((16, c * tb + 16), dtype=x.dtype)     # 16 longer: as in conv_winograd_forward
+    d = np.zeros((16, tb * fp + 16), dtype=x.dtype)    # zero: the padding channels f >= F stay zero
+    du = np.zeros((16, cp * fp), dtype=x.dtype)
+    hb = np.zeros((h + 2) * 2 * wd + wd + 2, dtype=x.dtype)
+    offsets = np.zeros(cp, dtype=np.intp)              # padding channels read row 0; dropped below
+    offsets[:c] = np.arange(c) * tb
+    _conv_winograd_weight(x, dout, images, hb, v, d, du, tb, offsets)
+    t = _gt_rows(du.reshape(4, 4, cp, fp)[:, :, :c, :f])           # (3 a, 4 j, C, F)
+    t = _gt_rows(t.transpose(1, 0, 2, 3))                           # (3 b, 3 a, C, F)
+    return np.ascontiguousarray(t.transpose(3, 2, 1, 0))
+
+
 # ---------------------------------------------------------------- max pool
 cdef inline void _window_inside(const floating* plane, Py_ssize_t W, Py_ssize_t h0, Py_ssize_t w0,
                                 Py_ssize_t kh, Py_ssize_t kw, floating* best_out,

@@ -143,6 +143,25 @@ def conv_winograd_forward(x, u, out, bias=None, relu=False):
     return finite
 
 
+def conv_winograd_backward_weight(x, dout):
+    """x: (N, C, H, W) with H and W even, dout: (N, F, H, W) -> dw: (F, C, 3, 3)
+    of the stride-1, padding-1 convolution, summed over the images. The
+    forward pass is linear in U, so dU = sum over tiles of (A dY A^T) * V
+    (A = AT^T, dY a 2x2 block of dout): 16 products that sum over the
+    tiles; then dw = G^T dU G, the adjoint of U = G w G^T."""
+    n, c, h, wd = x.shape
+    f = dout.shape[1]
+    bt, at, g = (m.astype(x.dtype) for m in (WINOGRAD_BT, WINOGRAD_AT, WINOGRAD_G))
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    d = sliding_window_view(xp, (4, 4), axis=(2, 3))[:, :, ::2, ::2]   # (N, C, H/2, W/2, 4, 4)
+    dy = dout.reshape(n, f, h // 2, 2, wd // 2, 2).transpose(0, 1, 2, 4, 3, 5)   # (N, F, H/2, W/2, 2, 2)
+    with np.errstate(invalid="ignore", over="ignore"):   # inf - inf: the caller checks dw
+        v = (bt @ d @ bt.T).transpose(4, 5, 1, 0, 2, 3).reshape(16, c, -1)     # (16, C, tiles)
+        dm = (at.T @ dy @ at).transpose(4, 5, 1, 0, 2, 3).reshape(16, f, -1)   # (16, F, tiles)
+        du = (dm @ v.transpose(0, 2, 1)).reshape(4, 4, f, c)                   # the 16 products
+        return (g.T @ du.transpose(2, 3, 0, 1) @ g).astype(x.dtype, copy=False)
+
+
 def bias_relu(out, bias, relu, threads=0):
     """In place: out += bias (F,) per channel, then out = max(out, 0) if relu;
     out: (N, F, ...), bias (F,) or None."""

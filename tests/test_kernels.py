@@ -416,6 +416,19 @@ def test_winograd_conv_matches_reference_and_the_loops(case):
     np.testing.assert_allclose(got, np.maximum(loops, 0) if relu else loops, **tol)
 
 
+@settings(max_examples=100, deadline=None)
+@given(winograd_case())
+def test_winograd_weight_gradient_matches_reference_and_the_loops(case):
+    x, w, _, _ = case
+    dout = np.random.default_rng(x.shape[1]).standard_normal((x.shape[0], w.shape[0], *x.shape[2:]))
+    dout = dout.astype(x.dtype)
+    tol = dict(rtol=1e-4, atol=1e-4) if x.dtype == np.float32 else dict(rtol=1e-11, atol=1e-11)
+    got = _kernels.conv_winograd_backward_weight(x, dout)
+    assert got.dtype == x.dtype and got.shape == w.shape
+    np.testing.assert_allclose(got, _kernels_ref.conv_winograd_backward_weight(x, dout), **tol)
+    np.testing.assert_allclose(got, _kernels_ref.conv_naive_backward(dout, x, w, 1, 1, 1, 1)[1], **tol)
+
+
 @pytest.mark.parametrize("shape", [(70, 1, 8, 8), (9, 3, 16, 16), (3, 2, 32, 32), (5, 40, 4, 6)])
 def test_winograd_conv_in_several_blocks(shape):
     """Images go through the kernel in blocks of about WINOGRAD_BLOCK tiles:
@@ -427,6 +440,23 @@ def test_winograd_conv_in_several_blocks(shape):
     got, finite = _winograd(_kernels, x, w, None, False)
     assert finite
     np.testing.assert_allclose(got, _kernels_ref.conv_naive_forward(x, w, None, 1, 1, 1, 1), rtol=1e-4, atol=1e-4)
+    dout = rng.standard_normal(got.shape).astype(np.float32)
+    want = _kernels_ref.conv_direct_backward_weight(x.astype(np.float64), dout.astype(np.float64), 3, 3, 1, 1, 1, 1)
+    np.testing.assert_allclose(_kernels.conv_winograd_backward_weight(x, dout), want,
+                               rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+def test_winograd_weight_gradient_comparison_fails_for_a_wrong_adjoint(monkeypatch):
+    """dw = G^T dU G: with G's middle rows swapped in the final transform
+    (G^T's columns in the wrong order) the comparison above fails."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
+    dout = rng.standard_normal((2, 8, 8, 8)).astype(np.float32)
+    right = _kernels.conv_winograd_backward_weight(x, dout)
+    gt_rows = _kernels._gt_rows
+    monkeypatch.setattr(_kernels, "_gt_rows", lambda a: gt_rows(a[[0, 2, 1, 3]]))
+    with pytest.raises(AssertionError):
+        np.testing.assert_allclose(_kernels.conv_winograd_backward_weight(x, dout), right, rtol=1e-4, atol=1e-4)
 
 
 def test_winograd_comparison_fails_for_a_wrong_transformed_kernel():

@@ -43,7 +43,8 @@ of every CIFAR ResNet's) on maps of even size with enough channels: the
 direct sum takes 9 multiply-adds per output and input channel, Winograd's
 F(2x2, 3x3) 4, plus cheap transforms (see _kernels_ref.conv_winograd_forward).
 Its input gradient is again such a conv (flipped kernel, as above), so it
-takes the same path; its weight gradient stays with the direct kernel.
+takes the same path, and its weight gradient comes from the same transforms
+(_kernels_ref.conv_winograd_backward_weight).
 
 Either way images are split across threads (minires.parallel).
 """
@@ -172,10 +173,11 @@ def backward(dout, cache):
 
 
 # Winograd pays where the 16 products are long enough to outweigh the
-# transforms: forward, batch 128, 2 threads, AMD EPYC (Zen 4), time against
-# the direct kernel: 16->16 channels at 32x32 1.37x (slower), 32->32 at
-# 32x32 0.89, 32->32 at 16x16 0.84-1.05, 64->64 at 8x8 0.63, 64->64 at
-# 32x32 0.65, 128->128 at 16x16 0.56, 256->256 at 8x8 0.47.
+# transforms. Batch 128, 2 threads, AMD EPYC (Zen 4), time against the
+# direct kernel, forward / weight gradient: 16->16 channels at 32x32
+# 1.37 / 1.11 (slower), 32->32 at 32x32 0.89 / 0.85, 32->32 at 16x16
+# 0.84-1.05 / 0.59, 64->64 at 8x8 0.63 / 0.67, 64->64 at 32x32 0.65 / 0.74,
+# 128->128 at 16x16 0.56 / 0.56, 256->256 at 8x8 0.47 / 0.50.
 WINOGRAD_CHANNELS = 32
 
 
@@ -275,7 +277,7 @@ def _direct_applies(geometry):
 
 def _direct_backward(dout, x, w, geometry, winograd=False):
     """dout: (N, F, OH, OW) -> dx: (N, C, H, W), dw: (F, C, KH, KW) of a stride-1
-    conv with the direct kernels (dx by Winograd when asked)."""
+    conv with the direct kernels, or by Winograd's F(2x2, 3x3) when asked."""
     w_flipped = _flipped(w)
     u = kernels.winograd_weights(w_flipped) if winograd else None
     dx = np.empty(x.shape, dtype=x.dtype)
@@ -283,14 +285,17 @@ def _direct_backward(dout, x, w, geometry, winograd=False):
     def images(lo, hi):
         if u is None or not kernels.conv_winograd_forward(dout[lo:hi], u, dx[lo:hi]):
             _input_gradient_stride1(dout[lo:hi], w_flipped, dx[lo:hi], geometry)
+        if winograd:
+            return kernels.conv_winograd_backward_weight(x[lo:hi], dout[lo:hi])
         return kernels.conv_direct_backward_weight(x[lo:hi], dout[lo:hi], *geometry)
 
     dw = sum(parallel.map_chunks(images, x.shape[0]))
     if not np.isfinite(dw).all():
         # The kernel also multiplies the zero gradient of the grid's junk
         # columns with real pixels, and 0 * NaN or 0 * inf is NaN: it would put
-        # NaN at taps that never meet a NaN pixel. Only when the result is not
-        # finite, redo the sum over real positions alone.
+        # NaN at taps that never meet a NaN pixel (Winograd's transforms
+        # spread it further still). Only when the result is not finite, redo
+        # the sum over real positions alone.
         dw = im2col_backward(dout, x, w, geometry)[1]
     return dx, dw
 
