@@ -138,7 +138,8 @@ def _breakdown(step, model, opt):
             wrap(owner, name, spent, group, marks_backward=name == "conv2d_backward")
     for name in ("conv_direct_forward", "conv_winograd_forward"):     # in a backward pass they compute dx
         wrap(kernels, name, inside, lambda: "input gradient (dx) kernel" if in_backward[0] else "forward kernel")
-    wrap(kernels, "conv_direct_backward_weight", inside, "weight gradient (dw) kernel")
+    for name in ("conv_direct_backward_weight", "conv_winograd_backward_weight"):
+        wrap(kernels, name, inside, "weight gradient (dw) kernel")
     for name in ("im2col", "col2im"):
         wrap(kernels, name, inside, "im2col + col2im (strided convs)")
     try:
