@@ -674,11 +674,34 @@ def _conv_winograd(const floating[:, :, :, ::1] x, const floating[:, ::1] u,
 WINOGRAD_BLOCK = 8192
 
 
-def _g_rows(a):
-    """G @ a along the first axis (a: (3, ...) -> (4, ...)): the rows of
-    _kernels_ref.WINOGRAD_G, (1, 0, 0), (1, 1, 1)/2, (1, -1, 1)/2, (0, 0, 1)."""
-    half = (a[0] + a[2]) * 0.5
-    return np.stack([a[0], half + a[1] * 0.5, half - a[1] * 0.5, a[2]]).astype(a.dtype, copy=False)
+cdef void _g_transform(const floating* g, floating* u, Py_ssize_t stride) noexcept nogil:
+    """u[k * stride] = (G g G^T)[k // 4, k % 4] for one 3x3 kernel g (row-major),
+    G's rows written out: (1, 0, 0), (1, 1, 1)/2, (1, -1, 1)/2, (0, 0, 1)."""
+    cdef floating t[4][3]
+    cdef floating half
+    cdef Py_ssize_t i, b
+    for b in range(3):                          # G down the columns of g
+        half = (g[b] + g[6 + b]) * <floating>0.5
+        t[0][b] = g[b]
+        t[1][b] = half + g[3 + b] * <floating>0.5
+        t[2][b] = half - g[3 + b] * <floating>0.5
+        t[3][b] = g[6 + b]
+    for i in range(4):                          # then G^T along each row
+        half = (t[i][0] + t[i][2]) * <floating>0.5
+        u[(4 * i) * stride] = t[i][0]
+        u[(4 * i + 1) * stride] = half + t[i][1] * <floating>0.5
+        u[(4 * i + 2) * stride] = half - t[i][1] * <floating>0.5
+        u[(4 * i + 3) * stride] = t[i][2]
+
+
+def _winograd_weights(const floating[:, :, :, ::1] w, floating[:, ::1] u):
+    """The loop of winograd_weights (padding channels of u stay zero)."""
+    cdef Py_ssize_t F = w.shape[0], C = w.shape[1], f, c
+    with nogil:
+        for f in range(F):
+            for c in range(C):
+                # u[k] is (FP/FB, C, FB): channel f of tile f // FB, column f % FB
+                _g_transform(&w[f, c, 0, 0], &u[0, ((f // FB) * C + c) * FB + f % FB], u.shape[1])
 
 
 def winograd_weights(w):
@@ -686,16 +709,10 @@ def winograd_weights(w):
     flattened to (16, FP*C): for each of the 16 products, each register
     tile's weights contiguous (F padded with zeros to FP, a multiple of FB),
     as conv_winograd_forward reads them."""
-    f, c = w.shape[:2]
-    fp = _round_up(f, FB)
-    # G's rows written out as sums, applied along both axes of the 3x3
-    # kernels: no BLAS call, which would leave OpenBLAS's threads spinning
-    # on the cores the convolution is about to use (2x slower, measured)
-    t = _g_rows(np.ascontiguousarray(w).transpose(2, 3, 0, 1))                   # (4 i, 3 b, F, C)
-    t = _g_rows(t.transpose(1, 0, 2, 3))                                          # (4 j, 4 i, F, C)
-    u = np.zeros((4, 4, fp, c), dtype=w.dtype)
-    u[:, :, :f] = t.transpose(1, 0, 2, 3)
-    return np.ascontiguousarray(u.reshape(16, fp // FB, FB, c).transpose(0, 1, 3, 2)).reshape(16, -1)
+    w = np.ascontiguousarray(w)
+    u = np.zeros((16, _round_up(w.shape[0], FB) * w.shape[1]), dtype=w.dtype)
+    _winograd_weights(w, u)
+    return u
 
 
 def conv_winograd_forward(x, u, out, bias=None, bint relu=False):
@@ -800,10 +817,32 @@ def _conv_winograd_weight(const floating[:, :, :, ::1] x, const floating[:, :, :
                         _weight_tile(&v[k, 0], &d[k, 0], &du[k, 0], &offsets[0], count * tiles, FP, k0, f0)
 
 
-def _gt_rows(a):
-    """G^T @ a along the first axis (a: (4, ...) -> (3, ...)), the adjoint of _g_rows."""
-    half = (a[1] + a[2]) * 0.5
-    return np.stack([a[0] + half, (a[1] - a[2]) * 0.5, half + a[3]]).astype(a.dtype, copy=False)
+cdef void _g_adjoint(const floating* du, Py_ssize_t stride, floating* g) noexcept nogil:
+    """g (3x3, row-major) = G^T dU G for dU[k // 4, k % 4] = du[k * stride]: the
+    adjoint of _g_transform, G^T's rows written out: (1, 1/2, 1/2, 0),
+    (0, 1/2, -1/2, 0), (0, 1/2, 1/2, 1)."""
+    cdef floating t[3][4]
+    cdef floating half
+    cdef Py_ssize_t j, a
+    for j in range(4):                          # G^T down the columns of dU
+        half = (du[(4 + j) * stride] + du[(8 + j) * stride]) * <floating>0.5
+        t[0][j] = du[j * stride] + half
+        t[1][j] = (du[(4 + j) * stride] - du[(8 + j) * stride]) * <floating>0.5
+        t[2][j] = half + du[(12 + j) * stride]
+    for a in range(3):                          # then G along each row
+        half = (t[a][1] + t[a][2]) * <floating>0.5
+        g[3 * a] = t[a][0] + half
+        g[3 * a + 1] = (t[a][1] - t[a][2]) * <floating>0.5
+        g[3 * a + 2] = half + t[a][3]
+
+
+def _winograd_weight_gradient(const floating[:, ::1] du, floating[:, :, :, ::1] dw):
+    """dw[f, c] = G^T dU[c, f] G for du: (16, CP*FP)."""
+    cdef Py_ssize_t F = dw.shape[0], C = dw.shape[1], FP = du.shape[1] // _round_up(dw.shape[1], KB), f, c
+    with nogil:
+        for f in range(F):
+            for c in range(C):
+                _g_adjoint(&du[0, c * FP + f], du.shape[1], &dw[f, c, 0, 0])
 
 
 def conv_winograd_backward_weight(x, dout):
@@ -828,9 +867,9 @@ def conv_winograd_backward_weight(x, dout):
     offsets = np.zeros(cp, dtype=np.intp)              # padding channels read row 0; dropped below
     offsets[:c] = np.arange(c) * tb
     _conv_winograd_weight(x, dout, images, hb, v, d, du, tb, offsets)
-    t = _gt_rows(du.reshape(4, 4, cp, fp)[:, :, :c, :f])           # (3 a, 4 j, C, F)
-    t = _gt_rows(t.transpose(1, 0, 2, 3))                           # (3 b, 3 a, C, F)
-    return np.ascontiguousarray(t.transpose(3, 2, 1, 0))
+    dw = np.empty((f, c, 3, 3), dtype=x.dtype)
+    _winograd_weight_gradient(du, dw)
+    return dw
 
 
 # ---------------------------------------------------------------- max pool
