@@ -42,10 +42,12 @@ def test_conv2d(rng, case, bias, monkeypatch):
 
 @pytest.mark.parametrize("shape", [(2, 3, 4, 6), (1, 2, 6, 4)])
 def test_conv2d_winograd_path(rng, shape, monkeypatch):
-    """Winograd's F(2x2, 3x3) (forward and dx; WINOGRAD_CHANNELS lowered so
-    that a conv small enough for a gradient check takes it)."""
+    """Winograd's F(2x2, 3x3) (forward, dx and dw; WINOGRAD_CHANNELS and
+    WINOGRAD_POSITIONS lowered so that a conv small enough for a gradient
+    check takes it)."""
     from minires.functional import _conv_paths
     monkeypatch.setattr(_conv_paths, "WINOGRAD_CHANNELS", 1)
+    monkeypatch.setattr(_conv_paths, "WINOGRAD_POSITIONS", 0)
     x, wt, b = _arrays(rng, shape, (4, shape[1], 3, 3), (4,))
     assert F.conv2d_forward(x, wt, b, 1, 1)[1].path == "winograd"
     report = check_op(lambda x, w, b, **kw: F.conv2d_forward(x, w, b, relu=True, **kw), F.conv2d_backward,

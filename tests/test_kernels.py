@@ -500,3 +500,8 @@ def test_convs_take_winograd_where_it_pays():
     assert choose_path((64, 32, 8, 8), (3, 3, 1, 1, 0, 0), w) == "direct"           # no padding
     assert choose_path((64, 16, 8, 8), (3, 3, 1, 1, 1, 1), w[:, :16]) == "direct"   # 16 channels in
     assert choose_path((64, 32, 8, 8), (3, 3, 1, 1, 1, 1), w[:16]) == "direct"      # 16 channels out
+    assert choose_path((8, 32, 8, 8), (3, 3, 1, 1, 1, 1), w) == "direct"            # 512 positions: too few
+    assert choose_path((4, 32, 16, 16), (3, 3, 1, 1, 1, 1), w) == "winograd"        # 1024
+    assert choose_path((4, 32, 32, 32), (3, 3, 1, 1, 1, 1), w) == "direct"          # 32 channels at 32x32
+    w64 = np.ones((64, 64, 3, 3), np.float32)
+    assert choose_path((1, 64, 32, 32), (3, 3, 1, 1, 1, 1), w64) == "winograd"
