@@ -38,8 +38,8 @@ direct kernel as S*S stride-1 convolutions, one per pixel phase, its input
 gradient alone took 56 ms where im2col's whole backward takes 58 (64->128
 channels, 32x32, batch 128).
 
-Winograd, the path of 3x3 convs with stride 1 and padding 1 (all but two
-of every CIFAR ResNet's) on maps of even size with enough channels: the
+Winograd, the path of 3x3 convs with stride 1 and padding 1 on maps of
+even size with enough channels and images (see WINOGRAD_CHANNELS): the
 direct sum takes 9 multiply-adds per output and input channel, Winograd's
 F(2x2, 3x3) 4, plus cheap transforms (see _kernels_ref.conv_winograd_forward).
 Its input gradient is again such a conv (flipped kernel, as above), so it
