@@ -565,6 +565,121 @@ cdef inline void _winograd_plane(const floating* src, Py_ssize_t H, Py_ssize_t T
                 d[(12 + j) * plane + tw] = x1 - h0[12 * TW + j * TW + tw]
 
 
+# The same transform for float32 planes 8, 16 or 32 pixels wide, written in
+# C with GCC/Clang vector types: gcc 12 left the row pass above scalar (its
+# reads go two by two) behind run-time aliasing checks. A row of 2*TW
+# pixels is one vector; its even and odd pixels are split with shuffles,
+# and the tile sums then run TW tiles at a time. Each image row is
+# transformed once: a tile row shares two image rows with the one before.
+cdef extern from *:
+    """
+    #if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+    #define MINIRES_WINOGRAD_VECTORS 1
+    #define MINIRES_LIST(...) __VA_ARGS__
+    #define MINIRES_WINOGRAD_PLANE(TW, EVEN, ODD, PREV, NEXT)                                          \
+    static void minires_winograd_plane##TW(const float* src, Py_ssize_t H, float* dst, Py_ssize_t plane) { \
+        typedef float vec __attribute__((vector_size(4 * TW), aligned(4)));                            \
+        typedef float row __attribute__((vector_size(8 * TW), aligned(4)));                            \
+        const vec zero = {0};                                                                          \
+        vec h[4][4];           /* BT along padded rows 2th..2th+3 of tile row th: h[slot][j] */         \
+        Py_ssize_t th = 0;                                                                             \
+        for (int j = 0; j < 4; j++) h[0][j] = zero;          /* padded row 0: the top border */      \
+        for (Py_ssize_t r = 0; r <= H; r++) {                                                          \
+            Py_ssize_t k = r + 1 - 2 * th;       /* image row r is padded row r + 1 */                  \
+            if (r < H) {                                                                               \
+                row x = *(const row*)(src + r * 2 * TW);                                               \
+                vec e = __builtin_shufflevector(x, x, MINIRES_LIST EVEN);                              \
+                vec o = __builtin_shufflevector(x, x, MINIRES_LIST ODD);                               \
+                /* tile tw reads padded columns 2tw..2tw+3: o[tw-1], e[tw], o[tw], e[tw+1] */          \
+                vec op = __builtin_shufflevector(o, zero, MINIRES_LIST PREV);                          \
+                vec en = __builtin_shufflevector(e, zero, MINIRES_LIST NEXT);                          \
+                h[k][0] = op - o; h[k][1] = e + o; h[k][2] = o - e; h[k][3] = e - en;                  \
+            } else {                              /* padded row H + 1: the bottom border */             \
+                for (int j = 0; j < 4; j++) h[3][j] = zero;                                            \
+                k = 3;                                                                                 \
+            }                                                                                          \
+            if (k == 3) {                         /* tile row th is complete: BT down the columns */    \
+                float* d = dst + th * TW;                                                              \
+                for (int j = 0; j < 4; j++) {                                                          \
+                    *(vec*)(d + j * plane) = h[0][j] - h[2][j];                                        \
+                    *(vec*)(d + (4 + j) * plane) = h[1][j] + h[2][j];                                  \
+                    *(vec*)(d + (8 + j) * plane) = h[2][j] - h[1][j];                                  \
+                    *(vec*)(d + (12 + j) * plane) = h[1][j] - h[3][j];                                 \
+                    h[0][j] = h[2][j];                                                                 \
+                    h[1][j] = h[3][j];                                                                 \
+                }                                                                                      \
+                th++;                                                                                  \
+            }                                                                                          \
+        }                                                                                              \
+    }
+    MINIRES_WINOGRAD_PLANE(4, (0, 2, 4, 6), (1, 3, 5, 7), (4, 0, 1, 2), (1, 2, 3, 4))
+    MINIRES_WINOGRAD_PLANE(8, (0, 2, 4, 6, 8, 10, 12, 14), (1, 3, 5, 7, 9, 11, 13, 15),
+                           (8, 0, 1, 2, 3, 4, 5, 6), (1, 2, 3, 4, 5, 6, 7, 8))
+    MINIRES_WINOGRAD_PLANE(16, (0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30),
+                           (1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31),
+                           (16, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14),
+                           (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16))
+    #define MINIRES_WINOGRAD_OUT(TW, INTERLEAVE)                                                       \
+    static int minires_winograd_out##TW(const float* mp, Py_ssize_t S, Py_ssize_t TH, float* o,      \
+                                        Py_ssize_t W, float bias, int relu) {                         \
+        typedef float vec __attribute__((vector_size(4 * TW), aligned(4)));                            \
+        typedef int ivec __attribute__((vector_size(4 * TW)));                                         \
+        typedef float row __attribute__((vector_size(8 * TW), aligned(4)));                            \
+        const vec zero = {0};                                                                          \
+        ivec bad = {0};                                                                                \
+        for (Py_ssize_t th = 0; th < TH; th++) {                                                       \
+            const float* q = mp + th * TW;                                                             \
+            vec m[16];                                                                                 \
+            for (int k = 0; k < 16; k++) m[k] = *(const vec*)(q + k * S);                              \
+            vec y[4];                                                                                  \
+            for (int a = 0; a < 2; a++) {        /* AT down the columns, then along the rows */         \
+                vec s0 = a ? m[4] - m[8] - m[12] : m[0] + m[4] + m[8];                                 \
+                vec s1 = a ? m[5] - m[9] - m[13] : m[1] + m[5] + m[9];                                 \
+                vec s2 = a ? m[6] - m[10] - m[14] : m[2] + m[6] + m[10];                               \
+                vec s3 = a ? m[7] - m[11] - m[15] : m[3] + m[7] + m[11];                               \
+                y[2 * a] = s0 + s1 + s2;                                                               \
+                y[2 * a + 1] = s1 - s2 - s3;                                                           \
+            }                                                                                          \
+            for (int i = 0; i < 4; i++) {                                                              \
+                bad |= (y[i] - y[i]) != 0;       /* inf - inf and NaN - NaN are NaN */                  \
+                y[i] += bias;                                                                          \
+                if (relu)                        /* 0 where y <= 0; NaN passes, as PyTorch's ReLU */    \
+                    y[i] = (vec)((ivec)y[i] & ~(y[i] <= zero));                                        \
+            }                                                                                          \
+            *(row*)(o + 2 * th * W) = __builtin_shufflevector(y[0], y[1], MINIRES_LIST INTERLEAVE);    \
+            *(row*)(o + (2 * th + 1) * W) = __builtin_shufflevector(y[2], y[3], MINIRES_LIST INTERLEAVE); \
+        }                                                                                              \
+        for (int i = 0; i < TW; i++) if (bad[i]) return 1;                                             \
+        return 0;                                                                                      \
+    }
+    MINIRES_WINOGRAD_OUT(4, (0, 4, 1, 5, 2, 6, 3, 7))
+    MINIRES_WINOGRAD_OUT(8, (0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15))
+    MINIRES_WINOGRAD_OUT(16, (0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31))
+    #else
+    #define MINIRES_WINOGRAD_VECTORS 0
+    static int minires_winograd_out4(const float* mp, Py_ssize_t S, Py_ssize_t TH, float* o, Py_ssize_t W, float bias, int relu) { return 0; }
+    static int minires_winograd_out8(const float* mp, Py_ssize_t S, Py_ssize_t TH, float* o, Py_ssize_t W, float bias, int relu) { return 0; }
+    static int minires_winograd_out16(const float* mp, Py_ssize_t S, Py_ssize_t TH, float* o, Py_ssize_t W, float bias, int relu) { return 0; }
+    static void minires_winograd_plane4(const float* src, Py_ssize_t H, float* dst, Py_ssize_t plane) {}
+    static void minires_winograd_plane8(const float* src, Py_ssize_t H, float* dst, Py_ssize_t plane) {}
+    static void minires_winograd_plane16(const float* src, Py_ssize_t H, float* dst, Py_ssize_t plane) {}
+    #endif
+    """
+    int _WINOGRAD_VECTORS "MINIRES_WINOGRAD_VECTORS"
+    void _winograd_plane4 "minires_winograd_plane4"(const float* src, Py_ssize_t H, float* dst,
+                                                     Py_ssize_t plane) noexcept nogil
+    void _winograd_plane8 "minires_winograd_plane8"(const float* src, Py_ssize_t H, float* dst,
+                                                     Py_ssize_t plane) noexcept nogil
+    void _winograd_plane16 "minires_winograd_plane16"(const float* src, Py_ssize_t H, float* dst,
+                                                       Py_ssize_t plane) noexcept nogil
+    int _winograd_out4 "minires_winograd_out4"(const float* mp, Py_ssize_t S, Py_ssize_t TH, float* o,
+                                                  Py_ssize_t W, float bias, int relu) noexcept nogil
+    int _winograd_out8 "minires_winograd_out8"(const float* mp, Py_ssize_t S, Py_ssize_t TH, float* o,
+                                                  Py_ssize_t W, float bias, int relu) noexcept nogil
+    int _winograd_out16 "minires_winograd_out16"(const float* mp, Py_ssize_t S, Py_ssize_t TH, float* o,
+                                                  Py_ssize_t W, float bias, int relu) noexcept nogil
+
+
 cdef void _winograd_input(const floating[:, :, :, ::1] x, Py_ssize_t n0, Py_ssize_t count,
                           floating* hb, floating* v, Py_ssize_t TB, Py_ssize_t plane) noexcept nogil:
     """v[k, c, t] = (BT d BT^T)[k // 4, k % 4] for every tile d of images
@@ -579,6 +694,15 @@ cdef void _winograd_input(const floating[:, :, :, ::1] x, Py_ssize_t n0, Py_ssiz
     for t in range(count):
         for c in range(C):
             dst = v + c * TB + t * TH * TW
+            if floating is float:
+                if _WINOGRAD_VECTORS and (TW == 4 or TW == 8 or TW == 16):
+                    if TW == 4:
+                        _winograd_plane4(&x[n0 + t, c, 0, 0], H, dst, plane)
+                    elif TW == 8:
+                        _winograd_plane8(&x[n0 + t, c, 0, 0], H, dst, plane)
+                    else:
+                        _winograd_plane16(&x[n0 + t, c, 0, 0], H, dst, plane)
+                    continue
             if TW == 4:
                 _winograd_plane(&x[n0 + t, c, 0, 0], H, 4, hb, dst, plane)
             elif TW == 8:
@@ -613,6 +737,15 @@ cdef int _winograd_output(const floating* m, floating[:, :, :, ::1] out, Py_ssiz
     for t in range(count):
         for f in range(F):
             mp = m + f * TB + t * R
+            if floating is float:
+                if _WINOGRAD_VECTORS and (TW == 4 or TW == 8 or TW == 16):
+                    if TW == 4:
+                        bad |= _winograd_out4(mp, S, TH, &out[n0 + t, f, 0, 0], W, bias[f], relu)
+                    elif TW == 8:
+                        bad |= _winograd_out8(mp, S, TH, &out[n0 + t, f, 0, 0], W, bias[f], relu)
+                    else:
+                        bad |= _winograd_out16(mp, S, TH, &out[n0 + t, f, 0, 0], W, bias[f], relu)
+                    continue
             for r in range(R):
                 # AT down the columns of the 4x4 tile, then along its two rows
                 s0 = mp[r] + mp[4 * S + r] + mp[8 * S + r]

@@ -478,13 +478,15 @@ def test_winograd_comparison_fails_for_a_wrong_transformed_kernel():
 
 @pytest.mark.parametrize("backend", [_kernels, _kernels_ref])
 @pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
-def test_winograd_conv_reports_non_finite_sums(backend, value):
+@pytest.mark.parametrize("width,dtype", [(8, np.float32), (16, np.float32), (32, np.float32), (6, np.float32),
+                                         (8, np.float64)])
+def test_winograd_conv_reports_non_finite_sums(backend, value, width, dtype):
     """A non-finite input spreads over a whole tile (inf - inf in the
     transforms), so the kernel says so and the caller computes that chunk
     again with the direct kernel; even a ReLU that would turn -inf into 0
-    does not hide it."""
-    x = np.random.default_rng(1).standard_normal((2, 3, 6, 8)).astype(np.float32)
-    w = np.random.default_rng(2).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    does not hide it (float32 maps 8, 16 and 32 wide take the vector code)."""
+    x = np.random.default_rng(1).standard_normal((2, 3, 6, width)).astype(dtype)
+    w = np.random.default_rng(2).standard_normal((4, 3, 3, 3)).astype(dtype)
     assert _winograd(backend, x, w, None, True)[1] is True
     x[1, 2, 3, 4] = value
     assert _winograd(backend, x, w, None, True)[1] is False
@@ -500,8 +502,7 @@ def test_convs_take_winograd_where_it_pays():
     assert choose_path((64, 32, 8, 8), (3, 3, 1, 1, 0, 0), w) == "direct"           # no padding
     assert choose_path((64, 16, 8, 8), (3, 3, 1, 1, 1, 1), w[:, :16]) == "direct"   # 16 channels in
     assert choose_path((64, 32, 8, 8), (3, 3, 1, 1, 1, 1), w[:16]) == "direct"      # 16 channels out
-    assert choose_path((8, 32, 8, 8), (3, 3, 1, 1, 1, 1), w) == "direct"            # 512 positions: too few
-    assert choose_path((4, 32, 16, 16), (3, 3, 1, 1, 1, 1), w) == "winograd"        # 1024
-    assert choose_path((4, 32, 32, 32), (3, 3, 1, 1, 1, 1), w) == "direct"          # 32 channels at 32x32
-    w64 = np.ones((64, 64, 3, 3), np.float32)
-    assert choose_path((1, 64, 32, 32), (3, 3, 1, 1, 1, 1), w64) == "winograd"
+    assert choose_path((16, 32, 8, 8), (3, 3, 1, 1, 1, 1), w) == "direct"           # 1024 positions: too few
+    assert choose_path((8, 32, 16, 16), (3, 3, 1, 1, 1, 1), w) == "winograd"        # 2048
+    assert choose_path((2, 32, 32, 32), (3, 3, 1, 1, 1, 1), w) == "winograd"
+    assert choose_path((1, 32, 32, 32), (3, 3, 1, 1, 1, 1), w) == "direct"

@@ -97,9 +97,9 @@ def test_conv2d_winograd_path_propagates_inf_and_nan_like_torch(torch, rng, wher
     """Winograd's transforms would spread one non-finite value over a whole
     tile and its neighbours (inf - inf); such chunks are redone by the
     direct kernel, so NaN and inf land exactly where PyTorch puts them."""
-    x = rng.standard_normal((4, 32, 16, 16))
+    x = rng.standard_normal((4, 32, 16, 32))
     w = rng.standard_normal((32, 32, 3, 3)) / 17
-    dout = rng.standard_normal((4, 32, 16, 16))
+    dout = rng.standard_normal((4, 32, 16, 32))
     {"x": x, "dout": dout, "w": w}[where][(1, 5, 3, 4) if where != "w" else (1, 5, 1, 1)] = value
     out, cache = F.conv2d_forward(x, w, None, 1, 1)
     assert cache.path == "winograd"

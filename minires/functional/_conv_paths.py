@@ -173,31 +173,29 @@ def backward(dout, cache):
 
 
 # Winograd pays where the 16 products are long enough to outweigh the
-# transforms. Batch 128, 2 threads, AMD EPYC (Zen 4), time against the
-# direct kernel, forward / weight gradient: 16->16 channels at 32x32
-# 1.37 / 1.11 (slower), 32->32 at 32x32 0.89 / 0.85, 32->32 at 16x16
-# 0.84-1.05 / 0.59, 64->64 at 8x8 0.63 / 0.67, 64->64 at 32x32 0.65 / 0.74,
-# 128->128 at 16x16 0.56 / 0.56, 256->256 at 8x8 0.47 / 0.50. The direct
-# kernel wastes less of its grid on bigger maps, so there 32 channels are
-# not enough (32->32 at 32x32: 0.89 to 1.23 in different runs).
+# transforms (`python benchmarks/winograd_layers.py`). Batch 128, 2 threads,
+# AMD EPYC (Zen 4), time against the direct kernel, forward / weight
+# gradient: 16->16 channels at 32x32 0.94 / 0.96 (within the noise), 32->32
+# at 16x16 0.75 / 0.76, 32->32 at 32x32 0.69 / 0.76, 64->64 at 8x8 0.39 /
+# 0.61, 64->64 at 32x32 0.69 / 0.71, 128->128 at 16x16 0.50 / 0.55,
+# 256->256 at 8x8 0.47 / 0.64.
 WINOGRAD_CHANNELS = 32
-WINOGRAD_CHANNELS_BIG_MAPS = 64     # above 16x16
 
-# Transforming the kernels costs the same for one image as for 128 (0.13 ms
-# for 64 x 64 channels): forward, 64->64 at 8x8, Winograd / direct: 1 image
-# 1.97, 4 images 1.07, 8 images 0.90, 16 images 0.53; 32->32 at 16x16: 1
-# image 1.51, 4 images 1.03, 16 images 0.89 (AMD Zen 4, one run).
-WINOGRAD_POSITIONS = 1024           # images x height x width, at least
+# Transforming the kernels costs the same for one image as for 128: forward,
+# Winograd / direct, 64->64 at 8x8: 1 image 1.88, 4 images 1.02, 16 images
+# 0.70; 32->32 at 16x16: 1 image 1.22, 4 images 1.09, 8 images 0.93, 32
+# images 0.78; 32->32 at 32x32: 1 to 8 images 1.00-1.08, 16 images 0.94
+# (AMD Zen 4, one run, one thread below 2 images).
+WINOGRAD_POSITIONS = 2048           # images x height x width, at least
 
 
 def _winograd_applies(x_shape, geometry, w_shape):
     """3x3, stride 1, padding 1, even height and width, at least
-    WINOGRAD_POSITIONS input positions over the batch, and enough channels
-    in and out (WINOGRAD_CHANNELS, or WINOGRAD_CHANNELS_BIG_MAPS above 16x16)."""
+    WINOGRAD_POSITIONS input positions over the batch, and at least
+    WINOGRAD_CHANNELS channels in and out."""
     (n, _, h, wd), (f, c) = x_shape, w_shape[:2]
-    channels = WINOGRAD_CHANNELS if h * wd <= 256 else WINOGRAD_CHANNELS_BIG_MAPS
     return (tuple(geometry) == (3, 3, 1, 1, 1, 1) and h % 2 == 0 and wd % 2 == 0
-            and n * h * wd >= WINOGRAD_POSITIONS and min(c, f) >= channels)
+            and n * h * wd >= WINOGRAD_POSITIONS and min(c, f) >= WINOGRAD_CHANNELS)
 
 
 def _winograd_forward(x, w, geometry, b, relu):
