@@ -173,12 +173,13 @@ def backward(dout, cache):
 
 
 # Winograd pays where the 16 products are long enough to outweigh the
-# transforms (`python benchmarks/winograd_layers.py`). Batch 128, 2 threads,
-# AMD EPYC (Zen 4), time against the direct kernel, forward / weight
-# gradient: 16->16 channels at 32x32 0.94 / 0.96 (within the noise), 32->32
-# at 16x16 0.75 / 0.76, 32->32 at 32x32 0.69 / 0.76, 64->64 at 8x8 0.39 /
-# 0.61, 64->64 at 32x32 0.69 / 0.71, 128->128 at 16x16 0.50 / 0.55,
-# 256->256 at 8x8 0.47 / 0.64.
+# transforms (`python benchmarks/winograd_layers.py`, output in
+# benchmarks/winograd-layers-2026-11-27.md). Batch 128, 2 threads, AMD EPYC
+# (Zen 4), time against the direct kernel, forward / weight gradient:
+# 16->16 channels at 32x32 1.03 / 1.15 (0.94 / 0.96 in an earlier run),
+# 32->32 at 16x16 0.58 / 0.75, 32->32 at 32x32 0.78 / 0.82, 64->64 at 8x8
+# 0.54 / 0.61, 64->64 at 32x32 0.60 / 0.65, 128->128 at 16x16 0.49 / 0.58,
+# 256->256 at 8x8 0.43 / 0.63.
 WINOGRAD_CHANNELS = 32
 
 # Transforming the kernels costs the same for one image as for 128: forward,
