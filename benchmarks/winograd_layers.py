@@ -16,6 +16,7 @@ import argparse
 import numpy as np
 
 from minires import kernels, parallel, runtime
+from minires.functional import _conv_paths
 from minires.dev.bench import median_ms
 
 # (C, F, H=W, where it runs)
@@ -24,22 +25,20 @@ LAYERS = [(16, 16, 32, "resnet-20 stage 1"), (32, 32, 16, "resnet-20 stage 2"), 
           (128, 128, 16, "wrn-16-4 stage 2"), (256, 256, 8, "wrn-16-4 stage 3")]
 
 
+GEOMETRY = (3, 3, 1, 1, 1, 1)       # KH, KW, SH, SW, PH, PW
+
+
 def direct_forward(x, w):
-    out = np.empty((x.shape[0], w.shape[0], *x.shape[2:]), dtype=x.dtype)
-    parallel.map_chunks(lambda lo, hi: kernels.conv_direct_forward(x[lo:hi], w, out[lo:hi], 1, 1, 1, 1), len(x))
-    return out
+    return _conv_paths._direct_forward(x, w, GEOMETRY, None, False)
 
 
 def winograd_forward(x, w):
-    out = np.empty((x.shape[0], w.shape[0], *x.shape[2:]), dtype=x.dtype)
-    u = kernels.winograd_weights(w)
-    parallel.map_chunks(lambda lo, hi: kernels.conv_winograd_forward(x[lo:hi], u, out[lo:hi]), len(x))
-    return out
+    return _conv_paths._winograd_forward(x, w, GEOMETRY, None, False)
 
 
 def direct_weight(x, dout):
     return sum(parallel.map_chunks(
-        lambda lo, hi: kernels.conv_direct_backward_weight(x[lo:hi], dout[lo:hi], 3, 3, 1, 1, 1, 1), len(x)))
+        lambda lo, hi: kernels.conv_direct_backward_weight(x[lo:hi], dout[lo:hi], *GEOMETRY), len(x)))
 
 
 def winograd_weight(x, dout):

@@ -288,14 +288,18 @@ cdef void _load_images(const floating[:, :, :, ::1] x, Py_ssize_t n0, Py_ssize_t
                         dst[k] = src[k * sw]
 
 
+cdef inline floating _epilogue(floating v, floating bias, bint relu) noexcept nogil:
+    """v + bias, then 0 where that is <= 0 when relu (NaN passes, as PyTorch's ReLU)."""
+    v = v + bias
+    return 0 if relu and v <= 0 else v
+
+
 cdef void _write_rows(const floating* src, floating* dst, Py_ssize_t count,
                       floating bias, bint relu) noexcept nogil:
-    """dst = src + bias, then 0 where that is <= 0 when relu (NaN passes, as PyTorch's ReLU)."""
+    """dst = _epilogue(src) for count values."""
     cdef Py_ssize_t k
-    cdef floating v
     for k in range(count):
-        v = src[k] + bias
-        dst[k] = 0 if relu and v <= 0 else v
+        dst[k] = _epilogue(src[k], bias, relu)
 
 
 def _conv_direct(const floating[:, :, :, ::1] x, const floating[:, ::1] wt,
@@ -693,10 +697,9 @@ cdef void _winograd_input(const floating[:, :, :, ::1] x, Py_ssize_t n0, Py_ssiz
                           floating* hb, floating* v, Py_ssize_t TB, Py_ssize_t plane) noexcept nogil:
     """v[k, c, t] = (BT d BT^T)[k // 4, k % 4] for every tile d of images
     x[n0:n0+count] (t = image * TH*TW + th*TW + tw), the 16 planes of v
-    `plane` values apart. The common widths get a copy of _winograd_plane
-    each, compiled for that width: their loops of 4 or 8 tiles then become
-    single vector instructions (64 images of 32 channels, one thread, AMD
-    Zen 4: 8x8 maps 0.87 -> 0.31 ms, 16x16 maps 1.22 -> 0.88 ms)."""
+    `plane` values apart. Float32 maps 8, 16 or 32 wide take the C vector
+    code above; other widths, float64 and compilers without vector types
+    take _winograd_plane."""
     cdef Py_ssize_t C = x.shape[1], H = x.shape[2], TW = x.shape[3] // 2, TH = x.shape[2] // 2
     cdef Py_ssize_t t, c
     cdef floating* dst
@@ -712,19 +715,7 @@ cdef void _winograd_input(const floating[:, :, :, ::1] x, Py_ssize_t n0, Py_ssiz
                     else:
                         _winograd_plane16(&x[n0 + t, c, 0, 0], H, dst, plane)
                     continue
-            if TW == 4:
-                _winograd_plane(&x[n0 + t, c, 0, 0], H, 4, hb, dst, plane)
-            elif TW == 8:
-                _winograd_plane(&x[n0 + t, c, 0, 0], H, 8, hb, dst, plane)
-            elif TW == 16:
-                _winograd_plane(&x[n0 + t, c, 0, 0], H, 16, hb, dst, plane)
-            else:
-                _winograd_plane(&x[n0 + t, c, 0, 0], H, TW, hb, dst, plane)
-
-
-cdef inline floating _epilogue(floating v, floating bias, bint relu) noexcept nogil:
-    v = v + bias
-    return 0 if relu and v <= 0 else v      # NaN passes, as in PyTorch's ReLU
+            _winograd_plane(&x[n0 + t, c, 0, 0], H, TW, hb, dst, plane)
 
 
 cdef int _winograd_output(const floating* m, floating[:, :, :, ::1] out, Py_ssize_t n0,
@@ -858,6 +849,22 @@ def winograd_weights(w):
     return u
 
 
+def _winograd_blocks(x, Py_ssize_t fp):
+    """For x (N, C, H, W) and FP output columns -> (images per block, TB tiles
+    per block, v: the block's transformed tiles (16, C*TB + 16), hb: the input
+    transform's scratch). The planes of v are 16 floats longer than C*TB: their
+    sizes are multiples of 4 KB, so the transforms' 16 streams, one per plane,
+    would all fall in the same L1 cache set. v starts at zero, so that tiles
+    past the last image of a partial block stay finite."""
+    n, c, h, wd = x.shape
+    tiles = (h // 2) * (wd // 2)
+    images = max(1, min(n, max(PB, WINOGRAD_BLOCK // (c + fp)) // tiles))
+    tb = _round_up(images * tiles, PB)
+    v = np.zeros((16, c * tb + 16), dtype=x.dtype)
+    hb = np.zeros((h + 2) * 2 * wd + wd + 2, dtype=x.dtype)
+    return images, tb, v, hb
+
+
 def conv_winograd_forward(x, u, out, bias=None, bint relu=False):
     """The stride-1, padding-1 3x3 convolution of a chunk of images by
     Winograd's F(2x2, 3x3), written into out.
@@ -871,19 +878,12 @@ def conv_winograd_forward(x, u, out, bias=None, bint relu=False):
     computes the convolution another way.
     """
     x = np.ascontiguousarray(x)
-    n, c, h, wd = x.shape
+    c, h, wd = x.shape[1:]
     f = out.shape[1]
     fp = u.shape[1] // c
-    tiles = (h // 2) * (wd // 2)
-    images = max(1, min(n, max(PB, WINOGRAD_BLOCK // (c + fp)) // tiles))
-    tb = _round_up(images * tiles, PB)
-    # Planes (C, TB) of V and (FP, TB) of M, 16 floats longer: their sizes are
-    # multiples of 4 KB, so the transforms' 16 streams, one per plane, would all
-    # fall in the same L1 cache set.
-    v = np.zeros((16, c * tb + 16), dtype=x.dtype)     # zero: tiles past the last image stay finite
-    m = np.empty((16, fp * tb + 16), dtype=x.dtype)
-    hb = np.zeros((h + 2) * 2 * wd + wd + 2, dtype=x.dtype)
-    y = np.empty(4 * tiles, dtype=x.dtype)
+    images, tb, v, hb = _winograd_blocks(x, fp)
+    m = np.empty((16, fp * tb + 16), dtype=x.dtype)     # 16 longer, as v
+    y = np.empty(4 * (h // 2) * (wd // 2), dtype=x.dtype)
     offsets = np.arange(c, dtype=np.intp) * tb
     bias = np.zeros(f, dtype=x.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
     return _conv_winograd(x, u, out, images, hb, v, m, tb, y, offsets, bias, relu)
@@ -997,16 +997,12 @@ def conv_winograd_backward_weight(x, dout):
     conv_direct_backward_weight).
     """
     x, dout = np.ascontiguousarray(x), np.ascontiguousarray(dout)
-    n, c, h, wd = x.shape
+    c = x.shape[1]
     f = dout.shape[1]
     fp, cp = _round_up(f, VL), _round_up(c, KB)
-    tiles = (h // 2) * (wd // 2)
-    images = max(1, min(n, max(PB, WINOGRAD_BLOCK // (c + fp)) // tiles))
-    tb = images * tiles
-    v = np.zeros((16, c * tb + 16), dtype=x.dtype)     # 16 longer: as in conv_winograd_forward
+    images, tb, v, hb = _winograd_blocks(x, fp)
     d = np.zeros((16, tb * fp + 16), dtype=x.dtype)    # zero: the padding channels f >= F stay zero
     du = np.zeros((16, cp * fp), dtype=x.dtype)
-    hb = np.zeros((h + 2) * 2 * wd + wd + 2, dtype=x.dtype)
     offsets = np.zeros(cp, dtype=np.intp)              # padding channels read row 0; dropped below
     offsets[:c] = np.arange(c) * tb
     _conv_winograd_weight(x, dout, images, hb, v, d, du, tb, offsets)

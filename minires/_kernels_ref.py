@@ -122,6 +122,17 @@ def winograd_weights(w):
         return (g @ w @ g.T).transpose(2, 3, 0, 1).reshape(16, *w.shape[:2])
 
 
+def _winograd_tiles(x):
+    """x: (N, C, H, W) -> V = BT d BT^T for every 4x4 tile d of the padded
+    images, one every 2 pixels, as (16, C, N*H/2*W/2)."""
+    c = x.shape[1]
+    bt = WINOGRAD_BT.astype(x.dtype)
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    d = sliding_window_view(xp, (4, 4), axis=(2, 3))[:, :, ::2, ::2]   # (N, C, H/2, W/2, 4, 4) tiles
+    with np.errstate(invalid="ignore", over="ignore"):   # inf - inf: the callers report it
+        return (bt @ d @ bt.T).transpose(4, 5, 1, 0, 2, 3).reshape(16, c, -1)
+
+
 def conv_winograd_forward(x, u, out, bias=None, relu=False):
     """x: (N, C, H, W) with H and W even, u = winograd_weights(w) for w (F, C,
     3, 3) -> out: (N, F, H, W), written in place: the stride-1, padding-1
@@ -129,12 +140,9 @@ def conv_winograd_forward(x, u, out, bias=None, relu=False):
     -> False if an output before bias and ReLU was inf or NaN, else True."""
     n, c, h, wd = x.shape
     f = out.shape[1]
-    bt, at = WINOGRAD_BT.astype(x.dtype), WINOGRAD_AT.astype(x.dtype)
-    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
-    d = sliding_window_view(xp, (4, 4), axis=(2, 3))[:, :, ::2, ::2]   # (N, C, H/2, W/2, 4, 4) tiles
+    at = WINOGRAD_AT.astype(x.dtype)
+    v = _winograd_tiles(x)                                              # (16, C, tiles)
     with np.errstate(invalid="ignore", over="ignore"):   # inf - inf: reported below, not warned
-        v = bt @ d @ bt.T                                               # BT d BT^T, per tile
-        v = v.transpose(4, 5, 1, 0, 2, 3).reshape(16, c, -1)           # (16, C, N*H/2*W/2)
         m = (u @ v).reshape(4, 4, f, n, h // 2, wd // 2)               # the 16 products
         y = at @ m.transpose(3, 2, 4, 5, 0, 1) @ at.T                   # (N, F, H/2, W/2, 2, 2)
     out[...] = y.transpose(0, 1, 2, 4, 3, 5).reshape(n, f, h, wd)
@@ -151,12 +159,10 @@ def conv_winograd_backward_weight(x, dout):
     tiles; then dw = G^T dU G, the adjoint of U = G w G^T."""
     n, c, h, wd = x.shape
     f = dout.shape[1]
-    bt, at, g = (m.astype(x.dtype) for m in (WINOGRAD_BT, WINOGRAD_AT, WINOGRAD_G))
-    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
-    d = sliding_window_view(xp, (4, 4), axis=(2, 3))[:, :, ::2, ::2]   # (N, C, H/2, W/2, 4, 4)
+    at, g = WINOGRAD_AT.astype(x.dtype), WINOGRAD_G.astype(x.dtype)
+    v = _winograd_tiles(x)                                                     # (16, C, tiles)
     dy = dout.reshape(n, f, h // 2, 2, wd // 2, 2).transpose(0, 1, 2, 4, 3, 5)   # (N, F, H/2, W/2, 2, 2)
     with np.errstate(invalid="ignore", over="ignore"):   # inf - inf: the caller checks dw
-        v = (bt @ d @ bt.T).transpose(4, 5, 1, 0, 2, 3).reshape(16, c, -1)     # (16, C, tiles)
         dm = (at.T @ dy @ at).transpose(4, 5, 1, 0, 2, 3).reshape(16, f, -1)   # (16, F, tiles)
         du = (dm @ v.transpose(0, 2, 1)).reshape(4, 4, f, c)                   # the 16 products
         return (g.T @ du.transpose(2, 3, 0, 1) @ g).astype(x.dtype, copy=False)

@@ -293,7 +293,7 @@ def _direct_backward(dout, x, w, geometry, winograd=False):
     dx = np.empty(x.shape, dtype=x.dtype)
 
     def images(lo, hi):
-        if u is None or not kernels.conv_winograd_forward(dout[lo:hi], u, dx[lo:hi]):
+        if not winograd or not kernels.conv_winograd_forward(dout[lo:hi], u, dx[lo:hi]):
             _input_gradient_stride1(dout[lo:hi], w_flipped, dx[lo:hi], geometry)
         if winograd:
             return kernels.conv_winograd_backward_weight(x[lo:hi], dout[lo:hi])
