@@ -85,9 +85,10 @@ def _phase_planes(x, kh, kw, sh, sw, ph, pw):
     return planes.reshape(-1), wq, shift.reshape(-1)
 
 
-def conv_direct_forward(x, w, out, sh, sw, ph, pw, bias=None, relu=False):
+def conv_direct_forward(x, w, out, sh, sw, ph, pw, bias=None, relu=False, threads=1):
     """x: (T, C, H, W), w: (F, C, KH, KW) -> out: (T, F, OH, OW), written in place;
-    bias (F,) or None added, then relu applied when asked (as the rows are written)."""
+    bias (F,) or None added, then relu applied when asked (as the rows are written).
+    threads: ignored here."""
     f, oh, ow = out.shape[1:]
     w2 = w.reshape(f, -1)                                        # (F, C*KH*KW)
     for n in range(x.shape[0]):

@@ -52,11 +52,11 @@ def map_chunks(fn, n):
     """fn(lo, hi) over contiguous chunks of range(n), one per thread -> list of results, in order."""
     global _pool, _pool_size
     parts = min(_threads, n)
-    if parts <= 1:
-        return [fn(0, n)]
-    bounds = [n * i // parts for i in range(parts + 1)]
-    if _pool is None or _pool_size != _threads:
-        _pool, _pool_size = ThreadPoolExecutor(max_workers=_threads, thread_name_prefix="minires"), _threads
-    with single_threaded_blas():
+    with single_threaded_blas():        # even for one chunk: see single_threaded_blas
+        if parts <= 1:
+            return [fn(0, n)]
+        bounds = [n * i // parts for i in range(parts + 1)]
+        if _pool is None or _pool_size != _threads:
+            _pool, _pool_size = ThreadPoolExecutor(max_workers=_threads, thread_name_prefix="minires"), _threads
         futures = [_pool.submit(fn, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
         return [f.result() for f in futures]

@@ -82,6 +82,9 @@ def test_direct_conv_matches_reference(case):
     _kernels.conv_direct_forward(x, w, got, *geometry)
     _kernels_ref.conv_direct_forward(x, w, want, *geometry)
     np.testing.assert_allclose(got, want, **tol)
+    shared = np.full(dout.shape, np.nan, x.dtype)
+    _kernels.conv_direct_forward(x, w, shared, *geometry, threads=2)      # the tiles of each grid shared
+    np.testing.assert_array_equal(shared, got)
     kh, kw = w.shape[2:]
     dw = _kernels.conv_direct_backward_weight(x, dout, kh, kw, *geometry)
     assert dw.dtype == x.dtype and dw.shape == w.shape
@@ -490,6 +493,30 @@ def test_winograd_conv_reports_non_finite_sums(backend, value, width, dtype):
     assert _winograd(backend, x, w, None, True)[1] is True
     x[1, 2, 3, 4] = value
     assert _winograd(backend, x, w, None, True)[1] is False
+
+
+def test_one_image_shares_its_grid_between_the_threads(monkeypatch):
+    """Fewer images than threads: one kernel call on every thread (SPLIT_MACS
+    and up), with the bits of the one-thread call; small convs stay on one thread."""
+    from minires import parallel
+    monkeypatch.setattr(parallel, "_threads", 2)
+    calls = []
+    real = kernels.conv_direct_forward
+    monkeypatch.setattr(kernels, "conv_direct_forward",
+                        lambda *a, threads=1, **k: calls.append(threads) or real(*a, threads=threads, **k))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 32, 16, 12)).astype(np.float32)
+    w = rng.standard_normal((24, 32, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(24).astype(np.float32)
+    assert w.size * 16 * 12 >= _conv_paths.SPLIT_MACS
+    got = _conv_paths._direct_forward(x, w, (3, 3, 1, 1, 1, 1), b, True)
+    want = np.empty_like(got)
+    real(x, w, want, 1, 1, 1, 1, b, True)
+    assert calls == [2]
+    np.testing.assert_array_equal(got, want)
+    _conv_paths._direct_forward(x[:, :4], w[:4, :4], (3, 3, 1, 1, 1, 1), None, False)
+    _conv_paths._direct_forward(np.concatenate([x, x]), w, (3, 3, 1, 1, 1, 1), None, False)
+    assert calls == [2, 1, 1, 1]       # small: one thread; two images: one chunk per thread
 
 
 def test_convs_take_winograd_where_it_pays():
