@@ -519,6 +519,31 @@ def test_one_image_shares_its_grid_between_the_threads(monkeypatch):
     assert calls == [2, 1, 1, 1]       # small: one thread; two images: one chunk per thread
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_one_image_1x1_conv_shares_its_grid_and_keeps_its_backward(monkeypatch, stride):
+    """A stride-1 1x1 conv on one image runs the direct kernel on every thread
+    (a product would run on one); forward and backward agree with the NumPy form."""
+    from minires import parallel
+    from minires.functional import conv as F
+    monkeypatch.setattr(parallel, "_threads", 2)
+    calls = []
+    real = kernels.conv_direct_forward
+    monkeypatch.setattr(kernels, "conv_direct_forward",
+                        lambda *a, threads=1, **k: calls.append(threads) or real(*a, threads=threads, **k))
+    rng = np.random.default_rng(stride)
+    x = rng.standard_normal((1, 64, 32, 32))
+    w = rng.standard_normal((72, 64, 1, 1))
+    b = rng.standard_normal(72)
+    assert w.size * 32 * 32 // stride**2 >= _conv_paths.SPLIT_MACS
+    out, cache = F.conv2d_forward(x, w, b, stride=stride)
+    want, numpy_cache = F.conv2d_forward_numpy(x, w, b, stride=stride)
+    assert cache.path == "pointwise" and calls == ([2] if stride == 1 else [])
+    np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-12)
+    dout = rng.standard_normal(out.shape)
+    for got, expected in zip(F.conv2d_backward(dout, cache), F.conv2d_backward_numpy(dout, numpy_cache)):
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
 def test_convs_take_winograd_where_it_pays():
     from minires.functional._conv_paths import choose_path
     w = np.ones((32, 32, 3, 3), np.float32)

@@ -369,6 +369,13 @@ def _pointwise_forward(x, w, geometry, b, relu):
     x3 = xs.reshape(n, c, oh * ow)                     # (N, C, OH*OW)
     w2 = w.reshape(f, c)
     out = np.empty((n, f, oh * ow), dtype=x.dtype)     # (N, F, OH*OW)
+    if (sh, sw) == (1, 1) and _split_grid(n, w.size * oh * ow):
+        # one image: the direct kernel shares it between the threads, where
+        # a product runs on one (bottleneck-29's 1x1 convs on one image, 2
+        # threads, AMD Zen 4: 0.042-0.093 ms against 0.055-0.131 for matmul)
+        kernels.conv_direct_forward(x, w, out.reshape(n, f, oh, ow), 1, 1, 0, 0, b, relu,
+                                    threads=parallel.get_threads())
+        return out.reshape(n, f, oh, ow), x3
     parallel.map_chunks(lambda lo, hi: np.matmul(w2, x3[lo:hi], out=out[lo:hi]), n)
     kernels.bias_relu(out, b, relu)
     return out.reshape(n, f, oh, ow), x3
