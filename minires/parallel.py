@@ -33,26 +33,54 @@ def set_threads(n):
 
 
 def single_threaded_blas():
-    """Limit BLAS to one thread for the duration (threadpoolctl; cheap after the first call).
+    """Limit BLAS to one thread for the duration (threadpoolctl).
 
     minires never lets BLAS start its own threads: after a multi-threaded call
     OpenBLAS keeps them spinning for a while, taking a core from whatever runs
-    next (it halved the speed of the batchnorm after a 1x1 conv)."""
+    next (it halved the speed of the batchnorm after a 1x1 conv). Once
+    pin_blas_to_one_thread has run, there is nothing left to limit."""
+    controller = None if _blas_pinned else _blas_controller()
+    return nullcontext() if controller is None else controller.limit(limits=1, user_api="blas")
+
+
+_blas_pinned = False
+
+
+def pin_blas_to_one_thread():
+    """BLAS on one thread for the rest of the process (runtime.setup calls it)
+    -> True, or False without threadpoolctl. Setting the limit and restoring
+    it around each product costs about 10 microseconds, more than a
+    one-image linear layer's product (16 us with the limit, 6 without)."""
+    global _blas_pinned
+    controller = _blas_controller()
+    if controller is None:
+        return False
+    controller.limit(limits=1, user_api="blas")     # not a `with`: the limit stays
+    _blas_pinned = True
+    return True
+
+
+def _blas_controller():
+    """threadpoolctl's controller (made once), or None without threadpoolctl."""
     global _controller
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:
-        return nullcontext()
     if _controller is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            return None
         _controller = ThreadpoolController()
-    return _controller.limit(limits=1, user_api="blas")
+    return _controller
 
 
-def map_chunks(fn, n):
-    """fn(lo, hi) over contiguous chunks of range(n), one per thread -> list of results, in order."""
+def map_chunks(fn, n, blas=True):
+    """fn(lo, hi) over contiguous chunks of range(n), one per thread -> list of results, in order.
+
+    blas: fn calls BLAS (NumPy's matmul), which then runs on one thread, even
+    for a single chunk (see single_threaded_blas); False skips that limit
+    (a few microseconds) for the compiled kernels, which call no BLAS."""
     global _pool, _pool_size
     parts = min(_threads, n)
-    with single_threaded_blas():        # even for one chunk: see single_threaded_blas
+    with single_threaded_blas() if blas else nullcontext():
         if parts <= 1:
             return [fn(0, n)]
         bounds = [n * i // parts for i in range(parts + 1)]

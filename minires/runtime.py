@@ -14,7 +14,7 @@ import sys
 from . import parallel
 
 
-def setup(threads=None, wait_policy="PASSIVE", spin_count=10_000, keep_freed_memory=True):
+def setup(threads=None, wait_policy="PASSIVE", spin_count=10_000, keep_freed_memory=True, one_blas_thread=True):
     """Apply the settings; returns {setting: what happened} (for logs and tests).
 
     threads: threads for the compiled loops and for splitting a batch
@@ -33,6 +33,9 @@ def setup(threads=None, wait_policy="PASSIVE", spin_count=10_000, keep_freed_mem
         overrides PASSIVE's "never spin" in libgomp only. None: leave it alone.
     keep_freed_memory: ask glibc to keep freed memory for reuse (see
         keep_freed_memory below).
+    one_blas_thread: BLAS (NumPy's matmul, yours too) on one thread from now
+        on (minires.parallel.pin_blas_to_one_thread); minires's own products
+        otherwise limit it around each call, which costs microseconds.
     """
     done = {}
     if wait_policy is not None:
@@ -41,6 +44,8 @@ def setup(threads=None, wait_policy="PASSIVE", spin_count=10_000, keep_freed_mem
         done["GOMP_SPINCOUNT"] = _set_before_load("GOMP_SPINCOUNT", str(spin_count))
     if keep_freed_memory:
         done["keep_freed_memory"] = globals()["keep_freed_memory"]()
+    if one_blas_thread:
+        done["one_blas_thread"] = parallel.pin_blas_to_one_thread()
     if threads is not None:
         from . import kernels
         kernels.set_num_threads(threads)

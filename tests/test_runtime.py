@@ -77,3 +77,15 @@ def test_blas_runs_on_one_thread_inside_every_chunk():
 
     assert parallel.map_chunks(blas_threads, 1) == [1]
     assert parallel.map_chunks(blas_threads, 4) == [1] * min(4, parallel.get_threads())
+
+
+def test_setup_pins_blas_to_one_thread():
+    """After setup(), BLAS stays on one thread and the per-call limit has nothing to do."""
+    pytest.importorskip("threadpoolctl")
+    out = _run("import numpy as np\nfrom threadpoolctl import threadpool_info\nfrom minires import runtime, parallel\n"
+               "before = {l['num_threads'] for l in threadpool_info() if l['user_api'] == 'blas'}\n"
+               "done = runtime.setup()\n"
+               "after = {l['num_threads'] for l in threadpool_info() if l['user_api'] == 'blas'}\n"
+               "print(done['one_blas_thread'], sorted(after), type(parallel.single_threaded_blas()).__name__)",
+               OMP_NUM_THREADS="2", OPENBLAS_NUM_THREADS="2")
+    assert out == "True [1] nullcontext"

@@ -104,7 +104,8 @@ def _taps_pay(x_shape, geometry, positions):
 def choose_path(x_shape, geometry, w):
     """The algorithm for a conv: "taps", "pointwise", "winograd", "direct" or "im2col"."""
     kh, kw, sh, sw, ph, pw = geometry
-    positions = np.prod(_out_size(x_shape, geometry))
+    oh, ow = _out_size(x_shape, geometry)
+    positions = oh * ow
     pointwise = kh == kw == 1 and ph == pw == 0
     if positions < SMALL_MAP or (positions == SMALL_MAP and not pointwise):
         # a weight that is inf or NaN makes NaN even where it meets the padding:
@@ -211,7 +212,7 @@ def _winograd_forward(x, w, geometry, b, relu):
         if not kernels.conv_winograd_forward(x[lo:hi], u, out[lo:hi], b, relu):
             kernels.conv_direct_forward(x[lo:hi], w, out[lo:hi], *geometry[2:], b, relu)
 
-    parallel.map_chunks(images, n)
+    parallel.map_chunks(images, n, blas=False)
     return out
 
 
@@ -223,7 +224,7 @@ def _direct_forward(x, w, geometry, b, relu):
         kernels.conv_direct_forward(x, w, out, *geometry[2:], b, relu, threads=parallel.get_threads())
     else:
         parallel.map_chunks(lambda lo, hi: kernels.conv_direct_forward(x[lo:hi], w, out[lo:hi], *geometry[2:],
-                                                                       b, relu), n)
+                                                                       b, relu), n, blas=False)
     return out
 
 
@@ -319,7 +320,7 @@ def _direct_backward(dout, x, w, geometry, winograd=False):
             return kernels.conv_winograd_backward_weight(x[lo:hi], dout[lo:hi])
         return kernels.conv_direct_backward_weight(x[lo:hi], dout[lo:hi], *geometry)
 
-    dw = sum(parallel.map_chunks(images, x.shape[0]))
+    dw = sum(parallel.map_chunks(images, x.shape[0], blas=False))
     if not np.isfinite(dw).all():
         # The kernel also multiplies the zero gradient of the grid's junk
         # columns with real pixels, and 0 * NaN or 0 * inf is NaN: it would put
