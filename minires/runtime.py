@@ -64,7 +64,17 @@ def _set_before_load(name, value):
     if current is not None and current.upper() != value.upper():
         return f"{current} (set in the environment; kept)"
     os.environ[name] = value
+    _set_here.add(name)
     return value
+
+
+_set_here = set()
+
+
+def variables_set():
+    """The environment variables setup() wrote in this process (child processes
+    inherit them: the benchmark's PyTorch workers must not)."""
+    return frozenset(_set_here)
 
 
 def keep_freed_memory():

@@ -452,3 +452,26 @@ def test_bench_rounds_alternate_and_report_the_median_ratio(monkeypatch):
     (row,) = res["models"]
     assert row["ratios"]["step_ms"] == pytest.approx(100 / 110)      # ratios 1.0, 0.25, 0.909 -> median
     assert row["torch"]["step_ms"] == 110.0 and "| 0.91 |" in bench.to_markdown(res)
+
+
+def test_bench_workers_do_not_inherit_what_setup_set(monkeypatch):
+    """`minires bench` runs runtime.setup() in the parent; the OpenMP settings it
+    wrote (PASSIVE slowed a one-image PyTorch forward 3x) stay out of the workers'
+    environment, while a variable the user set stays in."""
+    import subprocess
+    from types import SimpleNamespace
+
+    from minires import runtime
+    from minires.dev import bench
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    monkeypatch.setenv("MINIRES_USER_SETTING", "kept")
+    monkeypatch.setattr(runtime, "_set_here", {"OMP_WAIT_POLICY"})
+    seen = {}
+
+    def fake_run(cmd, env, **kw):
+        seen.update(env)
+        return SimpleNamespace(stdout='RESULT {"ok": 1}', stderr="")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    assert bench._run_worker(["--what", "peak", "--library", "torch"], 2) == {"ok": 1}
+    assert "OMP_WAIT_POLICY" not in seen and seen["MINIRES_USER_SETTING"] == "kept" and seen["OMP_NUM_THREADS"] == "2"

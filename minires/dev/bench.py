@@ -254,8 +254,11 @@ def worker_main(argv):
 def _run_worker(args, threads, package_dir=None):
     """Run a worker with `threads` threads; package_dir: import minires from there
     (the portable build) instead of this one."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
-               MKL_NUM_THREADS=str(threads))
+    # `minires bench` ran runtime.setup() in this process: its OpenMP settings
+    # (PASSIVE: a one-image PyTorch forward took 3x longer) must not reach the
+    # PyTorch workers; minires's workers apply them again themselves
+    env = {k: v for k, v in os.environ.items() if k not in runtime.variables_set()}
+    env.update(OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     if package_dir:
         env["PYTHONPATH"] = package_dir
     code = ("import sys, torch; torch.set_num_threads(int(sys.argv[1])); from minires.dev.bench import worker_main; "
