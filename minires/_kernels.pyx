@@ -1683,6 +1683,44 @@ cdef enum:
     FMA_CHAINS = 128
 
 
+def _sgd_loop(floating[::1] p, const floating[::1] grad, floating[::1] buf, double lr, double momentum,
+              double weight_decay, bint nesterov, bint first, int nthreads):
+    cdef floating lr_ = lr, m = momentum, wd = weight_decay
+    cdef Py_ssize_t i
+    cdef floating g, b
+    with nogil:
+        for i in prange(p.shape[0], num_threads=nthreads, schedule="static"):
+            g = grad[i]
+            if wd != 0:     # skipped at 0, as the reference: 0 * inf would be NaN
+                g = g + wd * p[i]
+            if m != 0:
+                b = g if first else m * buf[i] + g
+                buf[i] = b
+                g = g + m * b if nesterov else b
+            p[i] = p[i] - lr_ * g
+
+
+def sgd_update(p, grad, buf, double lr, double momentum, double weight_decay, bint nesterov):
+    """One SGD step of a parameter in one pass over memory (NumPy's form takes
+    about 14: imagenet-resnet-50's 23.5M parameters took 28 ms a step); see
+    the reference for the update. Arrays that are not C-contiguous arrays of
+    one float dtype take the reference. Multiply-adds may be fused (one
+    rounding instead of two), as in PyTorch's own kernels."""
+    dtypes = {a.dtype for a in (p, grad, buf) if a is not None}
+    if (len(dtypes) != 1 or dtypes.pop() not in (np.float32, np.float64)
+            or not all(a.flags.c_contiguous for a in (p, grad, buf) if a is not None)
+            or (buf is not None and buf.shape != p.shape) or grad.shape != p.shape):
+        from minires import _kernels_ref
+        return _kernels_ref.sgd_update(p, grad, buf, lr, momentum, weight_decay, nesterov)
+    first = buf is None
+    if momentum and first:
+        buf = np.empty_like(p)
+    flat = p.reshape(-1)
+    _sgd_loop(flat, grad.reshape(-1), buf.reshape(-1) if momentum else flat, lr, momentum, weight_decay,
+              nesterov, first, _threads(flat.shape[0]))
+    return buf if momentum else None
+
+
 cdef float _fma_chains(Py_ssize_t steps, float m, float c) noexcept nogil:
     cdef float a[FMA_CHAINS]
     cdef Py_ssize_t s, j

@@ -333,3 +333,19 @@ def relu_grad(dout, out):
     """0 where the output is <= 0, else the gradient (so it passes where the
     output is NaN, as in PyTorch); a new array."""
     return np.where(out <= 0, 0, dout).astype(out.dtype, copy=False)
+
+
+def sgd_update(p, grad, buf, lr, momentum, weight_decay, nesterov):
+    """One SGD step of a parameter, in place (minires.optim.SGD's update, as
+    torch.optim.SGD with dampening 0): p, grad: the same shape; buf: the
+    momentum buffer, or None before the first step -> the buffer (None without momentum)."""
+    g = grad + weight_decay * p if weight_decay else grad
+    if momentum:
+        if buf is None:
+            buf = g.copy()
+        else:
+            buf *= momentum
+            buf += g
+        g = g + momentum * buf if nesterov else buf
+    p -= lr * g
+    return buf

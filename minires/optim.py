@@ -4,6 +4,8 @@ import math
 
 import numpy as np
 
+from . import kernels
+
 
 def param_groups(model, weight_decay, decay_bn_and_bias=True):
     """Split parameters into groups; with decay_bn_and_bias=False the 1-D ones
@@ -39,18 +41,12 @@ class SGD:
         self.buffers = [[None] * len(g["params"]) for g in self.groups]
 
     def step(self):
+        # the update above, in place, in one pass over memory
+        # (_kernels_ref.sgd_update is the same in NumPy)
         for group, buffers in zip(self.groups, self.buffers):
-            wd = group["weight_decay"]
             for i, p in enumerate(group["params"]):
-                g = p.grad + wd * p.data if wd else p.grad
-                if self.momentum:
-                    if buffers[i] is None:
-                        buffers[i] = g.copy()
-                    else:
-                        buffers[i] *= self.momentum
-                        buffers[i] += g
-                    g = g + self.momentum * buffers[i] if self.nesterov else buffers[i]
-                p.data -= self.lr * g
+                buffers[i] = kernels.sgd_update(p.data, p.grad, buffers[i], self.lr, self.momentum,
+                                                group["weight_decay"], self.nesterov)
 
     def state_dict(self):
         """Momentum buffers by flat index ('buf.<i>'); a missing key = no buffer yet."""

@@ -89,3 +89,53 @@ def test_onecycle_matches_torch(torch):
         opt.step()
         if step < 49:
             sched.step()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("momentum,nesterov,wd", [(0.0, False, 0.0), (0.0, False, 1e-3), (0.9, False, 5e-4),
+                                                  (0.9, True, 1e-4), (0.5, False, 0.0)])
+def test_sgd_kernel_matches_the_reference(dtype, momentum, nesterov, wd):
+    """The one-pass kernel against _kernels_ref.sgd_update over three steps, on
+    both sides of the threading grain; a strided parameter takes the reference."""
+    from minires import _kernels, _kernels_ref
+    rng = np.random.default_rng(1)
+    for shape in [(3, 5), (70_000,)]:
+        p = rng.standard_normal(shape).astype(dtype)
+        q, buf_p, buf_q = p.copy(), None, None
+        for step in range(3):
+            g = rng.standard_normal(shape).astype(dtype)
+            buf_p = _kernels.sgd_update(p, g, buf_p, 0.1 / (step + 1), momentum, wd, nesterov)
+            buf_q = _kernels_ref.sgd_update(q, g, buf_q, 0.1 / (step + 1), momentum, wd, nesterov)
+            # fused multiply-adds round once: a few ulps of the operands (|p| up to ~4) apart
+            tol = dict(rtol=1e-6, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-14, atol=1e-14)
+            np.testing.assert_allclose(p, q, **tol)
+            assert (buf_p is None) == (buf_q is None) == (momentum == 0)
+            if buf_p is not None:
+                np.testing.assert_allclose(buf_p, buf_q, **tol)
+    strided = np.zeros((4, 6), dtype)[:, ::2]
+    buf = _kernels.sgd_update(strided, np.ones((4, 3), dtype), None, 0.5, 0.9, 0.0, False)
+    np.testing.assert_array_equal(strided, -0.5) and np.testing.assert_array_equal(buf, 1.0)
+
+
+def test_sgd_kernel_comparison_fails_for_a_wrong_update():
+    """The comparison above catches a momentum buffer that skips a step's decay."""
+    from minires import _kernels, _kernels_ref
+    rng = np.random.default_rng(2)
+    p, g, buf = (rng.standard_normal(100).astype(np.float32) for _ in range(3))
+    q = p.copy()
+    _kernels.sgd_update(p, g, buf.copy(), 0.1, 0.9, 0.0, False)
+    _kernels_ref.sgd_update(q, g, buf * 0.9, 0.1, 0.9, 0.0, False)         # the buffer decayed twice
+    assert not np.allclose(p, q, rtol=1e-6, atol=1e-6)
+
+
+def test_sgd_kernel_keeps_inf_and_nan_as_numpy_does():
+    """Weight decay 0 adds nothing (0 * inf would make NaN); NaN gradients stay NaN."""
+    from minires import _kernels, _kernels_ref
+    for wd in (0.0, 1e-4):
+        p = np.array([np.inf, 1.0, 2.0, -np.inf], np.float32)
+        g = np.array([1.0, np.nan, 0.0, 0.0], np.float32)
+        q = p.copy()
+        _kernels.sgd_update(p, g, None, 0.1, 0.9, wd, False)
+        with np.errstate(invalid="ignore"):         # inf - inf: NaN is the answer
+            _kernels_ref.sgd_update(q, g, None, 0.1, 0.9, wd, False)
+        np.testing.assert_array_equal(p, q)
