@@ -257,7 +257,7 @@ cdef void _load_images(const floating[:, :, :, ::1] x, Py_ssize_t n0, Py_ssize_t
     row ph + t*HS + h, from column pw; slots t >= count (a partial last tile)
     are zeroed. Stride S (T = 1): the phase planes of image n0."""
     cdef Py_ssize_t C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t t, c, h, hp, b, w0, k, count_b
+    cdef Py_ssize_t t, c, h, hp, b, w0, k, count_b, row, phase_row, col
     cdef floating* dst
     cdef const floating* src
     if sh == 1 and sw == 1:
@@ -270,15 +270,20 @@ cdef void _load_images(const floating[:, :, :, ::1] x, Py_ssize_t n0, Py_ssize_t
                     else:
                         memset(dst, 0, W * sizeof(floating))
         return
-    for c in range(C):
-        for h in range(H):
-            hp = h + ph
-            for b in range(sw):     # input columns w with (w + pw) % sw == b, every sw-th from w0
-                w0 = ((b - pw) % sw + sw) % sw        # C remainder: keep it non-negative
-                if w0 >= W:
-                    continue
-                count_b = (W - w0 + sw - 1) // sw
-                dst = &planes[(c * sh + hp % sh) * sw + b, (hp // sh) * WQ + (w0 + pw) // sw]
+    # channels innermost: the divisions by the (run-time) stride are done once
+    # per row and phase, not per channel (they took a third of a strided
+    # conv's time: 16->32 channels at 32x32)
+    for h in range(H):
+        hp = h + ph
+        phase_row, row = hp % sh, (hp // sh) * WQ
+        for b in range(sw):     # input columns w with (w + pw) % sw == b, every sw-th from w0
+            w0 = ((b - pw) % sw + sw) % sw        # C remainder: keep it non-negative
+            if w0 >= W:
+                continue
+            count_b = (W - w0 + sw - 1) // sw
+            col = row + (w0 + pw) // sw
+            for c in range(C):
+                dst = &planes[(c * sh + phase_row) * sw + b, col]
                 src = &x[n0, c, h, w0]
                 if sw == 2:             # a literal stride: the compiler vectorises the copy
                     for k in range(count_b):
