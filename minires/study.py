@@ -196,6 +196,7 @@ def measure_images_per_second(model_name, options, num_classes=10, batch_size=12
     from .optim import SGD
     runtime.setup()                     # as train() does: otherwise page faults cost a third of a step
     model = models.build(model_name, num_classes, rng=0, **options)
+    model.skip_input_grad()             # as train() does
     model.train()
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch_size, 3, 32, 32)).astype(np.float32)

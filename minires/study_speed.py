@@ -92,6 +92,7 @@ def _minires_calls(config, classes, rng):
     from .losses import CrossEntropyLoss
     from .optim import SGD, param_groups
     model = models.build(config.model, classes, rng=0, **config.model_options())
+    model.skip_input_grad()             # as train() does
     x = rng.standard_normal((config.batch_size, 3, 32, 32)).astype(np.float32)
     y = rng.integers(0, classes, config.batch_size)
     xe = rng.standard_normal((EVAL_BATCH, 3, 32, 32)).astype(np.float32)

@@ -436,6 +436,7 @@ def train(config, out_dir, resume=False, progress=True, verbose=True, stop_after
                       config.test_size, config.val_size, config.label_mode, trust_data_dir=trust_data_dir)
     model = models.build(config.model, ds.num_classes, rng=np.random.default_rng([config.seed, 10]),
                          **config.model_options())
+    model.skip_input_grad()                     # nothing uses the gradient of the images
     optimizer = SGD(param_groups(model, config.weight_decay, config.decay_bn_and_bias),
                     lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
     steps_per_epoch = math.ceil(len(ds.x_train) / config.batch_size)

@@ -243,3 +243,48 @@ def test_load_state_dict_integer_buffers_take_whole_numbers_only():
         bn.load_state_dict(dict(bn.state_dict(), num_batches_tracked=np.array(2 ** 64 - 1, np.uint64)))
     bn.load_state_dict(dict(bn.state_dict(), num_batches_tracked=np.array(7.0)))
     assert int(bn.num_batches_tracked) == 7
+
+
+@pytest.mark.parametrize("x_shape, w_shape, stride, padding, path", [
+    ((2, 3, 8, 8), (5, 3, 1, 1), 1, 0, "pointwise"), ((2, 3, 8, 8), (5, 3, 1, 1), 2, 0, "pointwise"),
+    ((8, 3, 4, 4), (5, 3, 3, 3), 1, 1, "taps"), ((2, 3, 9, 7), (5, 3, 3, 3), 1, 1, "direct"),
+    ((32, 32, 8, 8), (32, 32, 3, 3), 1, 1, "winograd"),
+    ((2, 3, 9, 7), (5, 3, 3, 3), 2, 1, "direct")])       # strided: backward through im2col
+def test_conv_backward_without_input_gradient(rng, x_shape, w_shape, stride, padding, path):
+    """input_grad=False: no dx, and dw and db bit for bit those of the full backward, on every path."""
+    from minires import functional as F
+    x, w, b = rng.standard_normal(x_shape), rng.standard_normal(w_shape), rng.standard_normal(w_shape[0])
+    out, cache = F.conv2d_forward(x, w, b, stride, padding)
+    assert cache.path == path
+    dout = rng.standard_normal(out.shape)
+    dx, dw, db = F.conv2d_backward(dout, cache)
+    none, dw2, db2 = F.conv2d_backward(dout, cache, input_grad=False)
+    assert dx is not None and none is None
+    np.testing.assert_array_equal(dw2, dw)
+    np.testing.assert_array_equal(db2, db)
+
+
+@pytest.mark.parametrize("name", ["resnet-20", "imagenet-resnet-18", "bottleneck-29"])
+def test_skip_input_grad_keeps_every_parameter_gradient(rng, name):
+    """A model told that nothing uses its input's gradient returns None from
+    backward, and every parameter gradient is unchanged, bit for bit."""
+    from minires import models
+    from minires.losses import CrossEntropyLoss
+    x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
+    y = np.array([1, 2])
+    grads, returned = [], []
+    for skip in (False, True):
+        model, crit = models.build(name, rng=0), CrossEntropyLoss()
+        if skip:
+            assert model.skip_input_grad() is model.conv1 and model.conv1.input_grad is False
+        crit(model(x), y)
+        returned.append(model.backward(crit.backward()))
+        grads.append([p.grad.copy() for p in model.parameters()])
+    assert returned[0].shape == x.shape and returned[1] is None
+    for a, b in zip(*grads):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_skip_input_grad_needs_a_conv_first():
+    model = nn.Sequential(nn.ReLU(), nn.Conv2d(3, 4, 3))
+    assert model.skip_input_grad() is None and model[1].input_grad is True

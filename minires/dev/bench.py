@@ -58,6 +58,7 @@ def _minires_worker(model_name, batch, repeats, breakdown):
     rng = np.random.default_rng(0)
     opts = MODEL_OPTIONS.get(model_name, {})
     model = models.build(model_name, rng=0, **opts)
+    model.skip_input_grad()             # as train() does (PyTorch's images do not require grad either)
     x = rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)
     y = rng.integers(0, 10, batch)
     opt, crit = SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4), CrossEntropyLoss()

@@ -159,18 +159,20 @@ def _taps_backward(dout, x, w, geometry):
     return dx, dw
 
 
-def backward(dout, cache):
-    """dout: (N, F, OH, OW), a ConvCache -> dx: (N, C, H, W), dw: (F, C, KH, KW)."""
+def backward(dout, cache, input_grad=True):
+    """dout: (N, F, OH, OW), a ConvCache -> dx: (N, C, H, W), dw: (F, C, KH, KW);
+    dx is None when not input_grad (the tap path computes it anyway)."""
     if cache.path == "pointwise":
-        return _pointwise_backward(dout, cache)
+        return _pointwise_backward(dout, cache, input_grad)
     x, w, geometry = cache[:3]
     if cache.path == "taps" and _finite(dout):     # else dout * padding would make NaN where im2col does
-        return _taps_backward(dout, x, w, geometry)
+        dx, dw = _taps_backward(dout, x, w, geometry)
+        return (dx if input_grad else None), dw
     # The direct input gradient multiplies w with the zero border of dout's
     # grid, which a non-finite w turns into 0 * inf = NaN; im2col never does.
     if cache.path in ("direct", "winograd") and geometry[2:4] == (1, 1) and np.isfinite(w).all():
-        return _direct_backward(dout, x, w, geometry, winograd=cache.path == "winograd")
-    return im2col_backward(dout, x, w, geometry)
+        return _direct_backward(dout, x, w, geometry, winograd=cache.path == "winograd", input_grad=input_grad)
+    return im2col_backward(dout, x, w, geometry, input_grad)
 
 
 # Winograd pays where the 16 products are long enough to outweigh the
@@ -272,8 +274,9 @@ def _out_size(x_shape, geometry):
     return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
 
 
-def im2col_backward(dout, x, w, geometry):
-    """dout: (N, F, OH, OW) -> dx: (N, C, H, W), dw: (F, C, KH, KW) through im2col/col2im.
+def im2col_backward(dout, x, w, geometry, input_grad=True):
+    """dout: (N, F, OH, OW) -> dx: (N, C, H, W) (None when not input_grad),
+    dw: (F, C, KH, KW) through im2col/col2im.
 
     Per tile of images, with dout2 = dout[tile] as (F, T*OH*OW):
     dw += dout2 @ cols.T and dx[tile] = col2im(w2.T @ dout2). The columns are
@@ -282,7 +285,7 @@ def im2col_backward(dout, x, w, geometry):
     n, c, h, wd = x.shape
     f = w.shape[0]
     w2 = w.reshape(f, -1)                              # (F, C*KH*KW)
-    dx = np.empty(x.shape, dtype=x.dtype)
+    dx = np.empty(x.shape, dtype=x.dtype) if input_grad else None
     tile = _images_per_tile(dout.shape[2] * dout.shape[3])
 
     def images(lo, hi):
@@ -292,7 +295,8 @@ def im2col_backward(dout, x, w, geometry):
             cols = kernels.im2col(x[i:j], *geometry, threads=1)       # (C*KH*KW, T*OH*OW)
             d2 = dout[i:j].reshape(j - i, f, -1).transpose(1, 0, 2).reshape(f, -1)  # (F, T*OH*OW)
             dw_t += cols @ d2.T        # = (d2 @ cols.T).T; this orientation runs 1.5x faster in OpenBLAS
-            dx[i:j] = kernels.col2im(w2.T @ d2, c, h, wd, *geometry, threads=1)
+            if input_grad:
+                dx[i:j] = kernels.col2im(w2.T @ d2, c, h, wd, *geometry, threads=1)
         return dw_t
 
     dw = sum(parallel.map_chunks(images, n)).T.reshape(w.shape)
@@ -306,15 +310,16 @@ def _direct_applies(geometry):
     return ph < kh and pw < kw
 
 
-def _direct_backward(dout, x, w, geometry, winograd=False):
-    """dout: (N, F, OH, OW) -> dx: (N, C, H, W), dw: (F, C, KH, KW) of a stride-1
-    conv with the direct kernels, or by Winograd's F(2x2, 3x3) when asked."""
-    w_flipped = _flipped(w)
-    u = kernels.winograd_weights(w_flipped) if winograd else None
-    dx = np.empty(x.shape, dtype=x.dtype)
+def _direct_backward(dout, x, w, geometry, winograd=False, input_grad=True):
+    """dout: (N, F, OH, OW) -> dx: (N, C, H, W) (None when not input_grad),
+    dw: (F, C, KH, KW) of a stride-1 conv with the direct kernels, or by
+    Winograd's F(2x2, 3x3) when asked."""
+    w_flipped = _flipped(w) if input_grad else None
+    u = kernels.winograd_weights(w_flipped) if winograd and input_grad else None
+    dx = np.empty(x.shape, dtype=x.dtype) if input_grad else None
 
     def images(lo, hi):
-        if not winograd or not kernels.conv_winograd_forward(dout[lo:hi], u, dx[lo:hi]):
+        if input_grad and not (winograd and kernels.conv_winograd_forward(dout[lo:hi], u, dx[lo:hi])):
             _input_gradient_stride1(dout[lo:hi], w_flipped, dx[lo:hi], geometry)
         if winograd:
             return kernels.conv_winograd_backward_weight(x[lo:hi], dout[lo:hi])
@@ -382,7 +387,7 @@ def _pointwise_forward(x, w, geometry, b, relu):
     return out.reshape(n, f, oh, ow), x3
 
 
-def _pointwise_backward(dout, cache):
+def _pointwise_backward(dout, cache, input_grad=True):
     x3, w, (_, _, sh, sw, _, _), _, x_shape = cache[:5]
     n, f = dout.shape[:2]
     d3 = dout.reshape(n, f, -1)                        # (N, F, OH*OW)
@@ -390,10 +395,13 @@ def _pointwise_backward(dout, cache):
     dx3 = np.empty(x3.shape, dtype=dout.dtype)         # (N, C, OH*OW)
 
     def images(lo, hi):
-        np.matmul(w2.T, d3[lo:hi], out=dx3[lo:hi])
+        if input_grad:
+            np.matmul(w2.T, d3[lo:hi], out=dx3[lo:hi])
         return np.matmul(d3[lo:hi], x3[lo:hi].transpose(0, 2, 1)).sum(axis=0)   # (F, C)
 
     dw = sum(parallel.map_chunks(images, n)).reshape(w.shape)
+    if not input_grad:
+        return None, dw
     if (sh, sw) == (1, 1):
         dx = dx3.reshape(x_shape)
     else:

@@ -58,12 +58,13 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, relu=False):
     return out, ConvCache(saved, w, geometry, b is not None, x.shape, out.shape, path, out if relu else None)
 
 
-def conv2d_backward(dout, cache):
-    """dout: (N, F, OH, OW) -> dx: (N, C, H, W), dw: (F, C, KH, KW), db: (F,) or None."""
+def conv2d_backward(dout, cache, input_grad=True):
+    """dout: (N, F, OH, OW) -> dx: (N, C, H, W), dw: (F, C, KH, KW), db: (F,) or None.
+    input_grad=False: dx is not computed (None)."""
     dout = check_dout(dout, cache.out_shape, cache.w.dtype, "N, F, OH, OW")
     if cache.relu_out is not None:
         dout = kernels.relu_grad(dout, cache.relu_out)          # through the fused ReLU first
-    dx, dw = _conv_paths.backward(dout, cache)                  # col2im(w2.T @ dout2), dout2 @ cols.T
+    dx, dw = _conv_paths.backward(dout, cache, input_grad)      # col2im(w2.T @ dout2), dout2 @ cols.T
     db = dout.sum(axis=(0, 2, 3)) if cache.has_bias else None
     return dx, dw, db
 

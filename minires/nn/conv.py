@@ -23,6 +23,7 @@ class Conv2d(Module):
         self._cache = None
 
     fused_relu = False      # True after fuse_for_inference folded a BN-ReLU into this conv
+    input_grad = True       # False: backward computes dw (and db) only, returns None (Sequential.skip_input_grad)
 
     def forward(self, x):
         b = self.bias.data if self.bias is not None else None
@@ -31,7 +32,7 @@ class Conv2d(Module):
 
     def backward(self, dout):
         # restored: the input again, if forward let it go (nn.recompute)
-        dx, dw, db = F.conv2d_backward(dout, restored(take_cache(self)))
+        dx, dw, db = F.conv2d_backward(dout, restored(take_cache(self)), input_grad=self.input_grad)
         self.weight.grad += dw
         if self.bias is not None:
             self.bias.grad += db

@@ -296,6 +296,20 @@ class Sequential(Module):
             dout = m.backward(dout)
         return dout
 
+    def skip_input_grad(self, skip=True):
+        """Nothing will use the gradient of this model's input (a training
+        loop's images, as in PyTorch, where they do not require grad): the
+        first layer, when it is a Conv2d, computes its weight gradient alone,
+        and backward returns None. A stem conv's input gradient is a whole
+        conv of work (imagenet-resnet-18's 7x7 stride-2 stem: about half of
+        its 14 ms backward, batch 128). -> that conv, or None (nothing to skip)."""
+        from .conv import Conv2d
+        first = _first_layer(self)
+        if not isinstance(first, Conv2d):
+            return None
+        first.input_grad = not skip
+        return first
+
 
 def _first_layer(m):
     """The layer that reads a module's input first (inside nested Sequentials)."""
