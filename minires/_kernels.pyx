@@ -1675,6 +1675,190 @@ def relu_grad(dout, out):
     return dx
 
 
+# ---------------------------------------------------------------- skinny matrix products
+# One image's small maps make products with few columns: 512x4608 weights
+# times a 4608x1 column (a 3x3 conv on a 1x1 map), 128x1152 times 1152x16
+# (4x4). Such a product reads each weight once or a few times, so memory
+# bounds it, and a single-threaded BLAS call leaves the other core's memory
+# bandwidth unused (the ImageNet ResNets' weights, 47 and 94 MB, do not fit
+# in the cache). Here the rows are shared between the threads. With fewer
+# than 8 columns each output is a dot product over k, 16 values of k per
+# vector; with more, each row of a broadcasts its values over 16 columns
+# of b at a time (as a BLAS kernel does), so that no vector lane idles.
+cdef extern from *:
+    """
+    #include <string.h>
+    #if defined(__GNUC__)
+    typedef float minires_v16k __attribute__((vector_size(64), aligned(4)));
+    typedef float minires_v8k __attribute__((vector_size(32), aligned(4)));
+    typedef float minires_v4k __attribute__((vector_size(16), aligned(4)));
+
+    static inline __attribute__((always_inline)) float minires_hsum(minires_v16k v) {
+        minires_v8k a, b;
+        minires_v4k c, d;
+        memcpy(&a, &v, 32); memcpy(&b, (char*)&v + 32, 32); a += b;
+        memcpy(&c, &a, 16); memcpy(&d, (char*)&a + 16, 16); c += d;
+        return (c[0] + c[2]) + (c[1] + c[3]);
+    }
+
+    /* out[r, g] = sum over k of a[r, k] * bT[g, k], for R <= 4 rows and G <= 4 columns */
+    static inline __attribute__((always_inline)) void minires_dots(
+            const float* a, Py_ssize_t lda, const float* bT, Py_ssize_t K, float* out, Py_ssize_t ldo,
+            const int R, const int G) {
+        minires_v16k acc[4][4];
+        for (int r = 0; r < R; r++)
+            for (int g = 0; g < G; g++) acc[r][g] = (minires_v16k){0};
+        Py_ssize_t k = 0;
+        for (; k + 16 <= K; k += 16) {
+            minires_v16k av[4], bv[4];
+            for (int r = 0; r < R; r++) av[r] = *(const minires_v16k*)(a + r * lda + k);
+            for (int g = 0; g < G; g++) bv[g] = *(const minires_v16k*)(bT + g * K + k);
+            for (int r = 0; r < R; r++)
+                for (int g = 0; g < G; g++) acc[r][g] += av[r] * bv[g];
+        }
+        for (int r = 0; r < R; r++)
+            for (int g = 0; g < G; g++) {
+                float s = minires_hsum(acc[r][g]);
+                for (Py_ssize_t j = k; j < K; j++) s += a[r * lda + j] * bT[g * K + j];
+                out[r * ldo + g] = s;
+            }
+    }
+    #define MINIRES_DOTS(R, G) case 8 * R + G: minires_dots(a, lda, bT, K, out, ldo, R, G); return;
+
+    /* out[r, j0:j0+16V] = sum over k of a[r, k] * bp[k, j0:j0+16V], for R <= 8 rows;
+       bp: b with its columns padded to NP, a multiple of 16; only the first
+       `cols` columns are written */
+    static inline __attribute__((always_inline)) void minires_bcast(
+            const float* a, Py_ssize_t lda, const float* bp, Py_ssize_t NP, Py_ssize_t K,
+            float* out, Py_ssize_t ldo, Py_ssize_t cols, const int R, const int V) {
+        minires_v16k acc[8][2];
+        for (int r = 0; r < R; r++)
+            for (int v = 0; v < V; v++) acc[r][v] = (minires_v16k){0};
+        for (Py_ssize_t k = 0; k < K; k++) {
+            minires_v16k bv[2];
+            for (int v = 0; v < V; v++) bv[v] = *(const minires_v16k*)(bp + k * NP + 16 * v);
+            for (int r = 0; r < R; r++)
+                for (int v = 0; v < V; v++) acc[r][v] += a[r * lda + k] * bv[v];
+        }
+        for (int r = 0; r < R; r++) {
+            if (cols == 16 * V) {
+                memcpy(out + r * ldo, &acc[r][0], 64 * V);
+            } else {
+                float row[32];
+                memcpy(row, &acc[r][0], 64 * V);
+                memcpy(out + r * ldo, row, cols * sizeof(float));
+            }
+        }
+    }
+    #define MINIRES_BCAST(R, V) case 8 * R + V: minires_bcast(a, lda, bp, NP, K, out, ldo, cols, R, V); return;
+    #else
+    static void minires_dots(const float* a, Py_ssize_t lda, const float* bT, Py_ssize_t K, float* out,
+                             Py_ssize_t ldo, int R, int G) {
+        for (int r = 0; r < R; r++)
+            for (int g = 0; g < G; g++) {
+                float s = 0;
+                for (Py_ssize_t j = 0; j < K; j++) s += a[r * lda + j] * bT[g * K + j];
+                out[r * ldo + g] = s;
+            }
+    }
+    static void minires_bcast(const float* a, Py_ssize_t lda, const float* bp, Py_ssize_t NP, Py_ssize_t K,
+                              float* out, Py_ssize_t ldo, Py_ssize_t cols, int R, int V) {
+        for (int r = 0; r < R; r++)
+            for (Py_ssize_t j = 0; j < cols; j++) {
+                float s = 0;
+                for (Py_ssize_t k = 0; k < K; k++) s += a[r * lda + k] * bp[k * NP + j];
+                out[r * ldo + j] = s;
+            }
+    }
+    #define MINIRES_DOTS(R, G)
+    #define MINIRES_BCAST(R, V)
+    #endif
+
+    /* one block of rows and columns; each (R, G) its own copy, so that the
+       accumulators stay in registers */
+    static void minires_dot_block(const float* a, Py_ssize_t lda, const float* bT, Py_ssize_t K,
+                                  float* out, Py_ssize_t ldo, int R, int G) {
+        switch (8 * R + G) {
+            MINIRES_DOTS(1, 1) MINIRES_DOTS(1, 2) MINIRES_DOTS(1, 3) MINIRES_DOTS(1, 4)
+            MINIRES_DOTS(2, 1) MINIRES_DOTS(2, 2) MINIRES_DOTS(2, 3) MINIRES_DOTS(2, 4)
+            MINIRES_DOTS(3, 1) MINIRES_DOTS(3, 2) MINIRES_DOTS(3, 3) MINIRES_DOTS(3, 4)
+            MINIRES_DOTS(4, 1) MINIRES_DOTS(4, 2) MINIRES_DOTS(4, 3) MINIRES_DOTS(4, 4)
+        }
+        minires_dots(a, lda, bT, K, out, ldo, R, G);
+    }
+
+    static void minires_bcast_block(const float* a, Py_ssize_t lda, const float* bp, Py_ssize_t NP,
+                                    Py_ssize_t K, float* out, Py_ssize_t ldo, Py_ssize_t cols, int R, int V) {
+        switch (8 * R + V) {
+            MINIRES_BCAST(8, 1) MINIRES_BCAST(8, 2)
+        }
+        minires_bcast(a, lda, bp, NP, K, out, ldo, cols, R, V);    /* the last rows of a */
+    }
+    """
+    void _dot_block "minires_dot_block"(const float* a, Py_ssize_t lda, const float* bT, Py_ssize_t K,
+                                        float* out, Py_ssize_t ldo, int R, int G) noexcept nogil
+    void _bcast_block "minires_bcast_block"(const float* a, Py_ssize_t lda, const float* bp, Py_ssize_t NP,
+                                            Py_ssize_t K, float* out, Py_ssize_t ldo, Py_ssize_t cols,
+                                            int R, int V) noexcept nogil
+
+
+cdef enum:
+    DOT_ROWS = 4        # rows of a per block in the dot form (minires_dots' R)
+    DOT_COLS = 4        # columns of the product per block (its G)
+    BCAST_ROWS = 8      # rows of a per block in the broadcast form
+    BCAST_COLS = 32     # columns per block (two vectors)
+    DOT_MAX_COLS = 7    # the dot form up to this many columns
+
+
+def _matmul_dots(const float[:, ::1] a, const float[:, ::1] bT, float[:, ::1] out, int nthreads):
+    """out = a @ bT.T, blocks of DOT_ROWS rows shared between the threads."""
+    cdef Py_ssize_t M = a.shape[0], K = a.shape[1], N = bT.shape[0], blk, r0, jb, j0
+    with nogil:
+        for blk in prange((M + DOT_ROWS - 1) // DOT_ROWS, num_threads=nthreads, schedule="static"):
+            r0 = blk * DOT_ROWS
+            for jb in range((N + DOT_COLS - 1) // DOT_COLS):
+                j0 = jb * DOT_COLS
+                _dot_block(&a[r0, 0], K, &bT[j0, 0], K, &out[r0, j0], N,
+                           min(DOT_ROWS, M - r0), min(DOT_COLS, N - j0))
+
+
+def _matmul_bcast(const float[:, ::1] a, const float[:, ::1] bp, float[:, ::1] out, int nthreads):
+    """out = a @ bp[:, :N], blocks of BCAST_ROWS rows shared between the threads."""
+    cdef Py_ssize_t M = a.shape[0], K = a.shape[1], NP = bp.shape[1], N = out.shape[1], blk, r0, jb, j0
+    with nogil:
+        for blk in prange((M + BCAST_ROWS - 1) // BCAST_ROWS, num_threads=nthreads, schedule="static"):
+            r0 = blk * BCAST_ROWS
+            for jb in range((N + BCAST_COLS - 1) // BCAST_COLS):
+                j0 = jb * BCAST_COLS
+                _bcast_block(&a[r0, 0], K, &bp[0, j0], NP, K, &out[r0, j0], N, min(BCAST_COLS, N - j0),
+                             min(BCAST_ROWS, M - r0), 1 if N - j0 <= 16 else 2)
+
+
+def matmul(a, b, out, int threads=0):
+    """out[...] = a @ b for a: (M, K), b: (K, N), out: (M, N), C-contiguous.
+
+    For products with few columns (N up to a few dozen: one image's small
+    maps), whose single-threaded BLAS call would leave the other cores idle;
+    their rows are shared between the threads (threads: as im2col's, for
+    the values read and written). Only
+    float32 runs here; other dtypes, or non-contiguous arrays, take NumPy's
+    matmul (the reference). Sums run in another order than BLAS's, so
+    results differ from it in the last bits."""
+    if not (a.dtype == b.dtype == out.dtype == np.float32 and a.flags.c_contiguous
+            and out.flags.c_contiguous and a.ndim == b.ndim == out.ndim == 2):
+        np.matmul(a, b, out=out)
+        return
+    if a.shape[1] != b.shape[0] or out.shape != (a.shape[0], b.shape[1]):
+        raise ValueError(f"matmul: a {a.shape} @ b {b.shape} does not fit out {out.shape}")
+    n, nthreads = b.shape[1], threads or _threads(a.size + b.size + out.size)
+    if n <= DOT_MAX_COLS:
+        _matmul_dots(a, np.ascontiguousarray(b.T), out, nthreads)
+        return
+    bp = np.zeros((b.shape[0], -(-n // 16) * 16), dtype=np.float32)     # columns padded to whole vectors
+    bp[:, :n] = b
+    _matmul_bcast(a, bp, out, nthreads)
+
+
 # ---------------------------------------------------------------- bias and ReLU
 def _bias_relu_loop(floating[:, :, ::1] out, const floating[::1] bias, bint relu, int nthreads):
     cdef Py_ssize_t N = out.shape[0], F = out.shape[1], nf

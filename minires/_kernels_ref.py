@@ -169,6 +169,13 @@ def conv_winograd_backward_weight(x, dout):
         return (g.T @ du.transpose(2, 3, 0, 1) @ g).astype(x.dtype, copy=False)
 
 
+def matmul(a, b, out, threads=0):
+    """out[...] = a @ b; a: (M, K), b: (K, N), out: (M, N). threads: ignored
+    here. The compiled kernel shares the rows of such a product between the
+    threads (one image's small maps, where a BLAS call runs on one)."""
+    np.matmul(a, b, out=out)
+
+
 def bias_relu(out, bias, relu, threads=0):
     """In place: out += bias (F,) per channel, then out = max(out, 0) if relu;
     out: (N, F, ...), bias (F,) or None."""

@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import threading
 
 from unittest import mock
 
@@ -197,6 +198,11 @@ def _every_kernel(x, dout):
     outs += [cols, _kernels.col2im(cols, c, *x.shape[2:], 3, 3, 1, 1, 1, 1)]
     biased = x.copy()
     _kernels.bias_relu(biased, b, True)
+    for columns in (3, 15):                         # the dot form and the broadcast form
+        a2, b2 = x.reshape(-1, 720 // columns // 4), dout.reshape(720 // columns // 4, -1)[:, :columns]
+        product = np.empty((a2.shape[0], columns), x.dtype)
+        _kernels.matmul(a2, np.ascontiguousarray(b2), product)
+        outs.append(product)
     return outs + [biased]
 
 
@@ -519,29 +525,134 @@ def test_one_image_shares_its_grid_between_the_threads(monkeypatch):
     assert calls == [2, 1, 1, 1]       # small: one thread; two images: one chunk per thread
 
 
-@pytest.mark.parametrize("stride", [1, 2])
-def test_one_image_1x1_conv_shares_its_grid_and_keeps_its_backward(monkeypatch, stride):
-    """A stride-1 1x1 conv on one image runs the direct kernel on every thread
-    (a product would run on one); forward and backward agree with the NumPy form."""
+def _record_matmul(monkeypatch):
+    """Count the calls of kernels.matmul (the product shared between the threads)."""
     from minires import parallel
-    from minires.functional import conv as F
     monkeypatch.setattr(parallel, "_threads", 2)
     calls = []
-    real = kernels.conv_direct_forward
-    monkeypatch.setattr(kernels, "conv_direct_forward",
-                        lambda *a, threads=1, **k: calls.append(threads) or real(*a, threads=threads, **k))
+    real = kernels.matmul
+
+    def record(a, b, out, **k):
+        assert threading.current_thread() is threading.main_thread()    # not nested in the pool's threads
+        calls.append(b.shape)
+        real(a, b, out, **k)
+    monkeypatch.setattr(kernels, "matmul", record)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_one_image_1x1_conv_shares_its_product_and_keeps_its_backward(monkeypatch, stride, dtype):
+    """A 1x1 conv on one image takes kernels.matmul, whose rows are shared
+    between the threads (a BLAS product would run on one); two images take
+    one product per thread. Forward and backward agree with the NumPy form."""
+    from minires.functional import conv as F
+    calls = _record_matmul(monkeypatch)
     rng = np.random.default_rng(stride)
-    x = rng.standard_normal((1, 64, 32, 32))
-    w = rng.standard_normal((72, 64, 1, 1))
-    b = rng.standard_normal(72)
-    assert w.size * 32 * 32 // stride**2 >= _conv_paths.SPLIT_MACS
+    x = rng.standard_normal((1, 64, 32, 32)).astype(dtype)
+    w = rng.standard_normal((72, 64, 1, 1)).astype(dtype)
+    b = rng.standard_normal(72).astype(dtype)
     out, cache = F.conv2d_forward(x, w, b, stride=stride)
     want, numpy_cache = F.conv2d_forward_numpy(x, w, b, stride=stride)
-    assert cache.path == "pointwise" and calls == ([2] if stride == 1 else [])
-    np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-12)
-    dout = rng.standard_normal(out.shape)
+    assert cache.path == "pointwise" and calls == [(64, 32 * 32 // stride**2)]
+    tol = 1e-12 if dtype == np.float64 else 2e-4
+    np.testing.assert_allclose(out, want, rtol=tol, atol=tol)
+    dout = rng.standard_normal(out.shape).astype(dtype)
     for got, expected in zip(F.conv2d_backward(dout, cache), F.conv2d_backward_numpy(dout, numpy_cache)):
-        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(got, expected, rtol=tol, atol=tol * 10)
+    F.conv2d_forward(np.concatenate([x, x]), w, b, stride=stride)
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("geometry,size", [((3, 3, 1, 1, 1, 1), 4), ((3, 3, 1, 1, 1, 1), 1),
+                                           ((3, 3, 2, 2, 1, 1), 8), ((1, 1, 2, 2, 0, 0), 4)])
+def test_one_image_small_map_shares_its_product(monkeypatch, geometry, size):
+    """One image on a small map (im2col: 4x4 and smaller) multiplies its
+    columns with kernels.matmul; the result is the reference conv's."""
+    from minires import parallel
+    from minires.functional import conv as F
+    calls = _record_matmul(monkeypatch)
+    rng = np.random.default_rng(size)
+    kh, kw, sh, sw, ph, pw = geometry
+    x = rng.standard_normal((1, 48, size, size)).astype(np.float32)
+    w = rng.standard_normal((40, 48, kh, kw)).astype(np.float32)
+    b = rng.standard_normal(40).astype(np.float32)
+    out, cache = F.conv2d_forward(x, w, b, stride=(sh, sw), padding=(ph, pw))
+    assert cache.path == "im2col" and calls == [(48 * kh * kw, out.shape[2] * out.shape[3])]
+    want = _kernels_ref.conv_naive_forward(x.astype(np.float64), w.astype(np.float64), b, sh, sw, ph, pw)
+    np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4)
+    monkeypatch.setattr(parallel, "_threads", 4)        # three images alone: one product each
+    x3 = np.concatenate([x, -x, 2 * x])
+    out3, _ = F.conv2d_forward(x3, w, b, stride=(sh, sw), padding=(ph, pw))
+    assert len(calls) == 4
+    for i, xi in enumerate(x3):
+        want = _kernels_ref.conv_naive_forward(xi[None].astype(np.float64), w.astype(np.float64), b, sh, sw, ph, pw)
+        np.testing.assert_allclose(out3[i:i + 1], want, rtol=1e-4, atol=1e-4)
+
+
+def _product_case(draw_ints, seed, dtype=np.float32):
+    m, k, n = draw_ints
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype)
+
+
+def _assert_product(got, a, b):
+    """got equals a @ b within float32 rounding of sums of len(b) terms."""
+    want = a.astype(np.float64) @ b.astype(np.float64)
+    scale = np.abs(a).astype(np.float64) @ np.abs(b).astype(np.float64)
+    assert np.all(np.abs(got - want) <= 1e-6 * scale + 1e-30), np.max(np.abs(got - want) / (scale + 1e-30))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.tuples(st.integers(1, 21), st.integers(1, 70), st.integers(1, 70)), st.integers(0, 2**31))
+def test_matmul_matches_the_product_on_any_thread_count(shape, seed):
+    """Row blocks of 4 and 8, column blocks of 4 and 32, k in vectors of 16
+    and a scalar tail: every edge, against the float64 product; the bits do
+    not depend on the threads (each output is one thread's)."""
+    a, b = _product_case(shape, seed)
+    one, two = (np.full((shape[0], shape[2]), np.nan, np.float32) for _ in range(2))
+    _kernels.matmul(a, b, one, threads=1)
+    _kernels.matmul(a, b, two, threads=2)
+    _assert_product(one, a, b)
+    np.testing.assert_array_equal(one, two)
+
+
+def test_matmul_checker_fails_on_a_wrong_product():
+    a, b = _product_case((9, 40, 17), 0)
+    got = np.empty((9, 17), np.float32)
+    _kernels.matmul(a, b, got)
+    got[4, 16] *= 1.0001
+    with pytest.raises(AssertionError):
+        _assert_product(got, a, b)
+
+
+@pytest.mark.parametrize("columns", [1, 5, 16, 20])
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
+def test_matmul_spreads_non_finite_values_as_numpy(columns, value):
+    """An inf or NaN in a reaches its row of the product and one in b its
+    column, as in NumPy's (BLAS's) product; padded columns stay out of it."""
+    a, b = _product_case((12, 37, columns), 1)
+    a[3, 20] = value
+    b[36, columns - 1] = value
+    got = np.empty((12, columns), np.float32)
+    _kernels.matmul(a, b, got, threads=2)
+    with np.errstate(invalid="ignore"):             # inf - inf: the NaN the test looks for
+        want = a @ b
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isposinf(got), np.isposinf(want))
+    np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want))
+
+
+def test_matmul_other_arrays_take_numpy_and_bad_shapes_fail():
+    a, b = _product_case((6, 10, 3), 2, np.float64)
+    got = np.empty((6, 3))
+    _kernels.matmul(a, b, got)
+    np.testing.assert_array_equal(got, a @ b)          # float64: NumPy's product itself
+    a32, b32 = a.astype(np.float32), b.astype(np.float32)
+    with pytest.raises(ValueError, match="does not fit"):
+        _kernels.matmul(a32, b32, np.empty((6, 4), np.float32))
+    with pytest.raises(ValueError, match="does not fit"):
+        _kernels.matmul(a32, b32[:9], np.empty((6, 3), np.float32))
 
 
 def test_convs_take_winograd_where_it_pays():

@@ -244,7 +244,19 @@ SPLIT_MACS = 1_000_000
 
 def _split_grid(n, macs_per_image):
     """Share one call's grids between the threads: fewer images than threads, big enough convs."""
-    return n < parallel.get_threads() and macs_per_image >= SPLIT_MACS
+    return _alone(n) and macs_per_image >= SPLIT_MACS
+
+
+# One image's products on small maps have few columns (16 at 4x4, one at
+# 1x1) and read each weight once or a few times: a single-threaded BLAS
+# call is bound by one core's memory bandwidth, so kernels.matmul shares
+# their rows between the threads (and beats BLAS's kernel on such shapes
+# even on one thread). One image, folded, 2 threads, AMD EPYC (Zen 4),
+# medians of 3 alternating runs, ms: imagenet-resnet-18 5.17 -> 3.28,
+# imagenet-resnet-50 12.70 -> 7.87, bottleneck-29 3.59 -> 3.27.
+def _alone(n):
+    """Fewer images than threads: each image's work is shared between them."""
+    return n < parallel.get_threads()
 
 
 def _im2col_forward(x, w, geometry, b, relu):
@@ -253,19 +265,26 @@ def _im2col_forward(x, w, geometry, b, relu):
     oh, ow = _out_size(x.shape, geometry)
     w2 = w.reshape(f, -1)                              # (F, C*KH*KW)
     out = np.empty((n, f, oh * ow), dtype=x.dtype)
-    tile = _images_per_tile(oh * ow)
+    alone = _alone(n)
+    tile = 1 if alone else _images_per_tile(oh * ow)
 
     def images(lo, hi):
         for i in range(lo, hi, tile):
             j = min(i + tile, hi)
             cols = kernels.im2col(x[i:j], *geometry, threads=1)       # (C*KH*KW, T*OH*OW), in cache
-            if j - i == 1:
-                np.matmul(w2, cols, out=out[i])                       # (F, OH*OW)
+            if alone:
+                kernels.matmul(w2, cols, out[i])                      # (F, OH*OW), on every thread
+            elif j - i == 1:
+                np.matmul(w2, cols, out=out[i])
             else:
                 out[i:j] = (w2 @ cols).reshape(f, j - i, -1).transpose(1, 0, 2)
             kernels.bias_relu(out[i:j], b, relu, threads=1)
 
-    parallel.map_chunks(images, n)
+    if alone:
+        with parallel.single_threaded_blas():         # float64 products, which kernels.matmul leaves to BLAS
+            images(0, n)
+    else:
+        parallel.map_chunks(images, n)
     return out.reshape(n, f, oh, ow)
 
 
@@ -375,14 +394,12 @@ def _pointwise_forward(x, w, geometry, b, relu):
     x3 = xs.reshape(n, c, oh * ow)                     # (N, C, OH*OW)
     w2 = w.reshape(f, c)
     out = np.empty((n, f, oh * ow), dtype=x.dtype)     # (N, F, OH*OW)
-    if (sh, sw) == (1, 1) and _split_grid(n, w.size * oh * ow):
-        # one image: the direct kernel shares it between the threads, where
-        # a product runs on one (bottleneck-29's 1x1 convs on one image, 2
-        # threads, AMD Zen 4: 0.042-0.093 ms against 0.055-0.131 for matmul)
-        kernels.conv_direct_forward(x, w, out.reshape(n, f, oh, ow), 1, 1, 0, 0, b, relu,
-                                    threads=parallel.get_threads())
-        return out.reshape(n, f, oh, ow), x3
-    parallel.map_chunks(lambda lo, hi: np.matmul(w2, x3[lo:hi], out=out[lo:hi]), n)
+    if _alone(n):
+        with parallel.single_threaded_blas():
+            for i in range(n):
+                kernels.matmul(w2, x3[i], out[i])
+    else:
+        parallel.map_chunks(lambda lo, hi: np.matmul(w2, x3[lo:hi], out=out[lo:hi]), n)
     kernels.bias_relu(out, b, relu)
     return out.reshape(n, f, oh, ow), x3
 
