@@ -590,6 +590,33 @@ def test_one_image_small_map_shares_its_product(monkeypatch, geometry, size):
         np.testing.assert_allclose(out3[i:i + 1], want, rtol=1e-4, atol=1e-4)
 
 
+def test_one_image_on_8x8_with_big_weights_takes_the_shared_product(monkeypatch):
+    """One image, output 8x8 or smaller, weights of ALONE_WEIGHTS and up:
+    im2col + kernels.matmul instead of the direct kernel; not with a batch,
+    small weights or a bigger map. The outputs agree with the reference."""
+    from minires import parallel
+    from minires.functional import conv as F
+    calls = _record_matmul(monkeypatch)
+    choose = _conv_paths.choose_path
+    big, small = np.zeros((256, 128, 3, 3), np.float32), np.zeros((64, 64, 3, 3), np.float32)
+    assert big.size >= _conv_paths.ALONE_WEIGHTS > small.size
+    assert choose((1, 128, 8, 8), (3, 3, 1, 1, 1, 1), big) == "im2col"
+    assert choose((1, 128, 16, 16), (3, 3, 2, 2, 1, 1), big) == "im2col"         # stride 2 to 8x8
+    assert choose((2, 128, 8, 8), (3, 3, 1, 1, 1, 1), big) == "direct"
+    assert choose((1, 128, 10, 10), (3, 3, 1, 1, 1, 1), big) == "direct"         # 100 positions
+    assert choose((1, 64, 8, 8), (3, 3, 1, 1, 1, 1), small) == "direct"
+    monkeypatch.setattr(parallel, "_threads", 1)
+    assert choose((1, 128, 8, 8), (3, 3, 1, 1, 1, 1), big) == "direct"          # no thread to share with
+    monkeypatch.setattr(parallel, "_threads", 2)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 128, 8, 8)).astype(np.float32)
+    w = (rng.standard_normal(big.shape) * 0.05).astype(np.float32)
+    out, cache = F.conv2d_forward(x, w, None, padding=1)
+    assert cache.path == "im2col" and calls == [(128 * 9, 64)]
+    want = _kernels_ref.conv_naive_forward(x.astype(np.float64), w.astype(np.float64), None, 1, 1, 1, 1)
+    np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4)
+
+
 def _product_case(draw_ints, seed, dtype=np.float32):
     m, k, n = draw_ints
     rng = np.random.default_rng(seed)

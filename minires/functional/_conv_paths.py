@@ -113,9 +113,21 @@ def choose_path(x_shape, geometry, w):
         return "taps" if _taps_pay(x_shape, geometry, positions) and _finite(w) else "im2col"
     if pointwise:
         return "pointwise"
+    if _alone(x_shape[0]) and positions <= ALONE_MAP and w.size >= ALONE_WEIGHTS:
+        return "im2col"
     if _winograd_applies(x_shape, geometry, w.shape):
         return "winograd"
     return "direct" if _direct_applies(geometry) else "im2col"
+
+
+# One image on an 8x8 output: the direct kernel's tiles of 32 positions
+# fit the 10-wide padded rows poorly, while im2col's columns (64 of them)
+# suit kernels.matmul, which shares the rows between the threads. It pays
+# when the weights are big (forward, one image, 2 threads, AMD Zen 4, ms,
+# direct / im2col + kernels.matmul: 256->256 at 8x8 0.66-0.71 / 0.53-0.58,
+# 128->256 stride 2 to 8x8 0.38-0.42 / 0.28-0.32, 64->64 at 8x8 0.052 / 0.08).
+ALONE_MAP = 64
+ALONE_WEIGHTS = 1 << 18
 
 
 def _finite(a):
@@ -271,7 +283,7 @@ def _im2col_forward(x, w, geometry, b, relu):
     def images(lo, hi):
         for i in range(lo, hi, tile):
             j = min(i + tile, hi)
-            cols = kernels.im2col(x[i:j], *geometry, threads=1)       # (C*KH*KW, T*OH*OW), in cache
+            cols = kernels.im2col(x[i:j], *geometry, threads=0 if alone else 1)   # (C*KH*KW, T*OH*OW)
             if alone:
                 kernels.matmul(w2, cols, out[i])                      # (F, OH*OW), on every thread
             elif j - i == 1:
