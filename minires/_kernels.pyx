@@ -1121,6 +1121,76 @@ cdef inline void _window_checked(const floating* plane, Py_ssize_t H, Py_ssize_t
     k_out[0] = best_k
 
 
+# 3x3 pooling with stride 2, the ImageNet ResNets' (after their stem):
+# their 8x8 outputs make rows too short for the vectorised row loops, and
+# the general loop's compare-and-select chains compiled to branches that
+# the random data mispredicts. Here each window is picked without branches
+# (selects on the bits; the scan's rule applied as a tree, which gives the
+# same winner because the rule is associative), and a window that hangs
+# over the padding reads the nearest pixel again instead (row and column
+# indices clamped to the image): the duplicate sits next to its original in
+# the scan order and the winner is kept as its pixel's index, so the
+# maximum, the first of tied maxima and the last NaN all come out as the
+# checked scan's. (128, 64, 16, 16) -> 8x8 with padding 1, 2 threads, AMD
+# Zen 4: 7.6 -> 5.3 ms (PyTorch 8.5).
+cdef extern from *:
+    """
+    #include <stdint.h>
+    /* best = win ? v : best on the bits: GCC compiles the float select to a
+       branch, which the random data mispredicts (measured: no faster than
+       the general loop) */
+    /* v[a], k[a] = the winner of (v[a], k[a]) and the later (v[b], k[b]) by
+       _window_inside's rule: the later one wins when greater or NaN */
+    #define MINIRES_PICK(T, U, v, k, a, b) {                                                          \
+        U ab, bb, m = -(U)((v[b] > v[a]) | (v[b] != v[b]));                                           \
+        memcpy(&ab, &v[a], sizeof(T));                                                                \
+        memcpy(&bb, &v[b], sizeof(T));                                                                \
+        ab = (bb & m) | (ab & ~m);                                                                    \
+        memcpy(&v[a], &ab, sizeof(T));                                                                \
+        k[a] = (k[b] & (long long)m) | (k[a] & ~(long long)m);                                        \
+    }
+    #define MINIRES_POOL3S2(NAME, T, U)                                                               \
+    static void NAME(const T* plane, Py_ssize_t H, Py_ssize_t W, T* out, long long* argmax,          \
+                     Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t ph, Py_ssize_t pw) {                    \
+        for (Py_ssize_t oh = 0; oh < OH; oh++) {                                                     \
+            Py_ssize_t h0 = 2 * oh - ph, rows[3];                                                     \
+            for (int i = 0; i < 3; i++)                                                              \
+                rows[i] = h0 + i < 0 ? 0 : (h0 + i >= H ? H - 1 : h0 + i);                           \
+            for (Py_ssize_t ow = 0; ow < OW; ow++) {                                                 \
+                Py_ssize_t w0 = 2 * ow - pw, cols[3];                                                 \
+                for (int j = 0; j < 3; j++)                                                          \
+                    cols[j] = w0 + j < 0 ? 0 : (w0 + j >= W ? W - 1 : w0 + j);                       \
+                /* the nine taps in scan order, each with its pixel's index in the window */        \
+                T v[9];                                                                               \
+                long long k[9];                                                                       \
+                for (int i = 0; i < 3; i++)                                                          \
+                    for (int j = 0; j < 3; j++) {                                                    \
+                        v[3 * i + j] = plane[rows[i] * W + cols[j]];                                  \
+                        k[3 * i + j] = (rows[i] - h0) * 3 + (cols[j] - w0);                           \
+                    }                                                                                \
+                /* the scan's rule as a tree (it is associative): 4 steps deep, not 9 */            \
+                MINIRES_PICK(T, U, v, k, 0, 1) MINIRES_PICK(T, U, v, k, 2, 3)                         \
+                MINIRES_PICK(T, U, v, k, 4, 5) MINIRES_PICK(T, U, v, k, 6, 7)                         \
+                MINIRES_PICK(T, U, v, k, 0, 2) MINIRES_PICK(T, U, v, k, 4, 6)                         \
+                MINIRES_PICK(T, U, v, k, 0, 4) MINIRES_PICK(T, U, v, k, 0, 8)                         \
+                T best = v[0];                                                                        \
+                long long at = k[0];                                                                  \
+                out[oh * OW + ow] = best;                                                             \
+                argmax[oh * OW + ow] = at;                                                            \
+            }                                                                                        \
+        }                                                                                            \
+    }
+    MINIRES_POOL3S2(minires_pool3s2_plane_f, float, uint32_t)
+    MINIRES_POOL3S2(minires_pool3s2_plane_d, double, uint64_t)
+    """
+    void _pool3s2_plane_f "minires_pool3s2_plane_f"(const float* plane, Py_ssize_t H, Py_ssize_t W, float* out,
+                                                    long long* argmax, Py_ssize_t OH, Py_ssize_t OW,
+                                                    Py_ssize_t ph, Py_ssize_t pw) noexcept nogil
+    void _pool3s2_plane_d "minires_pool3s2_plane_d"(const double* plane, Py_ssize_t H, Py_ssize_t W, double* out,
+                                                    long long* argmax, Py_ssize_t OH, Py_ssize_t OW,
+                                                    Py_ssize_t ph, Py_ssize_t pw) noexcept nogil
+
+
 def _max_pool_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
                       long long[:, :, :, ::1] argmax,
                       Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
@@ -1136,6 +1206,16 @@ def _max_pool_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out
     if kh == kw == sh == sw == 2 and ph == pw == 0:
         with nogil:
             _max_pool_2x2(x, out, argmax, nthreads)
+        return
+    if kh == kw == 3 and sh == sw == 2:
+        with nogil:
+            for nc in prange(N * C, num_threads=nthreads, schedule="static"):
+                if floating is float:
+                    _pool3s2_plane_f(&x[nc // C, nc % C, 0, 0], H, W, &out[nc // C, nc % C, 0, 0],
+                                     &argmax[nc // C, nc % C, 0, 0], OH, OW, ph, pw)
+                else:
+                    _pool3s2_plane_d(&x[nc // C, nc % C, 0, 0], H, W, &out[nc // C, nc % C, 0, 0],
+                                     &argmax[nc // C, nc % C, 0, 0], OH, OW, ph, pw)
         return
     with nogil:
         for nc in prange(N * C, num_threads=nthreads, schedule="static"):

@@ -158,6 +158,28 @@ def test_max_pool_2x2_matches_reference(shape, dtype):
     assert {0, 1, 2, 3} <= set(np.unique(arg))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,padding", [((2, 3, 16, 16), 1), ((2, 3, 16, 16), 0), ((1, 2, 5, 7), 1),
+                                           ((1, 2, 5, 7), 0), ((3, 1, 9, 4), 1), ((3, 1, 9, 4), 0),
+                                           ((1, 1, 1, 1), 1), ((1, 2, 2, 3), 1)])
+def test_max_pool_3x3_stride_2_matches_reference(shape, dtype, padding):
+    """3x3 stride 2 has a kernel of its own (border windows read clamped
+    pixels): ties, NaN (one or several in a window), -inf everywhere in a
+    border window, odd sizes, a 1x1 image."""
+    rng = np.random.default_rng(shape[3] + padding)
+    x = rng.integers(-2, 3, shape).astype(dtype)
+    x.reshape(-1)[rng.choice(x.size, x.size // 8, replace=False)] = np.nan
+    x[0, 0, :2, :2] = -np.inf
+    out, arg = _kernels.max_pool_forward(x, 3, 3, 2, 2, padding, padding)
+    out_r, arg_r = _kernels_ref.max_pool_forward(x, 3, 3, 2, 2, padding, padding)
+    np.testing.assert_array_equal(out, out_r)
+    np.testing.assert_array_equal(arg, arg_r)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    np.testing.assert_allclose(_kernels.max_pool_backward(dout, arg, *shape[2:], 3, 3, 2, 2, padding, padding),
+                               _kernels_ref.max_pool_backward(dout, arg_r, *shape[2:], 3, 3, 2, 2, padding, padding),
+                               rtol=1e-6, atol=1e-6)       # overlapping windows: sums in another order
+
+
 def test_max_pool_ties_pick_the_first():
     x = np.ones((1, 1, 2, 2), dtype=np.float64)
     for backend in (_kernels, _kernels_ref):

@@ -46,7 +46,8 @@ Its input gradient is again such a conv (flipped kernel, as above), so it
 takes the same path, and its weight gradient comes from the same transforms
 (_kernels_ref.conv_winograd_backward_weight).
 
-Either way images are split across threads (minires.parallel).
+Either way images are split across threads (minires.parallel); one image
+alone (inference) shares its work between the threads instead (_alone).
 """
 import numpy as np
 
@@ -395,7 +396,11 @@ def _images_per_tile(positions, columns=1024):
 # bottleneck blocks are mostly 1x1 convs). Chunks of images run on our threads
 # with single-threaded BLAS, like the other paths: a multi-threaded BLAS call
 # leaves its threads spinning for a while afterwards, which halved the speed
-# of the batchnorm that came next (measured in bottleneck-29).
+# of the batchnorm that came next (measured in bottleneck-29). One image
+# alone takes kernels.matmul, which shares the product's rows between the
+# threads (1x1 convs on one image, 2 threads, AMD Zen 4, ms, the direct
+# kernel on both threads / kernels.matmul / BLAS: 64->64 at 32x32 0.107 /
+# 0.092 / 0.124, 512->128 at 4x4 0.050 / 0.017 / 0.026).
 def _pointwise_forward(x, w, geometry, b, relu):
     """-> out (N, F, OH, OW) (+ b, ReLU), and the strided input it read, (N, C, OH*OW)."""
     sh, sw = geometry[2:4]
