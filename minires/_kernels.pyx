@@ -1965,8 +1965,11 @@ def matmul(a, b, out, int threads=0):
     if n <= DOT_MAX_COLS:
         _matmul_dots(a, np.ascontiguousarray(b.T), out, nthreads)
         return
-    bp = np.zeros((b.shape[0], -(-n // 16) * 16), dtype=np.float32)     # columns padded to whole vectors
-    bp[:, :n] = b
+    if n % 16 == 0 and b.dtype == np.float32 and b.flags.c_contiguous:
+        bp = b
+    else:
+        bp = np.zeros((b.shape[0], -(-n // 16) * 16), dtype=np.float32)     # columns padded to whole vectors
+        bp[:, :n] = b
     _matmul_bcast(a, bp, out, nthreads)
 
 

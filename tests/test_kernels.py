@@ -547,15 +547,16 @@ def test_one_image_shares_its_grid_between_the_threads(monkeypatch):
     assert calls == [2, 1, 1, 1]       # small: one thread; two images: one chunk per thread
 
 
-def _record_matmul(monkeypatch):
-    """Count the calls of kernels.matmul (the product shared between the threads)."""
+def _record_matmul(monkeypatch, main_thread=True):
+    """Count the calls of kernels.matmul (the product shared between the
+    threads when main_thread: then never called from the pool's threads)."""
     from minires import parallel
     monkeypatch.setattr(parallel, "_threads", 2)
     calls = []
     real = kernels.matmul
 
     def record(a, b, out, **k):
-        assert threading.current_thread() is threading.main_thread()    # not nested in the pool's threads
+        assert threading.current_thread() is threading.main_thread() or not main_thread
         calls.append(b.shape)
         real(a, b, out, **k)
     monkeypatch.setattr(kernels, "matmul", record)
@@ -610,6 +611,33 @@ def test_one_image_small_map_shares_its_product(monkeypatch, geometry, size):
     for i, xi in enumerate(x3):
         want = _kernels_ref.conv_naive_forward(xi[None].astype(np.float64), w.astype(np.float64), b, sh, sw, ph, pw)
         np.testing.assert_allclose(out3[i:i + 1], want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size,stride", [(4, 1), (8, 2), (7, 2)])
+def test_batch_1x1_conv_on_4x4_maps_takes_the_small_products(monkeypatch, size, stride, dtype):
+    """A batch's 1x1 conv with 16 output positions: one kernels.matmul per
+    image (forward and input gradient), the weight gradient in one product
+    over the images; both directions agree with the NumPy form, and 8x8
+    outputs keep BLAS."""
+    from minires.functional import conv as F
+    calls = _record_matmul(monkeypatch, main_thread=False)
+    rng = np.random.default_rng(size)
+    x = rng.standard_normal((3, 24, size, size)).astype(dtype)
+    w = rng.standard_normal((40, 24, 1, 1)).astype(dtype)
+    b = rng.standard_normal(40).astype(dtype)
+    out, cache = F.conv2d_forward(x, w, b, stride=stride)
+    want, numpy_cache = F.conv2d_forward_numpy(x, w, b, stride=stride)
+    assert cache.path == "pointwise" and out.shape[2:] == (4, 4) and calls == [(24, 16)] * 3
+    tol = 1e-12 if dtype == np.float64 else 1e-4
+    np.testing.assert_allclose(out, want, rtol=tol, atol=tol)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    got = F.conv2d_backward(dout, cache)
+    assert calls == [(24, 16)] * 3 + [(40, 16)] * 3
+    for g, e in zip(got, F.conv2d_backward_numpy(dout, numpy_cache)):
+        np.testing.assert_allclose(g, e, rtol=tol, atol=tol * 10)
+    F.conv2d_forward(rng.standard_normal((3, 24, 8, 8)).astype(dtype), w, b)
+    assert len(calls) == 6
 
 
 def test_one_image_on_8x8_with_big_weights_takes_the_shared_product(monkeypatch):
