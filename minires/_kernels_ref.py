@@ -169,6 +169,14 @@ def conv_winograd_backward_weight(x, dout):
         return (g.T @ du.transpose(2, 3, 0, 1) @ g).astype(x.dtype, copy=False)
 
 
+def tap_weights(w):
+    """w: (F, C, KH, KW) -> (wt (KH*KW, F, C), finite): wt[i*KW + j] = w[:, :, i, j],
+    the (F, C) matrix of kernel tap (i, j) (_conv_taps), and whether every weight is finite."""
+    f, c, kh, kw = w.shape
+    wt = np.ascontiguousarray(w.reshape(f, c, kh * kw).transpose(2, 0, 1))
+    return wt, bool(np.isfinite(w).all())
+
+
 def matmul(a, b, out, threads=0):
     """out[...] = a @ b; a: (M, K), b: (K, N), out: (M, N). threads: ignored
     here. The compiled kernel shares the rows of such a product between the

@@ -340,8 +340,30 @@ def test_small_maps_take_taps_when_the_rows_pay_for_the_weight_copies():
     assert choose_path((4, 4, 1, 1), (3, 3, 1, 1, 1, 1), w) == "taps"        # one useful tap of nine
     assert choose_path((64, 4, 8, 8), (3, 3, 1, 1, 1, 1), w) == "direct"
     assert choose_path((64, 4, 8, 8), (1, 1, 2, 2, 0, 0), w[:, :, :1, :1]) == "pointwise"   # 16 positions
-    w[0, 0, 0, 0] = np.nan
-    assert choose_path((64, 4, 2, 2), (3, 3, 1, 1, 1, 1), w) == "im2col"
+    x = np.ones((64, 4, 2, 2), np.float32)
+    assert _conv_paths.forward(x, w, (3, 3, 1, 1, 1, 1))[2] == "taps"
+    for value in (np.nan, np.inf):
+        w[0, 0, 0, 0] = value           # a weight that is not finite: forward takes im2col after all
+        with np.errstate(invalid="ignore"):       # 0 * inf in BLAS: the NaN looked for
+            out, _, path = _conv_paths.forward(x, w, (3, 3, 1, 1, 1, 1))
+        assert path == "im2col" and not np.isfinite(out[:, 0]).any()
+        assert np.isnan(out[:, 0, 0, 0]).all()         # the tap that meets the padding there: 0 * inf
+
+
+@pytest.mark.parametrize("backend", [_kernels, _kernels_ref])
+@pytest.mark.parametrize("shape", [(8, 4, 3, 3), (5, 3, 1, 1), (2, 7, 3, 2), (1, 1, 7, 7)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tap_weights_are_each_taps_matrix_and_say_whether_all_are_finite(backend, shape, dtype):
+    w = np.random.default_rng(0).standard_normal(shape).astype(dtype)
+    wt, finite = backend.tap_weights(w)
+    assert finite is True and wt.shape == (shape[2] * shape[3], *shape[:2]) and wt.flags.c_contiguous
+    for i in range(shape[2]):
+        for j in range(shape[3]):
+            np.testing.assert_array_equal(wt[i * shape[3] + j], w[:, :, i, j])
+    for value in (np.nan, np.inf, -np.inf):
+        bad = w.copy()
+        bad[-1, -1, -1, -1] = value
+        assert backend.tap_weights(bad)[1] is False
 
 
 @settings(max_examples=100, deadline=None)

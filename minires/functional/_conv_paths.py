@@ -65,8 +65,12 @@ def forward(x, w, geometry, b=None, relu=False):
     if path == "pointwise":
         out, x3 = _pointwise_forward(x, w, geometry, b, relu)
         return out, x3, path
-    run = {"taps": _taps_forward, "winograd": _winograd_forward, "direct": _direct_forward,
-           "im2col": _im2col_forward}[path]
+    if path == "taps":
+        w_taps = _tap_matrices(w, x.shape, geometry)
+        if w_taps is not None:
+            return _taps_forward(x, w, w_taps, geometry, b, relu), x, path
+        path = "im2col"
+    run = {"winograd": _winograd_forward, "direct": _direct_forward, "im2col": _im2col_forward}[path]
     return run(x, w, geometry, b, relu), x, path
 
 
@@ -109,9 +113,8 @@ def choose_path(x_shape, geometry, w):
     positions = oh * ow
     pointwise = kh == kw == 1 and ph == pw == 0
     if positions < SMALL_MAP or (positions == SMALL_MAP and not pointwise):
-        # a weight that is inf or NaN makes NaN even where it meets the padding:
-        # only im2col multiplies the zeros
-        return "taps" if _taps_pay(x_shape, geometry, positions) and _finite(w) else "im2col"
+        # (forward takes im2col after all where w is not finite: see _tap_matrices)
+        return "taps" if _taps_pay(x_shape, geometry, positions) else "im2col"
     if pointwise:
         return "pointwise"
     if _alone(x_shape[0]) and positions <= ALONE_MAP and w.size >= ALONE_WEIGHTS:
@@ -138,12 +141,23 @@ def _finite(a):
         return bool(np.isfinite(a.sum()))
 
 
-def _taps_forward(x, w, geometry, b, relu):
+def _tap_matrices(w, x_shape, geometry):
+    """{(i, j): w[:, :, i, j] as a contiguous (F, C) matrix} for the taps that
+    read at least one pixel, or None when a weight is inf or NaN: such a
+    weight makes NaN even where it meets the padding, and only im2col
+    multiplies the zeros (kernels.tap_weights copies and checks in one pass)."""
+    wt, finite = kernels.tap_weights(w)                 # (KH*KW, F, C)
+    if not finite:
+        return None
+    kw = w.shape[3]
+    return {(i, j): wt[i * kw + j] for i, j, *_ in _conv_taps.taps(geometry, x_shape[2:], _out_size(x_shape, geometry))}
+
+
+def _taps_forward(x, w, w_taps, geometry, b, relu):
     """Per chunk of images, one product per useful tap (_conv_taps.forward)."""
     n, f = x.shape[0], w.shape[0]
     out_size = _out_size(x.shape, geometry)
     useful = _conv_taps.taps(geometry, x.shape[2:], out_size)
-    w_taps = _conv_taps.tap_weights(w, useful)
     out = np.empty((n, f, *out_size), dtype=x.dtype)
 
     def images(lo, hi):
@@ -154,10 +168,9 @@ def _taps_forward(x, w, geometry, b, relu):
     return out
 
 
-def _taps_backward(dout, x, w, geometry):
+def _taps_backward(dout, x, w, w_taps, geometry):
     """dx (N, C, H, W), dw (F, C, KH, KW) with one product per useful tap (_conv_taps.backward)."""
     useful = _conv_taps.taps(geometry, x.shape[2:], dout.shape[2:])
-    w_taps = _conv_taps.tap_weights(w, useful)
     dx = np.empty(x.shape, dtype=x.dtype)
 
     def images(lo, hi):
@@ -179,8 +192,10 @@ def backward(dout, cache, input_grad=True):
         return _pointwise_backward(dout, cache, input_grad)
     x, w, geometry = cache[:3]
     if cache.path == "taps" and _finite(dout):     # else dout * padding would make NaN where im2col does
-        dx, dw = _taps_backward(dout, x, w, geometry)
-        return (dx if input_grad else None), dw
+        w_taps = _tap_matrices(w, x.shape, geometry)
+        if w_taps is not None:                      # (w changed since forward)
+            dx, dw = _taps_backward(dout, x, w, w_taps, geometry)
+            return (dx if input_grad else None), dw
     # The direct input gradient multiplies w with the zero border of dout's
     # grid, which a non-finite w turns into 0 * inf = NaN; im2col never does.
     if cache.path in ("direct", "winograd") and geometry[2:4] == (1, 1) and np.isfinite(w).all():

@@ -59,14 +59,9 @@ def to_pixels(a):
     return np.ascontiguousarray(a.transpose(2, 3, 0, 1))
 
 
-def tap_weights(w, useful):
-    """{(i, j): w[:, :, i, j] as a contiguous (F, C) matrix} for the useful taps
-    only: on a 1x1 map one ninth of the weights is ever read."""
-    return {(i, j): np.ascontiguousarray(w[:, :, i, j]) for i, j, *_ in useful}
-
-
 def forward(x, w_taps, useful, out_shape):
-    """x: (N, C, H, W), w_taps and useful from tap_weights and taps, out_shape
+    """x: (N, C, H, W), w_taps {(i, j): w[:, :, i, j] as an (F, C) matrix} and
+    useful from taps for the useful taps (the others are never read), out_shape
     (F, OH, OW) -> out as (OH, OW, N, F) (zero where every tap reads padding)."""
     xt = to_pixels(x)
     f, oh, ow = out_shape
