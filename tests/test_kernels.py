@@ -161,10 +161,12 @@ def test_max_pool_2x2_matches_reference(shape, dtype):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape,padding", [((2, 3, 16, 16), 1), ((2, 3, 16, 16), 0), ((1, 2, 5, 7), 1),
                                            ((1, 2, 5, 7), 0), ((3, 1, 9, 4), 1), ((3, 1, 9, 4), 0),
-                                           ((1, 1, 1, 1), 1), ((1, 2, 2, 3), 1)])
+                                           ((1, 1, 1, 1), 1), ((1, 2, 2, 3), 1), ((2, 2, 6, 10), 1),
+                                           ((1, 3, 2, 2), 1), ((1, 1, 32, 8), 1)])
 def test_max_pool_3x3_stride_2_matches_reference(shape, dtype, padding):
-    """3x3 stride 2 has a kernel of its own (border windows read clamped
-    pixels): ties, NaN (one or several in a window), -inf everywhere in a
+    """3x3 stride 2 has kernels of its own (border windows read clamped
+    pixels; float32 maps of even size with padding 1 in two vectorised
+    passes): ties, NaN (one or several in a window), -inf everywhere in a
     border window, odd sizes, a 1x1 image."""
     rng = np.random.default_rng(shape[3] + padding)
     x = rng.integers(-2, 3, shape).astype(dtype)
