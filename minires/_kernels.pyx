@@ -1139,11 +1139,10 @@ cdef extern from *:
     """
     #include <stdint.h>
     #include <stdlib.h>
-    /* best = win ? v : best on the bits: GCC compiles the float select to a
-       branch, which the random data mispredicts (measured: no faster than
-       the general loop) */
     /* v[a], k[a] = the winner of (v[a], k[a]) and the later (v[b], k[b]) by
-       _window_inside's rule: the later one wins when greater or NaN */
+       _window_inside's rule: the later one wins when greater or NaN. The
+       select works on the bits: GCC compiled a float select to a branch,
+       which the random data mispredicts (no faster than the general loop) */
     #define MINIRES_PICK(T, U, v, k, a, b) {                                                          \
         U ab, bb, m = -(U)((v[b] > v[a]) | (v[b] != v[b]));                                           \
         memcpy(&ab, &v[a], sizeof(T));                                                                \

@@ -150,7 +150,8 @@ def _tap_matrices(w, x_shape, geometry):
     if not finite:
         return None
     kw = w.shape[3]
-    return {(i, j): wt[i * kw + j] for i, j, *_ in _conv_taps.taps(geometry, x_shape[2:], _out_size(x_shape, geometry))}
+    useful = _conv_taps.taps(geometry, x_shape[2:], _out_size(x_shape, geometry))
+    return {(i, j): wt[i * kw + j] for i, j, *_ in useful}
 
 
 def _taps_forward(x, w, w_taps, geometry, b, relu):
@@ -458,7 +459,7 @@ def _pointwise_backward(dout, cache, input_grad=True):
     w2 = w.reshape(f, -1)                              # (F, C)
     dx3 = np.empty(x3.shape, dtype=dout.dtype) if input_grad else None     # (N, C, OH*OW)
     small = d3.shape[2] <= SMALL_MAP
-    w2t = np.ascontiguousarray(w2.T)                   # (C, F)
+    w2t = np.ascontiguousarray(w2.T) if input_grad else None      # (C, F)
 
     def images(lo, hi):
         if input_grad:
