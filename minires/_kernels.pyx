@@ -1121,78 +1121,27 @@ cdef inline void _window_checked(const floating* plane, Py_ssize_t H, Py_ssize_t
     k_out[0] = best_k
 
 
-# 3x3 pooling with stride 2, the ImageNet ResNets' (after their stem):
-# their 8x8 outputs make rows too short for the vectorised row loops, and
-# the general loop's compare-and-select chains compiled to branches that
-# the random data mispredicts. Here each window is picked without branches
-# (selects on the bits; the scan's rule applied as a tree, which gives the
-# same winner because the rule is associative), and a window that hangs
-# over the padding reads the nearest pixel again instead (row and column
-# indices clamped to the image): the duplicate sits next to its original in
-# the scan order and the winner is kept as its pixel's index, so the
-# maximum, the first of tied maxima and the last NaN all come out as the
-# checked scan's. Float32 maps of even size with padding 1 take two
-# vectorised passes instead (minires_pool3s2_even_f). (128, 64, 16, 16) ->
-# 8x8 with padding 1, 2 threads, AMD Zen 4: 7.6 ms (general loop) -> 5.3
-# (branchless windows) -> 1.4 (two passes); PyTorch 8.5.
+# 3x3 pooling with stride 2, the ImageNet ResNets' (after their stem), on
+# float32 maps of even size with padding 1: their 8x8 outputs make rows
+# too short for vectorised row loops, and the general loop's
+# compare-and-select chains compiled to branches that the random data
+# mispredicts (perf: vcomiss + jp). Here two loops over the whole plane
+# that the compiler vectorises: each row's windows of three columns, then
+# the three rows of each output row (the scan's rule applies to rows first:
+# a window's winner is the winner of its three row winners). A window over
+# the padding reads its edge pixel twice instead (the duplicate sits next to
+# its original in the scan order and the winner is kept as its index in the
+# window), so the maximum, the first of tied maxima and the last NaN come
+# out as _window_inside's. (128, 64, 16, 16) -> 8x8, 2 threads, AMD Zen 4:
+# 7.6 ms (general loop) -> 1.4; PyTorch 8.5. Other shapes and float64 take
+# the general loop.
 cdef extern from *:
     """
-    #include <stdint.h>
     #include <stdlib.h>
-    /* v[a], k[a] = the winner of (v[a], k[a]) and the later (v[b], k[b]) by
-       _window_inside's rule: the later one wins when greater or NaN. The
-       select works on the bits: GCC compiled a float select to a branch,
-       which the random data mispredicts (no faster than the general loop) */
-    #define MINIRES_PICK(T, U, v, k, a, b) {                                                          \
-        U ab, bb, m = -(U)((v[b] > v[a]) | (v[b] != v[b]));                                           \
-        memcpy(&ab, &v[a], sizeof(T));                                                                \
-        memcpy(&bb, &v[b], sizeof(T));                                                                \
-        ab = (bb & m) | (ab & ~m);                                                                    \
-        memcpy(&v[a], &ab, sizeof(T));                                                                \
-        k[a] = (k[b] & (long long)m) | (k[a] & ~(long long)m);                                        \
-    }
-    #define MINIRES_POOL3S2(NAME, T, U)                                                               \
-    static void NAME(const T* plane, Py_ssize_t H, Py_ssize_t W, T* out, long long* argmax,          \
-                     Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t ph, Py_ssize_t pw) {                    \
-        for (Py_ssize_t oh = 0; oh < OH; oh++) {                                                     \
-            Py_ssize_t h0 = 2 * oh - ph, rows[3];                                                     \
-            for (int i = 0; i < 3; i++)                                                              \
-                rows[i] = h0 + i < 0 ? 0 : (h0 + i >= H ? H - 1 : h0 + i);                           \
-            for (Py_ssize_t ow = 0; ow < OW; ow++) {                                                 \
-                Py_ssize_t w0 = 2 * ow - pw, cols[3];                                                 \
-                for (int j = 0; j < 3; j++)                                                          \
-                    cols[j] = w0 + j < 0 ? 0 : (w0 + j >= W ? W - 1 : w0 + j);                       \
-                /* the nine taps in scan order, each with its pixel's index in the window */        \
-                T v[9];                                                                               \
-                long long k[9];                                                                       \
-                for (int i = 0; i < 3; i++)                                                          \
-                    for (int j = 0; j < 3; j++) {                                                    \
-                        v[3 * i + j] = plane[rows[i] * W + cols[j]];                                  \
-                        k[3 * i + j] = (rows[i] - h0) * 3 + (cols[j] - w0);                           \
-                    }                                                                                \
-                /* the scan's rule as a tree (it is associative): 4 steps deep, not 9 */            \
-                MINIRES_PICK(T, U, v, k, 0, 1) MINIRES_PICK(T, U, v, k, 2, 3)                         \
-                MINIRES_PICK(T, U, v, k, 4, 5) MINIRES_PICK(T, U, v, k, 6, 7)                         \
-                MINIRES_PICK(T, U, v, k, 0, 2) MINIRES_PICK(T, U, v, k, 4, 6)                         \
-                MINIRES_PICK(T, U, v, k, 0, 4) MINIRES_PICK(T, U, v, k, 0, 8)                         \
-                T best = v[0];                                                                        \
-                long long at = k[0];                                                                  \
-                out[oh * OW + ow] = best;                                                             \
-                argmax[oh * OW + ow] = at;                                                            \
-            }                                                                                        \
-        }                                                                                            \
-    }
-    MINIRES_POOL3S2(minires_pool3s2_plane_f, float, uint32_t)
-    MINIRES_POOL3S2(minires_pool3s2_plane_d, double, uint64_t)
-
-    /* The same for float planes of even height and width with padding 1 (an
-       ImageNet ResNet's 16x16 maps), as loops the compiler vectorises: first
-       each row's windows of three columns (the scan's rule applies to rows
-       first: a window's winner is the winner of its three row winners), then
-       the three rows of each output row. Window q of row r reads columns
-       2q-1, 2q, 2q+1, at flat positions 2p-1, 2p, 2p+1 of p = r*OW + q, so
-       one loop covers the plane; its column-0 windows (whose column -1 is
-       padding: column 0 read twice) are redone after it. */
+    /* Window q of row r reads columns 2q-1, 2q, 2q+1, at flat positions
+       2p-1, 2p, 2p+1 of p = r*OW + q, so one loop covers the plane; its
+       column-0 windows (column -1 is padding: column 0 read twice) are redone
+       after it. -> 0 (nothing written) when the scratch rows cannot be had. */
     #define MINIRES_PICK3(bv, bj, a, b, c, ja) {                                                     \
         bv = a; bj = ja;                                                                            \
         int m1 = (b > bv) | (b != b); bv = m1 ? b : bv; bj = m1 ? 1 : bj;                           \
@@ -1230,12 +1179,6 @@ cdef extern from *:
     """
     bint _pool3s2_even_f "minires_pool3s2_even_f"(const float* x, Py_ssize_t H, Py_ssize_t W, float* out,
                                                   long long* argmax) noexcept nogil
-    void _pool3s2_plane_f "minires_pool3s2_plane_f"(const float* plane, Py_ssize_t H, Py_ssize_t W, float* out,
-                                                    long long* argmax, Py_ssize_t OH, Py_ssize_t OW,
-                                                    Py_ssize_t ph, Py_ssize_t pw) noexcept nogil
-    void _pool3s2_plane_d "minires_pool3s2_plane_d"(const double* plane, Py_ssize_t H, Py_ssize_t W, double* out,
-                                                    long long* argmax, Py_ssize_t OH, Py_ssize_t OW,
-                                                    Py_ssize_t ph, Py_ssize_t pw) noexcept nogil
 
 
 def _max_pool_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
@@ -1254,25 +1197,15 @@ def _max_pool_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out
         with nogil:
             _max_pool_2x2(x, out, argmax, nthreads)
         return
-    cdef bint even = H % 2 == 0 and W % 2 == 0 and ph == pw == 1
-    if kh == kw == 3 and sh == sw == 2:
-        with nogil:
-            for nc in prange(N * C, num_threads=nthreads, schedule="static"):
-                if floating is float:
-                    if (even and _pool3s2_even_f(&x[nc // C, nc % C, 0, 0], H, W, &out[nc // C, nc % C, 0, 0],
-                                                 &argmax[nc // C, nc % C, 0, 0])):
-                        continue
-                    _pool3s2_plane_f(&x[nc // C, nc % C, 0, 0], H, W, &out[nc // C, nc % C, 0, 0],
-                                     &argmax[nc // C, nc % C, 0, 0], OH, OW, ph, pw)
-                else:
-                    _pool3s2_plane_d(&x[nc // C, nc % C, 0, 0], H, W, &out[nc // C, nc % C, 0, 0],
-                                     &argmax[nc // C, nc % C, 0, 0], OH, OW, ph, pw)
-        return
+    cdef bint pool3s2 = kh == kw == 3 and sh == sw == 2 and ph == pw == 1 and H % 2 == 0 and W % 2 == 0
     with nogil:
         for nc in prange(N * C, num_threads=nthreads, schedule="static"):
             n = nc // C
             c = nc % C
             plane = &x[n, c, 0, 0]
+            if floating is float:
+                if pool3s2 and _pool3s2_even_f(plane, H, W, &out[n, c, 0, 0], &argmax[n, c, 0, 0]):
+                    continue
             for oh in range(OH):
                 h0 = oh * sh - ph
                 for ow in range(OW):
@@ -1851,11 +1784,11 @@ cdef extern from *:
     """
     #include <string.h>
     #if defined(__GNUC__)
-    typedef float minires_v16k __attribute__((vector_size(64), aligned(4)));
+    /* minires_v16: 16 floats, from the weight-gradient tile above */
     typedef float minires_v8k __attribute__((vector_size(32), aligned(4)));
     typedef float minires_v4k __attribute__((vector_size(16), aligned(4)));
 
-    static inline __attribute__((always_inline)) float minires_hsum(minires_v16k v) {
+    static inline __attribute__((always_inline)) float minires_hsum(minires_v16 v) {
         minires_v8k a, b;
         minires_v4k c, d;
         memcpy(&a, &v, 32); memcpy(&b, (char*)&v + 32, 32); a += b;
@@ -1867,14 +1800,14 @@ cdef extern from *:
     static inline __attribute__((always_inline)) void minires_dots(
             const float* a, Py_ssize_t lda, const float* bT, Py_ssize_t K, float* out, Py_ssize_t ldo,
             const int R, const int G) {
-        minires_v16k acc[4][4];
+        minires_v16 acc[4][4];
         for (int r = 0; r < R; r++)
-            for (int g = 0; g < G; g++) acc[r][g] = (minires_v16k){0};
+            for (int g = 0; g < G; g++) acc[r][g] = (minires_v16){0};
         Py_ssize_t k = 0;
         for (; k + 16 <= K; k += 16) {
-            minires_v16k av[4], bv[4];
-            for (int r = 0; r < R; r++) av[r] = *(const minires_v16k*)(a + r * lda + k);
-            for (int g = 0; g < G; g++) bv[g] = *(const minires_v16k*)(bT + g * K + k);
+            minires_v16 av[4], bv[4];
+            for (int r = 0; r < R; r++) av[r] = *(const minires_v16*)(a + r * lda + k);
+            for (int g = 0; g < G; g++) bv[g] = *(const minires_v16*)(bT + g * K + k);
             for (int r = 0; r < R; r++)
                 for (int g = 0; g < G; g++) acc[r][g] += av[r] * bv[g];
         }
@@ -1893,12 +1826,12 @@ cdef extern from *:
     static inline __attribute__((always_inline)) void minires_bcast(
             const float* a, Py_ssize_t lda, const float* bp, Py_ssize_t NP, Py_ssize_t K,
             float* out, Py_ssize_t ldo, Py_ssize_t cols, const int R, const int V) {
-        minires_v16k acc[8][2];
+        minires_v16 acc[8][2];
         for (int r = 0; r < R; r++)
-            for (int v = 0; v < V; v++) acc[r][v] = (minires_v16k){0};
+            for (int v = 0; v < V; v++) acc[r][v] = (minires_v16){0};
         for (Py_ssize_t k = 0; k < K; k++) {
-            minires_v16k bv[2];
-            for (int v = 0; v < V; v++) bv[v] = *(const minires_v16k*)(bp + k * NP + 16 * v);
+            minires_v16 bv[2];
+            for (int v = 0; v < V; v++) bv[v] = *(const minires_v16*)(bp + k * NP + 16 * v);
             for (int r = 0; r < R; r++)
                 for (int v = 0; v < V; v++) acc[r][v] += a[r * lda + k] * bv[v];
         }

@@ -428,9 +428,8 @@ def _pointwise_forward(x, w, geometry, b, relu):
     w2 = w.reshape(f, c)
     out = np.empty((n, f, oh * ow), dtype=x.dtype)     # (N, F, OH*OW)
     if _alone(n):
-        with parallel.single_threaded_blas():
-            for i in range(n):
-                kernels.matmul(w2, x3[i], out[i])
+        with parallel.single_threaded_blas():             # float64 products, which kernels.matmul leaves to BLAS
+            _products(w2, x3, out, threads=0)
     elif oh * ow <= SMALL_MAP:
         parallel.map_chunks(lambda lo, hi: _products(w2, x3[lo:hi], out[lo:hi]), n)
     else:
@@ -446,10 +445,10 @@ def _pointwise_forward(x, w, geometry, b, relu):
 # image / this: forward 128->512 at 4x4 1.79 / 1.60, 512->128 2.12 / 1.59;
 # weight gradient 128->512 3.50 / 2.24, 512->128 4.06 / 2.02 (on 8x8 maps
 # and up BLAS per image was as fast or faster).
-def _products(a, b3, out3):
-    """out3[i] = a @ b3[i] for each image, on the calling thread."""
+def _products(a, b3, out3, threads=1):
+    """out3[i] = a @ b3[i] for each image (kernels.matmul; threads: its own, 1 = the calling thread alone)."""
     for i in range(b3.shape[0]):
-        kernels.matmul(a, b3[i], out3[i], threads=1)
+        kernels.matmul(a, b3[i], out3[i], threads=threads)
 
 
 def _pointwise_backward(dout, cache, input_grad=True):
