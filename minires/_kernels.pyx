@@ -1958,18 +1958,26 @@ def matmul(a, b, out, int threads=0):
 
 
 # ---------------------------------------------------------------- tap weights
-def _tap_weights_loop(const floating[:, :, ::1] w3, floating[:, :, ::1] wt, int nthreads):
-    """wt[t, f, c] = w3[f, c, t] -> how many values of w3 are not finite."""
-    cdef Py_ssize_t F = w3.shape[0], C = w3.shape[1], K = w3.shape[2], f, c, t
+def _tap_weights_loop(const floating[:, :, ::1] w3, floating[:, :, ::1] wt, const Py_ssize_t[::1] slot,
+                      int nthreads):
+    """wt[slot[t], f, c] = w3[f, c, t] for the taps t with slot[t] >= 0 ->
+    how many values of w3 (all taps) are not finite."""
+    cdef Py_ssize_t F = w3.shape[0], C = w3.shape[1], K = w3.shape[2], f, c, t, k
     cdef floating v
     cdef Py_ssize_t bad = 0
     with nogil:
         for f in prange(F, num_threads=nthreads, schedule="static"):
             for t in range(K):
-                for c in range(C):
-                    v = w3[f, c, t]
-                    wt[t, f, c] = v
-                    bad += (v - v != 0)     # NaN for inf and NaN
+                k = slot[t]
+                if k >= 0:
+                    for c in range(C):
+                        v = w3[f, c, t]
+                        wt[k, f, c] = v
+                        bad += (v - v != 0)     # NaN for inf and NaN
+                else:
+                    for c in range(C):
+                        v = w3[f, c, t]
+                        bad += (v - v != 0)
     return bad
 
 
@@ -1981,18 +1989,22 @@ def _nonfinite_count(const floating[::1] a, int nthreads):
     return bad
 
 
-def tap_weights(w):
-    """w: (F, C, KH, KW) -> (wt (KH*KW, F, C), finite): each kernel tap's (F, C)
-    matrix contiguous, and whether every weight is finite, in one pass over w
-    (the tap path needs both; NumPy took a gather per tap and a sum: 512->512
-    3x3, 2.4M weights, 2 threads, AMD Zen 4: 1.77 -> 0.55 ms). A 1x1 kernel's
-    wt is w itself."""
+def tap_weights(w, taps=None):
+    """w: (F, C, KH, KW) -> (wt (T, F, C), finite): the (F, C) matrix of each
+    kernel tap in taps (flat indices i*KW + j; all KH*KW by default) made
+    contiguous, and whether every weight (of every tap) is finite, in one pass
+    over w (the tap path needs both; NumPy took a gather per tap and a sum:
+    512->512 3x3, 2.4M weights, 2 threads, AMD Zen 4: 1.77 -> 0.55 ms). A 1x1
+    kernel's wt is w itself."""
     f, c, kh, kw = w.shape
+    taps = range(kh * kw) if taps is None else taps
     w3 = np.ascontiguousarray(w).reshape(f, c, kh * kw)
-    if kh * kw == 1:
+    if kh * kw == 1 and list(taps) == [0]:
         return w3.reshape(1, f, c), _nonfinite_count(w3.reshape(-1), _threads(w3.size)) == 0
-    wt = np.empty((kh * kw, f, c), dtype=w3.dtype)
-    return wt, _tap_weights_loop(w3, wt, _threads(w3.size)) == 0
+    slot = np.full(kh * kw, -1, dtype=np.intp)
+    slot[np.asarray(taps, dtype=np.intp)] = np.arange(len(taps))
+    wt = np.empty((len(taps), f, c), dtype=w3.dtype)
+    return wt, _tap_weights_loop(w3, wt, slot, _threads(w3.size)) == 0
 
 
 # ---------------------------------------------------------------- bias and ReLU

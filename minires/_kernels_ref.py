@@ -169,11 +169,13 @@ def conv_winograd_backward_weight(x, dout):
         return (g.T @ du.transpose(2, 3, 0, 1) @ g).astype(x.dtype, copy=False)
 
 
-def tap_weights(w):
-    """w: (F, C, KH, KW) -> (wt (KH*KW, F, C), finite): wt[i*KW + j] = w[:, :, i, j],
-    the (F, C) matrix of kernel tap (i, j) (_conv_taps), and whether every weight is finite."""
+def tap_weights(w, taps=None):
+    """w: (F, C, KH, KW) -> (wt (T, F, C), finite): wt[k] = w[:, :, i, j], the
+    (F, C) matrix of kernel tap (i, j) (_conv_taps) for taps[k] = i*KW + j (all
+    KH*KW taps by default), and whether every weight is finite."""
     f, c, kh, kw = w.shape
-    wt = np.ascontiguousarray(w.reshape(f, c, kh * kw).transpose(2, 0, 1))
+    taps = list(range(kh * kw)) if taps is None else list(taps)
+    wt = np.ascontiguousarray(w.reshape(f, c, kh * kw).transpose(2, 0, 1)[taps])
     return wt, bool(np.isfinite(w).all())
 
 

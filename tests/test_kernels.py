@@ -368,6 +368,37 @@ def test_tap_weights_are_each_taps_matrix_and_say_whether_all_are_finite(backend
         assert backend.tap_weights(bad)[1] is False
 
 
+@pytest.mark.parametrize("backend", [_kernels, _kernels_ref])
+@pytest.mark.parametrize("taps", [[4], [0, 2, 8], [8, 1]])
+def test_tap_weights_copy_the_taps_asked_and_check_them_all(backend, taps):
+    """On a 1x1 map a 3x3 conv uses its centre tap alone: only that one is
+    copied, but a NaN at any tap still says 'not finite' (it makes NaN at the
+    padding, as in PyTorch)."""
+    w = np.random.default_rng(0).standard_normal((6, 5, 3, 3)).astype(np.float32)
+    wt, finite = backend.tap_weights(w, taps)
+    assert finite is True and wt.shape == (len(taps), 6, 5) and wt.flags.c_contiguous
+    for k, t in enumerate(taps):
+        np.testing.assert_array_equal(wt[k], w[:, :, t // 3, t % 3])
+    unused = next(t for t in range(9) if t not in taps)
+    bad = w.copy()
+    bad[2, 3, unused // 3, unused % 3] = np.inf
+    assert backend.tap_weights(bad, taps)[1] is False
+
+
+def test_the_tap_path_skips_the_input_gradient_when_asked():
+    import minires.functional as F
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 6, 2, 2)).astype(np.float32)
+    w = rng.standard_normal((5, 6, 3, 3)).astype(np.float32)
+    out, cache = F.conv2d_forward(x, w, None, 1, 1)
+    assert cache.path == "taps"
+    dout = rng.standard_normal(out.shape).astype(np.float32)
+    dx, dw, _ = F.conv2d_backward(dout, cache)
+    no_dx, dw_only, _ = F.conv2d_backward(dout, cache, input_grad=False)
+    assert dx is not None and no_dx is None
+    np.testing.assert_array_equal(dw_only, dw)
+
+
 @settings(max_examples=100, deadline=None)
 @given(small_map_case())
 def test_the_tap_path_agrees_with_the_loop_convolution(case):

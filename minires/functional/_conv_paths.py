@@ -55,13 +55,14 @@ from .. import kernels, parallel
 from . import _conv_taps
 
 
-def forward(x, w, geometry, b=None, relu=False):
+def forward(x, w, geometry, b=None, relu=False, path=None):
     """x: (N, C, H, W), w: (F, C, KH, KW), geometry (KH, KW, SH, SW, PH, PW),
     b: (F,) or None -> (out (N, F, OH, OW) with the bias added and the ReLU
-    applied when asked, what backward needs of x, the path's name)."""
+    applied when asked, what backward needs of x, the path's name).
+    path: the one an earlier forward took (conv2d_output), else chosen here."""
     # Each path adds the bias and applies the ReLU to a tile of its output
     # while it is still in cache (the direct kernel, as it writes it).
-    path = choose_path(x.shape, geometry, w)
+    path = path or choose_path(x.shape, geometry, w)
     if path == "pointwise":
         out, x3 = _pointwise_forward(x, w, geometry, b, relu)
         return out, x3, path
@@ -145,13 +146,14 @@ def _tap_matrices(w, x_shape, geometry):
     """{(i, j): w[:, :, i, j] as a contiguous (F, C) matrix} for the taps that
     read at least one pixel, or None when a weight is inf or NaN: such a
     weight makes NaN even where it meets the padding, and only im2col
-    multiplies the zeros (kernels.tap_weights copies and checks in one pass)."""
-    wt, finite = kernels.tap_weights(w)                 # (KH*KW, F, C)
-    if not finite:
-        return None
+    multiplies the zeros (kernels.tap_weights copies and checks in one pass;
+    on a 1x1 map a 3x3 conv copies one tap of nine)."""
     kw = w.shape[3]
     useful = _conv_taps.taps(geometry, x_shape[2:], _out_size(x_shape, geometry))
-    return {(i, j): wt[i * kw + j] for i, j, *_ in useful}
+    wt, finite = kernels.tap_weights(w, [i * kw + j for i, j, *_ in useful])     # (taps, F, C)
+    if not finite:
+        return None
+    return {(i, j): wt[k] for k, (i, j, *_) in enumerate(useful)}
 
 
 def _taps_forward(x, w, w_taps, geometry, b, relu):
@@ -169,34 +171,44 @@ def _taps_forward(x, w, w_taps, geometry, b, relu):
     return out
 
 
-def _taps_backward(dout, x, w, w_taps, geometry):
-    """dx (N, C, H, W), dw (F, C, KH, KW) with one product per useful tap (_conv_taps.backward)."""
+def _taps_backward(dout, x, w, geometry, input_grad=True):
+    """dx (N, C, H, W) (None when not input_grad), dw (F, C, KH, KW) with one
+    product per useful tap (_conv_taps.backward), or None where w is not
+    finite (see _tap_matrices)."""
+    w_taps = _tap_matrices(w, x.shape, geometry) if input_grad else {}
+    if w_taps is None:
+        return None
     useful = _conv_taps.taps(geometry, x.shape[2:], dout.shape[2:])
-    dx = np.empty(x.shape, dtype=x.dtype)
+    dx = np.empty(x.shape, dtype=x.dtype) if input_grad else None
 
     def images(lo, hi):
-        dxt, dw_taps = _conv_taps.backward(dout[lo:hi], x[lo:hi], w_taps, useful)
-        dx[lo:hi] = dxt.transpose(2, 3, 0, 1)
+        dxt, dw_taps = _conv_taps.backward(dout[lo:hi], x[lo:hi], w_taps, useful, input_grad)
+        if input_grad:
+            dx[lo:hi] = dxt.transpose(2, 3, 0, 1)
         return dw_taps
 
     parts = parallel.map_chunks(images, x.shape[0])
-    dw = np.zeros(w.shape, dtype=w.dtype)             # taps that read only padding get no gradient
-    for tap in parts[0]:
-        dw[:, :, tap[0], tap[1]] = sum(p[tap] for p in parts)
+    dw_taps = parts[0]                                  # the chunks' sums, added in place
+    for part in parts[1:]:                              # (each is as big as the useful taps of w)
+        dw_taps += part
+    if len(dw_taps) == w.shape[2] * w.shape[3]:         # every tap useful (a 1x1 conv's one)
+        return dx, dw_taps.transpose(1, 2, 0).reshape(w.shape)
+    dw = np.zeros(w.shape, dtype=w.dtype)               # taps that read only padding get no gradient
+    for k, (i, j, *_) in enumerate(useful):
+        dw[:, :, i, j] = dw_taps[k]
     return dx, dw
 
 
 def backward(dout, cache, input_grad=True):
     """dout: (N, F, OH, OW), a ConvCache -> dx: (N, C, H, W), dw: (F, C, KH, KW);
-    dx is None when not input_grad (the tap path computes it anyway)."""
+    dx is None when not input_grad."""
     if cache.path == "pointwise":
         return _pointwise_backward(dout, cache, input_grad)
     x, w, geometry = cache[:3]
     if cache.path == "taps" and _finite(dout):     # else dout * padding would make NaN where im2col does
-        w_taps = _tap_matrices(w, x.shape, geometry)
-        if w_taps is not None:                      # (w changed since forward)
-            dx, dw = _taps_backward(dout, x, w, w_taps, geometry)
-            return (dx if input_grad else None), dw
+        grads = _taps_backward(dout, x, w, geometry, input_grad)
+        if grads is not None:                       # (None: w is no longer finite since forward)
+            return grads
     # The direct input gradient multiplies w with the zero border of dout's
     # grid, which a non-finite w turns into 0 * inf = NaN; im2col never does.
     if cache.path in ("direct", "winograd") and geometry[2:4] == (1, 1) and np.isfinite(w).all():

@@ -72,16 +72,18 @@ def forward(x, w_taps, useful, out_shape):
     return out
 
 
-def backward(dout, x, w_taps, useful):
-    """dout: (N, F, OH, OW), x: (N, C, H, W) -> dx as (H, W, N, C) and
-    {(i, j): dw[:, :, i, j], (F, C)} for the useful taps (the others are zero)."""
+def backward(dout, x, w_taps, useful, input_grad=True):
+    """dout: (N, F, OH, OW), x: (N, C, H, W) -> dx as (H, W, N, C) (None when
+    not input_grad) and dw_taps (T, F, C): dw[:, :, i, j] for each useful tap,
+    in the order of useful (the other taps' gradient is zero)."""
     xt, dt = to_pixels(x), to_pixels(dout)
     c, f = xt.shape[3], dt.shape[3]
-    dxt = np.zeros(xt.shape, dtype=x.dtype)
-    dw_taps = {}
-    for i, j, rows, cols, rows_in, cols_in in useful:
+    dxt = np.zeros(xt.shape, dtype=x.dtype) if input_grad else None
+    dw_taps = np.empty((len(useful), f, c), dtype=x.dtype)
+    for k, (i, j, rows, cols, rows_in, cols_in) in enumerate(useful):
         d = dt[rows, cols].reshape(-1, f)                           # (R*Q*N, F)
-        dw_taps[i, j] = d.T @ xt[rows_in, cols_in].reshape(-1, c)   # (F, C)
-        block = dxt[rows_in, cols_in]                               # (R, Q, N, C), a view
-        block += (d @ w_taps[i, j]).reshape(block.shape)
+        np.matmul(d.T, xt[rows_in, cols_in].reshape(-1, c), out=dw_taps[k])     # (F, C)
+        if input_grad:
+            block = dxt[rows_in, cols_in]                           # (R, Q, N, C), a view
+            block += (d @ w_taps[i, j]).reshape(block.shape)
     return dxt, dw_taps

@@ -69,6 +69,21 @@ def conv2d_backward(dout, cache, input_grad=True):
     return dx, dw, db
 
 
+def conv2d_output(cache):
+    """The output (N, F, OH, OW) of the forward that made `cache`, computed
+    again: bit for bit the same values (the same path on the same input and
+    weights). It lets the batch norm after a conv keep no copy of its input
+    between forward and backward (see nn.recompute). Only for a conv without
+    bias or fused ReLU, whose cache holds all that its forward read."""
+    if cache.has_bias or cache.relu_out is not None:
+        raise ValueError("conv2d_output needs the cache of a conv without bias or fused ReLU")
+    x, w, geometry, path = cache.x, cache.w, cache.geometry, cache.path
+    if path == "pointwise":     # the cache holds the strided input it read: a stride-1 1x1 conv of it
+        n, f, oh, ow = cache.out_shape
+        x, geometry = x.reshape(n, x.shape[1], oh, ow), (1, 1, 1, 1, 0, 0)
+    return _conv_paths.forward(x, w, geometry, path=path)[0]
+
+
 def conv2d_forward_numpy(x, w, b=None, stride=1, padding=0):
     """conv2d_forward (without relu) in plain NumPy, one product for the whole batch
     (slow, memory-hungry, readable). Returns (out, cache) for conv2d_backward_numpy."""

@@ -44,10 +44,13 @@ class Bottleneck(nn.ResidualBlock):
         out1 = self.bn1(self.conv1(x))
         out2 = self.bn2(self.conv2(out1))
         y = self.conv3(out2)
-        # conv2 and conv3 keep no copy of their inputs: bn1 and bn2 rebuild them for backward
+        out = self.bn3(y)
+        # conv2 and conv3 keep no copy of their inputs: bn1 and bn2 rebuild them for backward;
+        # bn3 keeps none of the wide y: conv3 computes it again (nn.recompute)
         nn.release_input(self.conv2, self.bn1, out1)
         nn.release_input(self.conv3, self.bn2, out2)
-        return self.bn3(y)
+        nn.release_output(self.bn3, self.conv3, y)
+        return out
 
     def branch_backward(self, dout):
         d = self.conv3.backward(self.bn3.backward(dout))

@@ -18,9 +18,21 @@ def conv1x1(cin, cout, stride, rng):
     return nn.Conv2d(cin, cout, 1, stride=stride, padding=0, bias=False, rng=rng)
 
 
+class Projection(nn.Sequential):
+    """Shortcut option B: 1x1 conv (with the block's stride) + BN, named 0 and 1 as
+    PyTorch's Sequential. The BN keeps no copy of the conv's output: the conv
+    runs again in its backward (nn.recompute; a 1x1 conv is one product)."""
+
+    def forward(self, x):
+        conv, bn = self[0], self[1]
+        y = conv(x)
+        out = bn(y)
+        nn.release_output(bn, conv, y)
+        return out
+
+
 def projection(cin, cout, stride, rng):
-    """Shortcut option B: 1x1 conv (with the block's stride) + BN."""
-    return nn.Sequential(conv1x1(cin, cout, stride, rng), nn.BatchNorm2d(cout))
+    return Projection(conv1x1(cin, cout, stride, rng), nn.BatchNorm2d(cout))
 
 
 class ShortcutA(nn.Module):

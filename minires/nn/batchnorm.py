@@ -5,6 +5,7 @@ import numpy as np
 from .. import functional as F
 from ._args import count, real
 from .module import Module, Parameter, take_cache
+from .recompute import restored
 
 
 class BatchNorm2d(Module):
@@ -41,7 +42,8 @@ class BatchNorm2d(Module):
 
     def backward(self, dout):
         backward = F.batchnorm2d_relu_backward if self.fused_relu else F.batchnorm2d_backward
-        dx, dgamma, dbeta = backward(dout, take_cache(self))
+        # restored: the input again, if forward let it go (nn.recompute)
+        dx, dgamma, dbeta = backward(dout, restored(take_cache(self)))
         self.weight.grad += dgamma
         self.bias.grad += dbeta
         return dx
