@@ -211,20 +211,92 @@ def col2im(cols, Py_ssize_t c, Py_ssize_t h, Py_ssize_t w, Py_ssize_t kh, Py_ssi
 # kernel serves every stride.
 # Weight gradients use the same shifts: dw[f, c, i, j] = sum over p of
 # dpg[f, p] * plane[p + shift], with dpg (dout on the grid) zero in the junk.
+#
+# The register tiles are sized to the CPU's vector registers, which the
+# compiler sees as the target's macros: a tile's float32 accumulators fill
+# about half of them, leaving room for the values they are multiplied with.
+# AVX-512 has 32 registers of 16 floats: 8 x 32 accumulators (16 registers).
+# AVX2 has 16 of 8 floats: there the same tile spilled to memory at every
+# step (AMD Zen 3, 2 threads: a resnet-20 training step 1.85x PyTorch's, its
+# weight gradient 9x slower than on Zen 4), so 4 x 24 and 6 x 16 (12
+# registers). SSE (the portable baseline) has 16 of 4 floats: 4 x 8, 6 x 8.
+# PB and VL stay multiples of 8, the vectors of the tiles written in C.
+cdef extern from *:
+    """
+    #if defined(__AVX512F__)
+    #define MINIRES_WIDE_TILES 1
+    enum { MINIRES_FB = 8, MINIRES_PB = 32, MINIRES_KB = 8, MINIRES_VL = 32 };
+    #elif defined(__AVX__)
+    #define MINIRES_WIDE_TILES 0
+    enum { MINIRES_FB = 4, MINIRES_PB = 24, MINIRES_KB = 6, MINIRES_VL = 16 };
+    #else
+    #define MINIRES_WIDE_TILES 0
+    enum { MINIRES_FB = 4, MINIRES_PB = 8, MINIRES_KB = 6, MINIRES_VL = 8 };
+    #endif
+    """
+    enum:
+        FB "MINIRES_FB"     # output channels per register tile (forward)
+        PB "MINIRES_PB"     # padded-grid positions per register tile (forward)
+        KB "MINIRES_KB"     # taps (c, i, j) per weight-gradient tile
+        VL "MINIRES_VL"     # output channels per weight-gradient tile
+    int WIDE_TILES "MINIRES_WIDE_TILES"     # the AVX-512 tiles: KB, VL = 8, 32, and the narrow tile below
+
+
 cdef enum:
-    FB = 8      # output channels per register tile (forward)
-    PB = 32     # padded-grid positions per register tile (forward)
-    KB = 8      # taps (c, i, j) per weight-gradient tile
-    VL = 32     # output channels per weight-gradient tile
-    NARROW = 16 # taps and output channels per narrow weight-gradient tile (float32, F <= 16)
+    NARROW = 16 # taps and output channels per narrow weight-gradient tile (AVX-512, float32, F <= 16)
 
 
-if (KB, VL, NARROW) != (8, 32, 16):       # the literal steps of _conv_direct_weight's tile loops
-    raise ImportError(f"minires._kernels: KB, VL, NARROW = {KB}, {VL}, {NARROW} but the weight-gradient loops step by 8, 32, 16")
+def tile_sizes():
+    """The register tiles this build uses: {"FB": .., "PB": .., "KB": .., "VL": ..}."""
+    return dict(FB=FB, PB=PB, KB=KB, VL=VL)
+
+
+if WIDE_TILES and (KB, VL) != (8, 32):       # the literal steps of _conv_direct_weight's tile loops
+    raise ImportError(f"minires._kernels: KB, VL = {KB}, {VL} but the weight-gradient loops step by 8, 32")
+if not WIDE_TILES and (PB % 8 or VL % 8):      # the C tiles' vectors of 8
+    raise ImportError(f"minires._kernels: PB, VL = {PB}, {VL} must be multiples of 8")
 
 
 cdef inline Py_ssize_t _round_up(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return (a + b - 1) // b * b
+
+
+# The forward tile of the narrower vectors, in C with vectors of 8 floats
+# (as _weight_tile_v8 below, which says why).
+cdef extern from *:
+    """
+    #if defined(__GNUC__) && !MINIRES_WIDE_TILES
+    typedef float minires_v8f __attribute__((vector_size(32), aligned(4)));
+    static inline void minires_forward_tile_v8(const float* xpad, const float* wt, float* opg,
+                                               const Py_ssize_t* offsets, Py_ssize_t K, Py_ssize_t P,
+                                               Py_ssize_t f0, Py_ssize_t p0) {
+        enum { V = MINIRES_PB / 8 };
+        minires_v8f acc[MINIRES_FB][V];
+        for (int a = 0; a < MINIRES_FB; a++)
+            for (int j = 0; j < V; j++) acc[a][j] = (minires_v8f){0};
+        for (Py_ssize_t k = 0; k < K; k++) {
+            const float* xr = xpad + offsets[k] + p0;
+            const float* wr = wt + (f0 * K + k * MINIRES_FB);
+            minires_v8f xv[V];
+            for (int j = 0; j < V; j++) xv[j] = *(const minires_v8f*)(xr + 8 * j);
+            for (int a = 0; a < MINIRES_FB; a++)
+                for (int j = 0; j < V; j++) acc[a][j] += wr[a] * xv[j];
+        }
+        for (int a = 0; a < MINIRES_FB; a++)
+            for (int j = 0; j < V; j++) *(minires_v8f*)(opg + (f0 + a) * P + p0 + 8 * j) = acc[a][j];
+    }
+    #define MINIRES_FORWARD_V8 1
+    #else
+    static inline void minires_forward_tile_v8(const float* xpad, const float* wt, float* opg,
+                                               const Py_ssize_t* offsets, Py_ssize_t K, Py_ssize_t P,
+                                               Py_ssize_t f0, Py_ssize_t p0) {}
+    #define MINIRES_FORWARD_V8 0
+    #endif
+    """
+    int _FORWARD_V8 "MINIRES_FORWARD_V8"
+    void _forward_tile_v8 "minires_forward_tile_v8"(const float* xpad, const float* wt, float* opg,
+                                                    const Py_ssize_t* offsets, Py_ssize_t K, Py_ssize_t P,
+                                                    Py_ssize_t f0, Py_ssize_t p0) noexcept nogil
 
 
 cdef void _forward_tile(const floating* xpad, const floating* wt, floating* opg,
@@ -235,6 +307,10 @@ cdef void _forward_tile(const floating* xpad, const floating* wt, floating* opg,
     cdef Py_ssize_t a, q, k
     cdef const floating* xr
     cdef const floating* wr
+    if floating is float:
+        if _FORWARD_V8:
+            _forward_tile_v8(xpad, wt, opg, offsets, K, P, f0, p0)
+            return
     for a in range(FB):
         for q in range(PB):
             acc[a][q] = 0
@@ -432,6 +508,52 @@ def conv_direct_forward(x, w, out, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, 
     _conv_direct(x, wt, out, sh, sw, ph, pw, t, hs, wq, planes, opg, offsets, bias, epilogue, relu, threads)
 
 
+# The weight-gradient tile of the narrower vectors (AVX2, SSE: VL = 16 or 8
+# channels), in C with GCC/Clang vector types of 8 floats: as Cython loops,
+# GCC vectorised across the taps with shuffles instead of along the
+# channels (the narrow AVX-512 tile below had the same trouble), and the
+# weight gradient took 2.4x the forward's time on AMD Zen 3 (181 against 68
+# ms in a resnet-20 step).
+cdef extern from *:
+    """
+    #if defined(__GNUC__) && !MINIRES_WIDE_TILES
+    typedef float minires_v8 __attribute__((vector_size(32), aligned(4)));
+    static inline void minires_weight_tile_v8(const float* planes, const float* dT, float* dwt,
+                                              const Py_ssize_t* offsets, Py_ssize_t P, Py_ssize_t FP,
+                                              Py_ssize_t k0, Py_ssize_t f0) {
+        enum { V = MINIRES_VL / 8 };
+        const float* rows[MINIRES_KB];
+        minires_v8 acc[MINIRES_KB][V];
+        for (int a = 0; a < MINIRES_KB; a++) {
+            rows[a] = planes + offsets[k0 + a];
+            for (int j = 0; j < V; j++) acc[a][j] = (minires_v8){0};
+        }
+        for (Py_ssize_t p = 0; p < P; p++) {
+            minires_v8 d[V];                 /* dout's VL channels at position p */
+            for (int j = 0; j < V; j++) d[j] = *(const minires_v8*)(dT + p * FP + f0 + 8 * j);
+            for (int a = 0; a < MINIRES_KB; a++) {
+                float xv = rows[a][p];
+                for (int j = 0; j < V; j++) acc[a][j] += xv * d[j];
+            }
+        }
+        for (int a = 0; a < MINIRES_KB; a++)
+            for (int j = 0; j < V; j++)
+                for (int q = 0; q < 8; q++) dwt[(k0 + a) * FP + f0 + 8 * j + q] += acc[a][j][q];
+    }
+    #define MINIRES_TILE_V8 1
+    #else
+    static inline void minires_weight_tile_v8(const float* planes, const float* dT, float* dwt,
+                                              const Py_ssize_t* offsets, Py_ssize_t P, Py_ssize_t FP,
+                                              Py_ssize_t k0, Py_ssize_t f0) {}
+    #define MINIRES_TILE_V8 0
+    #endif
+    """
+    int _TILE_V8 "MINIRES_TILE_V8"
+    void _weight_tile_v8 "minires_weight_tile_v8"(const float* planes, const float* dT, float* dwt,
+                                                  const Py_ssize_t* offsets, Py_ssize_t P, Py_ssize_t FP,
+                                                  Py_ssize_t k0, Py_ssize_t f0) noexcept nogil
+
+
 cdef void _weight_tile(const floating* planes, const floating* dT, floating* dwt,
                        const Py_ssize_t* offsets, Py_ssize_t P, Py_ssize_t FP,
                        Py_ssize_t k0, Py_ssize_t f0) noexcept nogil:
@@ -442,6 +564,10 @@ cdef void _weight_tile(const floating* planes, const floating* dT, floating* dwt
     cdef const floating* dr
     cdef floating xv
     cdef Py_ssize_t a, q, p
+    if floating is float:
+        if _TILE_V8:
+            _weight_tile_v8(planes, dT, dwt, offsets, P, FP, k0, f0)
+            return
     for a in range(KB):
         rows[a] = planes + offsets[k0 + a]
         for q in range(VL):
@@ -548,23 +674,28 @@ def _conv_direct_weight(const floating[:, :, :, ::1] x, const floating[:, :, :, 
     """The loop of conv_direct_backward_weight (a def over fused memoryviews, as _conv_direct)."""
     cdef Py_ssize_t N = x.shape[0]
     cdef Py_ssize_t P = dT.shape[0], FP = dT.shape[1], KP = dwt.shape[0]
-    cdef Py_ssize_t tile, n0, count, f0, k0
+    cdef Py_ssize_t tile, n0, count, f0, k0, tk, tf
     with nogil:
         for tile in range((N + T - 1) // T):
             n0 = tile * T
             count = min(T, N - n0)
             _load_images(x, n0, count, planes, T, HS, WQ, sh, sw, ph, pw)
             _dout_on_grid(dout, n0, count, dT, T, HS, WQ)
-            if floating is float:
+            if floating is float and WIDE_TILES:
                 if FP == NARROW:
                     for k0 in range(0, KP, 16):
                         _weight_tile16(&planes[0, 0], &dT[0, 0], &dwt[0, 0], &offsets[0], P, k0)
                     continue
-            # Literal steps (KB, VL; checked at import below): counting tiles
-            # instead, as the forward does, made this loop 8% slower under gcc 12.
-            for k0 in range(0, KP, 8):
-                for f0 in range(0, FP, 32):
-                    _weight_tile(&planes[0, 0], &dT[0, 0], &dwt[0, 0], &offsets[0], P, FP, k0, f0)
+            if WIDE_TILES:
+                # Literal steps (KB, VL; checked at import): counting tiles
+                # instead, as the forward does, made this loop 8% slower under gcc 12.
+                for k0 in range(0, KP, 8):
+                    for f0 in range(0, FP, 32):
+                        _weight_tile(&planes[0, 0], &dT[0, 0], &dwt[0, 0], &offsets[0], P, FP, k0, f0)
+            else:
+                for tk in range(KP // KB):
+                    for tf in range(FP // VL):
+                        _weight_tile(&planes[0, 0], &dT[0, 0], &dwt[0, 0], &offsets[0], P, FP, tk * KB, tf * VL)
 
 
 def conv_direct_backward_weight(x, dout, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
@@ -580,7 +711,7 @@ def conv_direct_backward_weight(x, dout, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_
     k = c * kh * kw
     t, hs, wq, p, l, taps = _grid(x.shape, kh, kw, sh, sw, ph, pw)
     planes = np.zeros((c * sh * sw, l), dtype=x.dtype)
-    narrow = x.dtype == np.float32 and f <= NARROW
+    narrow = WIDE_TILES and x.dtype == np.float32 and f <= NARROW
     cols = NARROW if narrow else _round_up(f, VL)
     taps_per_tile = NARROW if narrow else KB
     dT = np.zeros((p, cols), dtype=x.dtype)       # (P, F) padded to the tile's columns
@@ -1014,7 +1145,7 @@ def _conv_winograd_weight(const floating[:, :, :, ::1] x, const floating[:, :, :
     over blocks of B images."""
     cdef Py_ssize_t N = x.shape[0], CP = offsets.shape[0], FP = du.shape[1] // offsets.shape[0]
     cdef Py_ssize_t tiles = (x.shape[2] // 2) * (x.shape[3] // 2)
-    cdef Py_ssize_t block, n0, count, k, k0, f0
+    cdef Py_ssize_t block, n0, count, k, k0, f0, tk, tf
     with nogil:
         for block in range((N + B - 1) // B):
             n0 = block * B
@@ -1022,9 +1153,15 @@ def _conv_winograd_weight(const floating[:, :, :, ::1] x, const floating[:, :, :
             _winograd_input(x, n0, count, &hb[0], &v[0, 0], TB, v.shape[1])
             _winograd_dout(dout, n0, count, &d[0, 0], FP, d.shape[1])
             for k in range(16):
-                for k0 in range(0, CP, 8):          # literal steps KB, VL (checked at import)
-                    for f0 in range(0, FP, 32):
-                        _weight_tile(&v[k, 0], &d[k, 0], &du[k, 0], &offsets[0], count * tiles, FP, k0, f0)
+                if WIDE_TILES:
+                    for k0 in range(0, CP, 8):          # literal steps KB, VL (checked at import)
+                        for f0 in range(0, FP, 32):
+                            _weight_tile(&v[k, 0], &d[k, 0], &du[k, 0], &offsets[0], count * tiles, FP, k0, f0)
+                else:
+                    for tk in range(CP // KB):
+                        for tf in range(FP // VL):
+                            _weight_tile(&v[k, 0], &d[k, 0], &du[k, 0], &offsets[0], count * tiles, FP,
+                                         tk * KB, tf * VL)
 
 
 cdef void _g_adjoint(const floating* du, Py_ssize_t stride, floating* g) noexcept nogil:
@@ -1885,7 +2022,7 @@ cdef extern from *:
     static void minires_bcast_block(const float* a, Py_ssize_t lda, const float* bp, Py_ssize_t NP,
                                     Py_ssize_t K, float* out, Py_ssize_t ldo, Py_ssize_t cols, int R, int V) {
         switch (8 * R + V) {
-            MINIRES_BCAST(8, 1) MINIRES_BCAST(8, 2)
+            MINIRES_BCAST(8, 1) MINIRES_BCAST(8, 2) MINIRES_BCAST(4, 1)
         }
         minires_bcast(a, lda, bp, NP, K, out, ldo, cols, R, V);    /* the last rows of a */
     }
@@ -1897,11 +2034,26 @@ cdef extern from *:
                                             int R, int V) noexcept nogil
 
 
+# The blocks' accumulators are vectors of 16 floats: one register each with
+# AVX-512 (32 registers), two with AVX2 (16), where 4 x 4 dots or 8 x 32
+# broadcasts would spill, so the blocks are smaller there (as the
+# convolution's tiles above).
+cdef extern from *:
+    """
+    #if MINIRES_WIDE_TILES
+    enum { MINIRES_DOT_ROWS = 4, MINIRES_DOT_COLS = 4, MINIRES_BCAST_ROWS = 8, MINIRES_BCAST_COLS = 32 };
+    #else
+    enum { MINIRES_DOT_ROWS = 2, MINIRES_DOT_COLS = 2, MINIRES_BCAST_ROWS = 4, MINIRES_BCAST_COLS = 16 };
+    #endif
+    """
+    enum:
+        DOT_ROWS "MINIRES_DOT_ROWS"         # rows of a per block in the dot form (minires_dots' R)
+        DOT_COLS "MINIRES_DOT_COLS"         # columns of the product per block (its G)
+        BCAST_ROWS "MINIRES_BCAST_ROWS"     # rows of a per block in the broadcast form
+        BCAST_COLS "MINIRES_BCAST_COLS"     # columns per block (one or two vectors)
+
+
 cdef enum:
-    DOT_ROWS = 4        # rows of a per block in the dot form (minires_dots' R)
-    DOT_COLS = 4        # columns of the product per block (its G)
-    BCAST_ROWS = 8      # rows of a per block in the broadcast form
-    BCAST_COLS = 32     # columns per block (two vectors)
     DOT_MAX_COLS = 7    # the dot form up to this many columns
 
 

@@ -327,6 +327,7 @@ def run(models_, batch, repeats, threads, with_torch=True, breakdown=True, porta
     return dict(machine=platform.processor() or platform.machine(), cpu_name=runtime.cpu_name(), cpus=os.cpu_count(),
                 threads=threads,
                 openmp=kernels.load_backend().openmp_enabled(), kernels_module=kernels.module,
+                register_tiles=kernels.load_backend().tile_sizes(),
                 batch=batch, repeats=repeats, rounds=rounds, fma_peak_gflops=peak, fma_peak_measured=peaks, models=rows,
                 single_conv_ms=conv,
                 torch_version=rows[0]["torch"]["torch_version"] if with_torch and rows else None,
