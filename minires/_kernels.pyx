@@ -247,8 +247,9 @@ cdef enum:
 
 
 def tile_sizes():
-    """The register tiles this build uses: {"FB": .., "PB": .., "KB": .., "VL": ..}."""
-    return dict(FB=FB, PB=PB, KB=KB, VL=VL)
+    """The register tiles this build uses: {"FB": .., "PB": .., "KB": .., "VL": ..,
+    "matmul_shares_rows": whether matmul runs its own blocks (AVX-512 builds)}."""
+    return dict(FB=FB, PB=PB, KB=KB, VL=VL, matmul_shares_rows=bool(WIDE_TILES))
 
 
 if WIDE_TILES and (KB, VL) != (8, 32):       # the literal steps of _conv_direct_weight's tile loops
@@ -2022,7 +2023,7 @@ cdef extern from *:
     static void minires_bcast_block(const float* a, Py_ssize_t lda, const float* bp, Py_ssize_t NP,
                                     Py_ssize_t K, float* out, Py_ssize_t ldo, Py_ssize_t cols, int R, int V) {
         switch (8 * R + V) {
-            MINIRES_BCAST(8, 1) MINIRES_BCAST(8, 2) MINIRES_BCAST(4, 1)
+            MINIRES_BCAST(8, 1) MINIRES_BCAST(8, 2)
         }
         minires_bcast(a, lda, bp, NP, K, out, ldo, cols, R, V);    /* the last rows of a */
     }
@@ -2034,26 +2035,11 @@ cdef extern from *:
                                             int R, int V) noexcept nogil
 
 
-# The blocks' accumulators are vectors of 16 floats: one register each with
-# AVX-512 (32 registers), two with AVX2 (16), where 4 x 4 dots or 8 x 32
-# broadcasts would spill, so the blocks are smaller there (as the
-# convolution's tiles above).
-cdef extern from *:
-    """
-    #if MINIRES_WIDE_TILES
-    enum { MINIRES_DOT_ROWS = 4, MINIRES_DOT_COLS = 4, MINIRES_BCAST_ROWS = 8, MINIRES_BCAST_COLS = 32 };
-    #else
-    enum { MINIRES_DOT_ROWS = 2, MINIRES_DOT_COLS = 2, MINIRES_BCAST_ROWS = 4, MINIRES_BCAST_COLS = 16 };
-    #endif
-    """
-    enum:
-        DOT_ROWS "MINIRES_DOT_ROWS"         # rows of a per block in the dot form (minires_dots' R)
-        DOT_COLS "MINIRES_DOT_COLS"         # columns of the product per block (its G)
-        BCAST_ROWS "MINIRES_BCAST_ROWS"     # rows of a per block in the broadcast form
-        BCAST_COLS "MINIRES_BCAST_COLS"     # columns per block (one or two vectors)
-
-
 cdef enum:
+    DOT_ROWS = 4        # rows of a per block in the dot form (minires_dots' R)
+    DOT_COLS = 4        # columns of the product per block (its G)
+    BCAST_ROWS = 8      # rows of a per block in the broadcast form
+    BCAST_COLS = 32     # columns per block (two vectors)
     DOT_MAX_COLS = 7    # the dot form up to this many columns
 
 
@@ -2090,13 +2076,18 @@ def matmul(a, b, out, int threads=0):
     the values read and written). Only
     float32 runs here; other dtypes, or non-contiguous arrays, take NumPy's
     matmul (the reference). Sums run in another order than BLAS's, so
-    results differ from it in the last bits."""
-    if not (a.dtype == b.dtype == out.dtype == np.float32 and a.flags.c_contiguous
-            and out.flags.c_contiguous and a.ndim == b.ndim == out.ndim == 2):
+    results differ from it in the last bits. The blocks are written for
+    AVX-512 (32 registers of 16 floats); other builds take NumPy's matmul
+    too: with AVX2 the 16-float vectors ran 15-60x slower than OpenBLAS,
+    even in blocks halved for its 16 registers (AMD Zen 3, e.g. 32x64 @
+    64x1024: 4.3 ms on one thread against 0.16)."""
+    two_d = a.ndim == b.ndim == out.ndim == 2
+    if two_d and (a.shape[1] != b.shape[0] or out.shape != (a.shape[0], b.shape[1])):
+        raise ValueError(f"matmul: a {a.shape} @ b {b.shape} does not fit out {out.shape}")
+    if not (WIDE_TILES and two_d and a.dtype == b.dtype == out.dtype == np.float32 and a.flags.c_contiguous
+            and out.flags.c_contiguous):
         np.matmul(a, b, out=out)
         return
-    if a.shape[1] != b.shape[0] or out.shape != (a.shape[0], b.shape[1]):
-        raise ValueError(f"matmul: a {a.shape} @ b {b.shape} does not fit out {out.shape}")
     n, nthreads = b.shape[1], threads or _threads(a.size + b.size + out.size)
     if n <= DOT_MAX_COLS:
         _matmul_dots(a, np.ascontiguousarray(b.T), out, nthreads)

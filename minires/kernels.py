@@ -101,6 +101,13 @@ def __getattr__(attr):
     raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
 
 
+def matmul_shares_rows():
+    """Whether kernels.matmul shares a product's rows between the threads (the
+    compiled blocks, AVX-512 builds); elsewhere it is NumPy's matmul on the
+    calling thread, and one image's convs are better off on the direct kernel."""
+    return not PURE and load_backend().tile_sizes()["matmul_shares_rows"]
+
+
 def set_num_threads(n):
     """Threads for the compiled loops and for splitting a batch (minires.parallel)."""
     from . import parallel

@@ -704,6 +704,9 @@ def test_one_image_on_8x8_with_big_weights_takes_the_shared_product(monkeypatch)
     calls = _record_matmul(monkeypatch)
     choose = _conv_paths.choose_path
     big, small = np.zeros((256, 128, 3, 3), np.float32), np.zeros((64, 64, 3, 3), np.float32)
+    monkeypatch.setattr(kernels, "matmul_shares_rows", lambda: False)         # AVX2: NumPy's matmul, one thread
+    assert choose((1, 128, 8, 8), (3, 3, 1, 1, 1, 1), big) == "direct"
+    monkeypatch.setattr(kernels, "matmul_shares_rows", lambda: True)
     assert big.size >= _conv_paths.ALONE_WEIGHTS > small.size
     assert choose((1, 128, 8, 8), (3, 3, 1, 1, 1, 1), big) == "im2col"
     assert choose((1, 128, 16, 16), (3, 3, 2, 2, 1, 1), big) == "im2col"         # stride 2 to 8x8
@@ -760,6 +763,7 @@ def test_matmul_checker_fails_on_a_wrong_product():
 
 @pytest.mark.parametrize("columns", [1, 5, 16, 20])
 @pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
+@pytest.mark.filterwarnings("ignore:invalid value encountered in matmul:RuntimeWarning")   # NumPy's, in AVX2 builds
 def test_matmul_spreads_non_finite_values_as_numpy(columns, value):
     """An inf or NaN in a reaches its row of the product and one in b its
     column, as in NumPy's (BLAS's) product; padded columns stay out of it."""

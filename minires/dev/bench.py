@@ -102,6 +102,7 @@ def _breakdown(step, model, opt):
                                                         "batchnorm2d_relu_forward", "batchnorm2d_relu_backward")],
         "relu": [(F, "relu_forward"), (F, "relu_backward")],
         "conv inputs rebuilt (nn.recompute)": [(F, "batchnorm2d_output")],
+        "batchnorm inputs rebuilt: convs run again (nn.recompute)": [(F, "conv2d_output")],
         "pooling": [(F, n) for n in ("max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward",
                                      "avg_pool2d_backward", "global_avg_pool2d_forward",
                                      "global_avg_pool2d_backward")],
