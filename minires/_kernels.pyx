@@ -262,12 +262,19 @@ cdef inline Py_ssize_t _round_up(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return (a + b - 1) // b * b
 
 
-# The forward tile of the narrower vectors, in C with vectors of 8 floats
-# (as _weight_tile_v8 below, which says why).
+# The tiles of the narrower vectors (AVX2 and SSE builds) are written in C
+# with GCC/Clang vector types of 8 floats: as Cython loops, GCC vectorised
+# the 16-channel weight-gradient tile across the taps with shuffles instead
+# of along the channels (the narrow AVX-512 tile below had the same
+# trouble), and that kernel took 2.4x the forward's time on AMD Zen 3 (181
+# against 68 ms in a resnet-20 step; 62 ms in C). The forward kernel took 68
+# ms as a Cython loop, 58 in C (one benchmark run each, `minires bench`).
 cdef extern from *:
     """
     #if defined(__GNUC__) && !MINIRES_WIDE_TILES
+    #define MINIRES_V8_TILES 1
     typedef float minires_v8f __attribute__((vector_size(32), aligned(4)));
+    /* opg[f0:f0+FB, p0:p0+PB] = sum over k < K of wt[f0/FB, k, f - f0] * xpad[offsets[k] + p] */
     static inline void minires_forward_tile_v8(const float* xpad, const float* wt, float* opg,
                                                const Py_ssize_t* offsets, Py_ssize_t K, Py_ssize_t P,
                                                Py_ssize_t f0, Py_ssize_t p0) {
@@ -286,18 +293,46 @@ cdef extern from *:
         for (int a = 0; a < MINIRES_FB; a++)
             for (int j = 0; j < V; j++) *(minires_v8f*)(opg + (f0 + a) * P + p0 + 8 * j) = acc[a][j];
     }
-    #define MINIRES_FORWARD_V8 1
+    /* dwt[k0+a, f0+q] += sum over p < P of planes[offsets[k0+a] + p] * dT[p, f0+q], a < KB, q < VL */
+    static inline void minires_weight_tile_v8(const float* planes, const float* dT, float* dwt,
+                                              const Py_ssize_t* offsets, Py_ssize_t P, Py_ssize_t FP,
+                                              Py_ssize_t k0, Py_ssize_t f0) {
+        enum { V = MINIRES_VL / 8 };
+        const float* rows[MINIRES_KB];
+        minires_v8f acc[MINIRES_KB][V];
+        for (int a = 0; a < MINIRES_KB; a++) {
+            rows[a] = planes + offsets[k0 + a];
+            for (int j = 0; j < V; j++) acc[a][j] = (minires_v8f){0};
+        }
+        for (Py_ssize_t p = 0; p < P; p++) {
+            minires_v8f d[V];                 /* dout's VL channels at position p */
+            for (int j = 0; j < V; j++) d[j] = *(const minires_v8f*)(dT + p * FP + f0 + 8 * j);
+            for (int a = 0; a < MINIRES_KB; a++) {
+                float xv = rows[a][p];
+                for (int j = 0; j < V; j++) acc[a][j] += xv * d[j];
+            }
+        }
+        for (int a = 0; a < MINIRES_KB; a++)
+            for (int j = 0; j < V; j++)
+                for (int q = 0; q < 8; q++) dwt[(k0 + a) * FP + f0 + 8 * j + q] += acc[a][j][q];
+    }
     #else
+    #define MINIRES_V8_TILES 0      /* AVX-512: the Cython loops below; these are never called */
     static inline void minires_forward_tile_v8(const float* xpad, const float* wt, float* opg,
                                                const Py_ssize_t* offsets, Py_ssize_t K, Py_ssize_t P,
                                                Py_ssize_t f0, Py_ssize_t p0) {}
-    #define MINIRES_FORWARD_V8 0
+    static inline void minires_weight_tile_v8(const float* planes, const float* dT, float* dwt,
+                                              const Py_ssize_t* offsets, Py_ssize_t P, Py_ssize_t FP,
+                                              Py_ssize_t k0, Py_ssize_t f0) {}
     #endif
     """
-    int _FORWARD_V8 "MINIRES_FORWARD_V8"
+    int V8_TILES "MINIRES_V8_TILES"
     void _forward_tile_v8 "minires_forward_tile_v8"(const float* xpad, const float* wt, float* opg,
                                                     const Py_ssize_t* offsets, Py_ssize_t K, Py_ssize_t P,
                                                     Py_ssize_t f0, Py_ssize_t p0) noexcept nogil
+    void _weight_tile_v8 "minires_weight_tile_v8"(const float* planes, const float* dT, float* dwt,
+                                                  const Py_ssize_t* offsets, Py_ssize_t P, Py_ssize_t FP,
+                                                  Py_ssize_t k0, Py_ssize_t f0) noexcept nogil
 
 
 cdef void _forward_tile(const floating* xpad, const floating* wt, floating* opg,
@@ -309,7 +344,7 @@ cdef void _forward_tile(const floating* xpad, const floating* wt, floating* opg,
     cdef const floating* xr
     cdef const floating* wr
     if floating is float:
-        if _FORWARD_V8:
+        if V8_TILES:
             _forward_tile_v8(xpad, wt, opg, offsets, K, P, f0, p0)
             return
     for a in range(FB):
@@ -509,52 +544,6 @@ def conv_direct_forward(x, w, out, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, 
     _conv_direct(x, wt, out, sh, sw, ph, pw, t, hs, wq, planes, opg, offsets, bias, epilogue, relu, threads)
 
 
-# The weight-gradient tile of the narrower vectors (AVX2, SSE: VL = 16 or 8
-# channels), in C with GCC/Clang vector types of 8 floats: as Cython loops,
-# GCC vectorised across the taps with shuffles instead of along the
-# channels (the narrow AVX-512 tile below had the same trouble), and the
-# weight gradient took 2.4x the forward's time on AMD Zen 3 (181 against 68
-# ms in a resnet-20 step).
-cdef extern from *:
-    """
-    #if defined(__GNUC__) && !MINIRES_WIDE_TILES
-    typedef float minires_v8 __attribute__((vector_size(32), aligned(4)));
-    static inline void minires_weight_tile_v8(const float* planes, const float* dT, float* dwt,
-                                              const Py_ssize_t* offsets, Py_ssize_t P, Py_ssize_t FP,
-                                              Py_ssize_t k0, Py_ssize_t f0) {
-        enum { V = MINIRES_VL / 8 };
-        const float* rows[MINIRES_KB];
-        minires_v8 acc[MINIRES_KB][V];
-        for (int a = 0; a < MINIRES_KB; a++) {
-            rows[a] = planes + offsets[k0 + a];
-            for (int j = 0; j < V; j++) acc[a][j] = (minires_v8){0};
-        }
-        for (Py_ssize_t p = 0; p < P; p++) {
-            minires_v8 d[V];                 /* dout's VL channels at position p */
-            for (int j = 0; j < V; j++) d[j] = *(const minires_v8*)(dT + p * FP + f0 + 8 * j);
-            for (int a = 0; a < MINIRES_KB; a++) {
-                float xv = rows[a][p];
-                for (int j = 0; j < V; j++) acc[a][j] += xv * d[j];
-            }
-        }
-        for (int a = 0; a < MINIRES_KB; a++)
-            for (int j = 0; j < V; j++)
-                for (int q = 0; q < 8; q++) dwt[(k0 + a) * FP + f0 + 8 * j + q] += acc[a][j][q];
-    }
-    #define MINIRES_TILE_V8 1
-    #else
-    static inline void minires_weight_tile_v8(const float* planes, const float* dT, float* dwt,
-                                              const Py_ssize_t* offsets, Py_ssize_t P, Py_ssize_t FP,
-                                              Py_ssize_t k0, Py_ssize_t f0) {}
-    #define MINIRES_TILE_V8 0
-    #endif
-    """
-    int _TILE_V8 "MINIRES_TILE_V8"
-    void _weight_tile_v8 "minires_weight_tile_v8"(const float* planes, const float* dT, float* dwt,
-                                                  const Py_ssize_t* offsets, Py_ssize_t P, Py_ssize_t FP,
-                                                  Py_ssize_t k0, Py_ssize_t f0) noexcept nogil
-
-
 cdef void _weight_tile(const floating* planes, const floating* dT, floating* dwt,
                        const Py_ssize_t* offsets, Py_ssize_t P, Py_ssize_t FP,
                        Py_ssize_t k0, Py_ssize_t f0) noexcept nogil:
@@ -566,7 +555,7 @@ cdef void _weight_tile(const floating* planes, const floating* dT, floating* dwt
     cdef floating xv
     cdef Py_ssize_t a, q, p
     if floating is float:
-        if _TILE_V8:
+        if V8_TILES:
             _weight_tile_v8(planes, dT, dwt, offsets, P, FP, k0, f0)
             return
     for a in range(KB):

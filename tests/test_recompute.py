@@ -100,25 +100,28 @@ def test_the_comparison_catches_a_conv_run_again_one_ulp_off(monkeypatch):
     assert released_bns and not _same(got, want)
 
 
+def _held_after_forward(name, width_scale):
+    """-> (bytes the model holds after one training forward, the model)."""
+    model = models.build(name, rng=0, width_scale=width_scale).train()
+    x = np.random.default_rng(1).standard_normal((16, 3, 16, 16)).astype(np.float32)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        model(x)
+        return tracemalloc.get_traced_memory()[0] - before, model
+    finally:
+        tracemalloc.stop()
+
+
 def test_the_release_frees_the_arrays(monkeypatch):
     """Between forward and backward the model holds the released inputs' bytes less."""
-    def held_after_forward():
-        model = models.build("plain-8", rng=0, width_scale=0.5).train()
-        x = np.random.default_rng(1).standard_normal((16, 3, 16, 16)).astype(np.float32)
-        tracemalloc.start()
-        try:
-            before = tracemalloc.get_traced_memory()[0]
-            model(x)
-            return tracemalloc.get_traced_memory()[0] - before, model
-        finally:
-            tracemalloc.stop()
-    held, model = held_after_forward()
+    held, model = _held_after_forward("plain-8", 0.5)
     released = [m.__dict__["_cache"].x for m in model.modules()
                 if isinstance(m, nn.Conv2d) and isinstance(m.__dict__["_cache"].x, recompute.FromBatchNorm)]
     saved = sum(int(np.prod(r.shape)) * 4 for r in released)
     with monkeypatch.context() as m:
         _no_release(m)
-        held_all, _ = held_after_forward()
+        held_all, _ = _held_after_forward("plain-8", 0.5)
     assert saved > 0 and held_all - held >= 0.95 * saved, (held_all, held, saved)
 
 
@@ -159,23 +162,13 @@ def test_backward_out_of_order_still_rebuilds_from_the_right_forward():
 
 def test_the_output_release_frees_the_arrays(monkeypatch):
     """Between forward and backward a bottleneck model holds the released BN inputs' bytes less."""
-    def held_after_forward():
-        model = models.build("bottleneck-11", rng=0, width_scale=0.25).train()
-        x = np.random.default_rng(1).standard_normal((16, 3, 16, 16)).astype(np.float32)
-        tracemalloc.start()
-        try:
-            before = tracemalloc.get_traced_memory()[0]
-            model(x)
-            return tracemalloc.get_traced_memory()[0] - before, model
-        finally:
-            tracemalloc.stop()
-    held, model = held_after_forward()
+    held, model = _held_after_forward("bottleneck-11", 0.25)
     released = [m.__dict__["_cache"].x.conv_cache.out_shape for m in model.modules()
                 if isinstance(m, nn.BatchNorm2d) and isinstance(m.__dict__["_cache"].x, recompute.FromConv)]
     saved = sum(int(np.prod(shape)) * 4 for shape in released)
     with monkeypatch.context() as m:
         _no_release(m)
-        held_all, _ = held_after_forward()
+        held_all, _ = _held_after_forward("bottleneck-11", 0.25)
     assert len(released) == 5 and held_all - held >= 0.95 * saved, (held_all, held, saved)
 
 
