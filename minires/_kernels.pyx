@@ -248,8 +248,8 @@ cdef enum:
 
 def tile_sizes():
     """The register tiles this build uses: {"FB": .., "PB": .., "KB": .., "VL": ..,
-    "matmul_shares_rows": whether matmul runs its own blocks (AVX-512 builds)}."""
-    return dict(FB=FB, PB=PB, KB=KB, VL=VL, matmul_shares_rows=bool(WIDE_TILES))
+    "matmul_shares_rows": whether matmul runs its own blocks (AVX and AVX-512 builds)}."""
+    return dict(FB=FB, PB=PB, KB=KB, VL=VL, matmul_shares_rows=bool(MM_BLOCKS))
 
 
 if WIDE_TILES and (KB, VL) != (8, 32):       # the literal steps of _conv_direct_weight's tile loops
@@ -1903,22 +1903,42 @@ def relu_grad(dout, out):
 # (4x4). Such a product reads each weight once or a few times, so memory
 # bounds it, and a single-threaded BLAS call leaves the other core's memory
 # bandwidth unused (the ImageNet ResNets' weights, 47 and 94 MB, do not fit
-# in the cache). Here the rows are shared between the threads. With fewer
-# than 8 columns each output is a dot product over k, 16 values of k per
-# vector; with more, each row of a broadcasts its values over 16 columns
-# of b at a time (as a BLAS kernel does), so that no vector lane idles.
+# in the cache). Here the rows are shared between the threads. With few
+# columns each output is a dot product over k, one vector of k at a time;
+# with more, each row of a broadcasts its values over two vectors of
+# columns of b at a time (as a BLAS kernel does), so that no vector lane
+# idles. The vectors are the CPU's: 16 floats with AVX-512, 8 with AVX2,
+# and the blocks shrink with them, so that the accumulators and the values
+# they are multiplied with fit in the registers (16-float vectors on AVX2
+# ran 15-60x slower than OpenBLAS: AMD Zen 3, 32x64 @ 64x1024 4.3 ms on one
+# thread against 0.16). Without AVX, NumPy's matmul.
 cdef extern from *:
     """
     #include <string.h>
-    #if defined(__GNUC__)
-    /* minires_v16: 16 floats, from the weight-gradient tile above */
+    #if defined(__GNUC__) && defined(__AVX__)
+    #define MINIRES_MM_BLOCKS 1
     typedef float minires_v8k __attribute__((vector_size(32), aligned(4)));
     typedef float minires_v4k __attribute__((vector_size(16), aligned(4)));
+    #if defined(__AVX512F__)
+    typedef minires_v16 minires_mmv;    /* from the weight-gradient tile above */
+    #define MINIRES_MMVL 16
+    #define MINIRES_DOT_COLS 4
+    #define MINIRES_BCAST_ROWS 8
+    #else
+    typedef minires_v8k minires_mmv;
+    #define MINIRES_MMVL 8
+    #define MINIRES_DOT_COLS 2
+    #define MINIRES_BCAST_ROWS 6
+    #endif
 
-    static inline __attribute__((always_inline)) float minires_hsum(minires_v16 v) {
-        minires_v8k a, b;
+    static inline __attribute__((always_inline)) float minires_hsum(minires_mmv v) {
+        minires_v8k a;
         minires_v4k c, d;
-        memcpy(&a, &v, 32); memcpy(&b, (char*)&v + 32, 32); a += b;
+        memcpy(&a, &v, 32);
+    #if MINIRES_MMVL == 16
+        minires_v8k b;
+        memcpy(&b, (char*)&v + 32, 32); a += b;
+    #endif
         memcpy(&c, &a, 16); memcpy(&d, (char*)&a + 16, 16); c += d;
         return (c[0] + c[2]) + (c[1] + c[3]);
     }
@@ -1927,14 +1947,14 @@ cdef extern from *:
     static inline __attribute__((always_inline)) void minires_dots(
             const float* a, Py_ssize_t lda, const float* bT, Py_ssize_t K, float* out, Py_ssize_t ldo,
             const int R, const int G) {
-        minires_v16 acc[4][4];
+        minires_mmv acc[4][4];
         for (int r = 0; r < R; r++)
-            for (int g = 0; g < G; g++) acc[r][g] = (minires_v16){0};
+            for (int g = 0; g < G; g++) acc[r][g] = (minires_mmv){0};
         Py_ssize_t k = 0;
-        for (; k + 16 <= K; k += 16) {
-            minires_v16 av[4], bv[4];
-            for (int r = 0; r < R; r++) av[r] = *(const minires_v16*)(a + r * lda + k);
-            for (int g = 0; g < G; g++) bv[g] = *(const minires_v16*)(bT + g * K + k);
+        for (; k + MINIRES_MMVL <= K; k += MINIRES_MMVL) {
+            minires_mmv av[4], bv[4];
+            for (int r = 0; r < R; r++) av[r] = *(const minires_mmv*)(a + r * lda + k);
+            for (int g = 0; g < G; g++) bv[g] = *(const minires_mmv*)(bT + g * K + k);
             for (int r = 0; r < R; r++)
                 for (int g = 0; g < G; g++) acc[r][g] += av[r] * bv[g];
         }
@@ -1947,33 +1967,37 @@ cdef extern from *:
     }
     #define MINIRES_DOTS(R, G) case 8 * R + G: minires_dots(a, lda, bT, K, out, ldo, R, G); return;
 
-    /* out[r, j0:j0+16V] = sum over k of a[r, k] * bp[k, j0:j0+16V], for R <= 8 rows;
-       bp: b with its columns padded to NP, a multiple of 16; only the first
-       `cols` columns are written */
+    /* out[r, j0:j0+VL*V] = sum over k of a[r, k] * bp[k, j0:j0+VL*V], for R <= 8
+       rows; bp: b with its columns padded to NP, a multiple of the vector
+       length VL; only the first `cols` columns are written */
     static inline __attribute__((always_inline)) void minires_bcast(
             const float* a, Py_ssize_t lda, const float* bp, Py_ssize_t NP, Py_ssize_t K,
             float* out, Py_ssize_t ldo, Py_ssize_t cols, const int R, const int V) {
-        minires_v16 acc[8][2];
+        minires_mmv acc[8][2];
         for (int r = 0; r < R; r++)
-            for (int v = 0; v < V; v++) acc[r][v] = (minires_v16){0};
+            for (int v = 0; v < V; v++) acc[r][v] = (minires_mmv){0};
         for (Py_ssize_t k = 0; k < K; k++) {
-            minires_v16 bv[2];
-            for (int v = 0; v < V; v++) bv[v] = *(const minires_v16*)(bp + k * NP + 16 * v);
+            minires_mmv bv[2];
+            for (int v = 0; v < V; v++) bv[v] = *(const minires_mmv*)(bp + k * NP + MINIRES_MMVL * v);
             for (int r = 0; r < R; r++)
                 for (int v = 0; v < V; v++) acc[r][v] += a[r * lda + k] * bv[v];
         }
         for (int r = 0; r < R; r++) {
-            if (cols == 16 * V) {
-                memcpy(out + r * ldo, &acc[r][0], 64 * V);
+            if (cols == MINIRES_MMVL * V) {
+                memcpy(out + r * ldo, &acc[r][0], sizeof(minires_mmv) * V);
             } else {
-                float row[32];
-                memcpy(row, &acc[r][0], 64 * V);
+                float row[2 * MINIRES_MMVL];
+                memcpy(row, &acc[r][0], sizeof(minires_mmv) * V);
                 memcpy(out + r * ldo, row, cols * sizeof(float));
             }
         }
     }
     #define MINIRES_BCAST(R, V) case 8 * R + V: minires_bcast(a, lda, bp, NP, K, out, ldo, cols, R, V); return;
     #else
+    #define MINIRES_MM_BLOCKS 0      /* NumPy's matmul: these are never called */
+    #define MINIRES_MMVL 8
+    #define MINIRES_DOT_COLS 4
+    #define MINIRES_BCAST_ROWS 8
     static void minires_dots(const float* a, Py_ssize_t lda, const float* bT, Py_ssize_t K, float* out,
                              Py_ssize_t ldo, int R, int G) {
         for (int r = 0; r < R; r++)
@@ -2001,10 +2025,12 @@ cdef extern from *:
     static void minires_dot_block(const float* a, Py_ssize_t lda, const float* bT, Py_ssize_t K,
                                   float* out, Py_ssize_t ldo, int R, int G) {
         switch (8 * R + G) {
-            MINIRES_DOTS(1, 1) MINIRES_DOTS(1, 2) MINIRES_DOTS(1, 3) MINIRES_DOTS(1, 4)
-            MINIRES_DOTS(2, 1) MINIRES_DOTS(2, 2) MINIRES_DOTS(2, 3) MINIRES_DOTS(2, 4)
-            MINIRES_DOTS(3, 1) MINIRES_DOTS(3, 2) MINIRES_DOTS(3, 3) MINIRES_DOTS(3, 4)
-            MINIRES_DOTS(4, 1) MINIRES_DOTS(4, 2) MINIRES_DOTS(4, 3) MINIRES_DOTS(4, 4)
+            MINIRES_DOTS(1, 1) MINIRES_DOTS(1, 2) MINIRES_DOTS(2, 1) MINIRES_DOTS(2, 2)
+            MINIRES_DOTS(3, 1) MINIRES_DOTS(3, 2) MINIRES_DOTS(4, 1) MINIRES_DOTS(4, 2)
+    #if MINIRES_DOT_COLS == 4
+            MINIRES_DOTS(1, 3) MINIRES_DOTS(1, 4) MINIRES_DOTS(2, 3) MINIRES_DOTS(2, 4)
+            MINIRES_DOTS(3, 3) MINIRES_DOTS(3, 4) MINIRES_DOTS(4, 3) MINIRES_DOTS(4, 4)
+    #endif
         }
         minires_dots(a, lda, bT, K, out, ldo, R, G);
     }
@@ -2012,7 +2038,7 @@ cdef extern from *:
     static void minires_bcast_block(const float* a, Py_ssize_t lda, const float* bp, Py_ssize_t NP,
                                     Py_ssize_t K, float* out, Py_ssize_t ldo, Py_ssize_t cols, int R, int V) {
         switch (8 * R + V) {
-            MINIRES_BCAST(8, 1) MINIRES_BCAST(8, 2)
+            MINIRES_BCAST(MINIRES_BCAST_ROWS, 1) MINIRES_BCAST(MINIRES_BCAST_ROWS, 2)
         }
         minires_bcast(a, lda, bp, NP, K, out, ldo, cols, R, V);    /* the last rows of a */
     }
@@ -2022,13 +2048,15 @@ cdef extern from *:
     void _bcast_block "minires_bcast_block"(const float* a, Py_ssize_t lda, const float* bp, Py_ssize_t NP,
                                             Py_ssize_t K, float* out, Py_ssize_t ldo, Py_ssize_t cols,
                                             int R, int V) noexcept nogil
+    enum:
+        MM_VL "MINIRES_MMVL"                # floats per vector in the blocks
+        DOT_COLS "MINIRES_DOT_COLS"         # columns of the product per block in the dot form (minires_dots' G)
+        BCAST_ROWS "MINIRES_BCAST_ROWS"     # rows of a per block in the broadcast form
+    int MM_BLOCKS "MINIRES_MM_BLOCKS"       # whether matmul runs these blocks (GCC/Clang, AVX or AVX-512)
 
 
 cdef enum:
     DOT_ROWS = 4        # rows of a per block in the dot form (minires_dots' R)
-    DOT_COLS = 4        # columns of the product per block (its G)
-    BCAST_ROWS = 8      # rows of a per block in the broadcast form
-    BCAST_COLS = 32     # columns per block (two vectors)
     DOT_MAX_COLS = 7    # the dot form up to this many columns
 
 
@@ -2045,15 +2073,15 @@ def _matmul_dots(const float[:, ::1] a, const float[:, ::1] bT, float[:, ::1] ou
 
 
 def _matmul_bcast(const float[:, ::1] a, const float[:, ::1] bp, float[:, ::1] out, int nthreads):
-    """out = a @ bp[:, :N], blocks of BCAST_ROWS rows shared between the threads."""
+    """out = a @ bp[:, :N], blocks of BCAST_ROWS rows and two vectors of columns shared between the threads."""
     cdef Py_ssize_t M = a.shape[0], K = a.shape[1], NP = bp.shape[1], N = out.shape[1], blk, r0, jb, j0
     with nogil:
         for blk in prange((M + BCAST_ROWS - 1) // BCAST_ROWS, num_threads=nthreads, schedule="static"):
             r0 = blk * BCAST_ROWS
-            for jb in range((N + BCAST_COLS - 1) // BCAST_COLS):
-                j0 = jb * BCAST_COLS
-                _bcast_block(&a[r0, 0], K, &bp[0, j0], NP, K, &out[r0, j0], N, min(BCAST_COLS, N - j0),
-                             min(BCAST_ROWS, M - r0), 1 if N - j0 <= 16 else 2)
+            for jb in range((N + 2 * MM_VL - 1) // (2 * MM_VL)):
+                j0 = jb * 2 * MM_VL
+                _bcast_block(&a[r0, 0], K, &bp[0, j0], NP, K, &out[r0, j0], N, min(2 * MM_VL, N - j0),
+                             min(BCAST_ROWS, M - r0), 1 if N - j0 <= MM_VL else 2)
 
 
 def matmul(a, b, out, int threads=0):
@@ -2064,16 +2092,13 @@ def matmul(a, b, out, int threads=0):
     their rows are shared between the threads (threads: as im2col's, for
     the values read and written). Only
     float32 runs here; other dtypes, or non-contiguous arrays, take NumPy's
-    matmul (the reference). Sums run in another order than BLAS's, so
-    results differ from it in the last bits. The blocks are written for
-    AVX-512 (32 registers of 16 floats); other builds take NumPy's matmul
-    too: with AVX2 the 16-float vectors ran 15-60x slower than OpenBLAS,
-    even in blocks halved for its 16 registers (AMD Zen 3, e.g. 32x64 @
-    64x1024: 4.3 ms on one thread against 0.16)."""
+    matmul (the reference), as do builds without AVX (matmul_shares_rows()
+    says which). Sums run in another order than BLAS's, so results differ
+    from it in the last bits."""
     two_d = a.ndim == b.ndim == out.ndim == 2
     if two_d and (a.shape[1] != b.shape[0] or out.shape != (a.shape[0], b.shape[1])):
         raise ValueError(f"matmul: a {a.shape} @ b {b.shape} does not fit out {out.shape}")
-    if not (WIDE_TILES and two_d and a.dtype == b.dtype == out.dtype == np.float32 and a.flags.c_contiguous
+    if not (MM_BLOCKS and two_d and a.dtype == b.dtype == out.dtype == np.float32 and a.flags.c_contiguous
             and out.flags.c_contiguous):
         np.matmul(a, b, out=out)
         return
@@ -2081,10 +2106,10 @@ def matmul(a, b, out, int threads=0):
     if n <= DOT_MAX_COLS:
         _matmul_dots(a, np.ascontiguousarray(b.T), out, nthreads)
         return
-    if n % 16 == 0 and b.dtype == np.float32 and b.flags.c_contiguous:
+    if n % MM_VL == 0 and b.flags.c_contiguous:
         bp = b
     else:
-        bp = np.zeros((b.shape[0], -(-n // 16) * 16), dtype=np.float32)     # columns padded to whole vectors
+        bp = np.zeros((b.shape[0], -(-n // MM_VL) * MM_VL), dtype=np.float32)     # columns padded to whole vectors
         bp[:, :n] = b
     _matmul_bcast(a, bp, out, nthreads)
 

@@ -103,9 +103,15 @@ def __getattr__(attr):
 
 def matmul_shares_rows():
     """Whether kernels.matmul shares a product's rows between the threads (the
-    compiled blocks, AVX-512 builds); elsewhere it is NumPy's matmul on the
-    calling thread, and one image's convs are better off on the direct kernel."""
+    compiled blocks, AVX and AVX-512 builds); elsewhere it is NumPy's matmul
+    on the calling thread."""
     return not PURE and load_backend().tile_sizes()["matmul_shares_rows"]
+
+
+def wide_forward_tiles():
+    """Whether the direct kernel's forward tiles span 32 positions (AVX-512
+    builds), which fit the 10-wide padded rows of an 8x8 map poorly."""
+    return not PURE and load_backend().tile_sizes()["PB"] >= 32
 
 
 def set_num_threads(n):

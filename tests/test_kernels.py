@@ -704,9 +704,13 @@ def test_one_image_on_8x8_with_big_weights_takes_the_shared_product(monkeypatch)
     calls = _record_matmul(monkeypatch)
     choose = _conv_paths.choose_path
     big, small = np.zeros((256, 128, 3, 3), np.float32), np.zeros((64, 64, 3, 3), np.float32)
-    monkeypatch.setattr(kernels, "matmul_shares_rows", lambda: False)         # AVX2: NumPy's matmul, one thread
+    monkeypatch.setattr(kernels, "matmul_shares_rows", lambda: False)         # no AVX: NumPy's matmul, one thread
+    monkeypatch.setattr(kernels, "wide_forward_tiles", lambda: True)
     assert choose((1, 128, 8, 8), (3, 3, 1, 1, 1, 1), big) == "direct"
     monkeypatch.setattr(kernels, "matmul_shares_rows", lambda: True)
+    monkeypatch.setattr(kernels, "wide_forward_tiles", lambda: False)         # AVX2's tiles of 24 positions
+    assert choose((1, 128, 8, 8), (3, 3, 1, 1, 1, 1), big) == "direct"
+    monkeypatch.setattr(kernels, "wide_forward_tiles", lambda: True)
     assert big.size >= _conv_paths.ALONE_WEIGHTS > small.size
     assert choose((1, 128, 8, 8), (3, 3, 1, 1, 1, 1), big) == "im2col"
     assert choose((1, 128, 16, 16), (3, 3, 2, 2, 1, 1), big) == "im2col"         # stride 2 to 8x8
@@ -741,9 +745,10 @@ def _assert_product(got, a, b):
 @settings(max_examples=200, deadline=None)
 @given(st.tuples(st.integers(1, 21), st.integers(1, 70), st.integers(1, 70)), st.integers(0, 2**31))
 def test_matmul_matches_the_product_on_any_thread_count(shape, seed):
-    """Row blocks of 4 and 8, column blocks of 4 and 32, k in vectors of 16
-    and a scalar tail: every edge, against the float64 product; the bits do
-    not depend on the threads (each output is one thread's)."""
+    """Row blocks of 4 and 8 (6 with AVX2), column blocks of 4 (2) and 32
+    (16), k in vectors of 16 (8) and a scalar tail: every edge, against the
+    float64 product; the bits do not depend on the threads (each output is
+    one thread's)."""
     a, b = _product_case(shape, seed)
     one, two = (np.full((shape[0], shape[2]), np.nan, np.float32) for _ in range(2))
     _kernels.matmul(a, b, one, threads=1)
@@ -761,21 +766,23 @@ def test_matmul_checker_fails_on_a_wrong_product():
         _assert_product(got, a, b)
 
 
-def test_matmul_runs_its_blocks_only_in_avx512_builds():
-    """Elsewhere (AVX2, SSE) its 16-float blocks ran 15-60x slower than
-    OpenBLAS, so kernels.matmul is NumPy's product there, bit for bit."""
+def test_matmul_runs_its_blocks_only_in_avx_builds():
+    """Without AVX (the SSE baseline) kernels.matmul is NumPy's product, bit
+    for bit; with AVX or AVX-512 its own blocks, whose sums run in another
+    order (so they differ from NumPy's somewhere in a product this size)."""
     a, b = _product_case((40, 300, 16), 2)
     got = np.empty((40, 16), np.float32)
     _kernels.matmul(a, b, got, threads=2)
     if _kernels.tile_sizes()["matmul_shares_rows"]:
         _assert_product(got, a, b)
+        assert not np.array_equal(got, a @ b)
     else:
         np.testing.assert_array_equal(got, a @ b)
 
 
 @pytest.mark.parametrize("columns", [1, 5, 16, 20])
 @pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
-@pytest.mark.filterwarnings("ignore:invalid value encountered in matmul:RuntimeWarning")   # NumPy's, in AVX2 builds
+@pytest.mark.filterwarnings("ignore:invalid value encountered in matmul:RuntimeWarning")   # NumPy's, without AVX
 def test_matmul_spreads_non_finite_values_as_numpy(columns, value):
     """An inf or NaN in a reaches its row of the product and one in b its
     column, as in NumPy's (BLAS's) product; padded columns stay out of it."""

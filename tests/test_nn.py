@@ -61,6 +61,29 @@ def test_names_follow_attributes_like_pytorch():
                                                       and "tracked" not in n]
 
 
+def test_attributes_move_between_plain_parameter_module_and_buffer():
+    """A name is in one place at a time: a plain attribute replaced by a
+    Parameter, a Module or a buffer (and back) is found there, and
+    state_dict names it only while it is a parameter or a buffer."""
+    m = nn.Module()
+    m.a = 1
+    m.a = 2                                         # plain again: the fast path
+    assert m.a == 2 and "a" not in m.state_dict()
+    m.a = nn.Parameter(np.ones(2))
+    assert list(m.state_dict()) == ["a"] and isinstance(m.a, nn.Parameter)
+    m.a = 3
+    assert m.a == 3 and list(m.state_dict()) == []
+    m.a = nn.ReLU()
+    assert isinstance(m.a, nn.ReLU) and list(m.children()) == [m.a]
+    m.a = None
+    assert m.a is None and list(m.children()) == []
+    m.b = 5
+    m.register_buffer("b", np.zeros(2))
+    m.b = np.ones(2)                                # the buffer, not a shadowing plain attribute
+    np.testing.assert_array_equal(m.state_dict()["b"], np.ones(2))
+    np.testing.assert_array_equal(m.b, np.ones(2))
+
+
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_fused_batchnorm_relu_equals_batchnorm_then_relu(rng, mode):
     fused, bn = nn.BatchNormReLU2d(3), nn.BatchNorm2d(3)

@@ -118,7 +118,7 @@ def choose_path(x_shape, geometry, w):
         return "taps" if _taps_pay(x_shape, geometry, positions) else "im2col"
     if pointwise:
         return "pointwise"
-    if _alone(x_shape[0]) and positions <= ALONE_MAP and w.size >= ALONE_WEIGHTS and kernels.matmul_shares_rows():
+    if _alone_takes_im2col(x_shape[0], positions, w.size):
         return "im2col"
     if _winograd_applies(x_shape, geometry, w.shape):
         return "winograd"
@@ -131,11 +131,18 @@ def choose_path(x_shape, geometry, w):
 # when the weights are big (forward, one image, 2 threads, AMD Zen 4, ms,
 # direct / im2col + kernels.matmul: 256->256 at 8x8 0.66-0.71 / 0.53-0.58,
 # 128->256 stride 2 to 8x8 0.38-0.42 / 0.28-0.32, 64->64 at 8x8 0.052 / 0.08).
-# Only where kernels.matmul shares the rows (AVX-512 builds): with NumPy's
-# matmul on one thread the direct kernel is as fast or faster (AMD Zen 3,
-# wrn-16-4 folded, one image: 13.2-13.3 ms against 13.7).
+# Only with the AVX-512 tiles: AVX2's tiles of 24 positions fit those rows
+# better, and there the direct kernel stayed faster even with kernels.matmul
+# sharing the rows (AMD Zen 3, wrn-16-4 folded, one image, medians of 100
+# interleaved runs: direct 7.95 ms, im2col 8.67).
 ALONE_MAP = 64
 ALONE_WEIGHTS = 1 << 18
+
+
+def _alone_takes_im2col(n, positions, weights):
+    """One image on a small map with big weights, on the AVX-512 tiles."""
+    return (_alone(n) and positions <= ALONE_MAP and weights >= ALONE_WEIGHTS and kernels.matmul_shares_rows()
+            and kernels.wide_forward_tiles())
 
 
 def _finite(a):

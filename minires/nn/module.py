@@ -50,7 +50,11 @@ class Module:
         object.__setattr__(self, "_backward_hooks", {})
 
     def __setattr__(self, name, value):
-        if "_parameters" not in self.__dict__:
+        d = self.__dict__
+        if name in d and not isinstance(value, (Parameter, Module)):
+            d[name] = value     # a plain attribute again (every layer's cache, every call): no registry holds it
+            return
+        if "_parameters" not in d:
             raise AttributeError(f"{type(self).__name__}.__init__ must call super().__init__() first")
         if name in self._buffers and isinstance(value, np.ndarray):
             self._buffers[name] = value  # e.g. `self.num_batches_tracked += 1`
@@ -79,6 +83,7 @@ class Module:
 
     def register_buffer(self, name, array):
         """A non-trainable array saved in state_dict (e.g. running statistics)."""
+        self.__dict__.pop(name, None)       # a plain attribute of that name would shadow it
         self._buffers[name] = array
 
     # ---------------------------------------------------------- computation
@@ -275,6 +280,10 @@ class Sequential(Module):
         return list(self._modules.values())[i]
 
     def forward(self, x):
+        if not (self.training or self.keep_caches):     # inference: no caches, nothing to release
+            for m in self._modules.values():
+                x = m(x)
+            return x
         before = None
         for m in self:
             out = m(x)
