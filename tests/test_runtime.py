@@ -89,3 +89,21 @@ def test_setup_pins_blas_to_one_thread():
                "print(done['one_blas_thread'], sorted(after), type(parallel.single_threaded_blas()).__name__)",
                OMP_NUM_THREADS="2", OPENBLAS_NUM_THREADS="2")
     assert out == "True [1] nullcontext"
+
+
+@pytest.mark.skipif(sys.platform != "linux" or os.confstr("CS_GNU_LIBC_VERSION") is None,
+                    reason="glibc's allocator settings")
+@pytest.mark.parametrize("one_arena", [True, False])
+def test_keep_freed_memory_puts_every_thread_on_one_heap(one_arena):
+    """With one_arena a thread that allocates after the call takes the main
+    heap (glibc's malloc_info lists one); without it, a heap of its own."""
+    out = _run("import ctypes, threading, numpy as np\nfrom minires import runtime\n"
+               f"print(runtime.keep_freed_memory(one_arena={one_arena}), flush=True)\n"
+               "def work():\n    kept = [np.ones(20_000) for _ in range(10)]\n"
+               "t = threading.Thread(target=work); t.start(); t.join()\n"
+               "libc = ctypes.CDLL('libc.so.6'); libc.fdopen.restype = ctypes.c_void_p\n"
+               "f = ctypes.c_void_p(libc.fdopen(1, b'w')); libc.malloc_info(0, f); libc.fflush(f)")
+    kept, info = out.split("\n", 1)
+    assert kept == "True"
+    heaps = info.count("<heap nr=")
+    assert heaps == 1 if one_arena else heaps >= 2, info[:500]
