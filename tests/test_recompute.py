@@ -261,3 +261,44 @@ def test_no_release_in_inference_or_for_other_pairs():
     model = nn.Sequential(bn, conv).eval(keep_caches=False)
     model(x)
     assert conv.__dict__.get("_cache") is None
+
+
+def test_a_rebuilt_input_serves_the_conv_backward_too(monkeypatch):
+    """bn2 -> conv3 -> bn3 with both releases (a bottleneck's end): bn3's
+    backward rebuilds conv3's input once, for itself and for conv3's
+    backward, with the gradients of the chain that released nothing; not
+    when conv3 has run forward again in between (its cache is another)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 4, 5, 5)).astype(np.float32)
+    dout = rng.standard_normal((2, 6, 5, 5)).astype(np.float32)
+
+    def chain():
+        r = np.random.default_rng(1)
+        return nn.BatchNorm2d(4), nn.Conv2d(4, 6, 1, bias=False, rng=r), nn.BatchNorm2d(6)
+
+    def run(release, calls=None):
+        bn2, conv3, bn3 = chain()
+        a = bn2(x)
+        y = conv3(a)
+        bn3(y)
+        if release:
+            nn.release_input(conv3, bn2, a)
+            nn.release_output(bn3, conv3, y)
+        return bn2.backward(conv3.backward(bn3.backward(dout))), conv3.weight.grad, bn2.weight.grad
+
+    rebuilt = []
+    original = F.batchnorm2d_output
+    monkeypatch.setattr(F, "batchnorm2d_output", lambda cache: rebuilt.append(1) or original(cache))
+    for got, want in zip(run(True), run(False)):
+        np.testing.assert_array_equal(got, want)
+    assert len(rebuilt) == 1
+    bn2, conv3, bn3 = chain()
+    a = bn2(x)
+    y = conv3(a)
+    bn3(y)
+    nn.release_input(conv3, bn2, a)
+    nn.release_output(bn3, conv3, y)
+    conv3(x)                                        # a new forward of the conv alone
+    later = conv3.__dict__["_cache"]
+    bn3.backward(dout)
+    assert conv3.__dict__["_cache"] is later

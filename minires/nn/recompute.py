@@ -42,10 +42,19 @@ class FromBatchNorm(NamedTuple):
 class FromConv(NamedTuple):
     """Stands in a batch norm's cache for the input it let go: a conv's output."""
     conv_cache: tuple       # the ConvCache of the forward that produced the input
+    conv: object            # the Conv2d that made it
 
     def array(self):
-        """The input again, (N, C, H, W), by the conv's forward run again."""
-        return F.conv2d_output(restored(self.conv_cache))
+        """The input again, (N, C, H, W), by the conv's forward run again.
+
+        Where the conv let its own input go too (a bottleneck's conv3, after
+        bn2), that input is rebuilt here, and the conv, whose backward comes
+        next, gets it in its cache rather than rebuilding it a second time;
+        not if the conv has run forward again since (its cache is another)."""
+        cache = restored(self.conv_cache)
+        if cache is not self.conv_cache and self.conv.__dict__.get("_cache") is self.conv_cache:
+            self.conv._cache = cache
+        return F.conv2d_output(cache)
 
 
 def release_output(bn, conv, conv_out):
@@ -64,7 +73,7 @@ def release_output(bn, conv, conv_out):
         return
     if cache.has_bias or cache.relu_out is not None:
         return
-    bn._cache = bn_cache._replace(x=FromConv(cache))
+    bn._cache = bn_cache._replace(x=FromConv(cache, conv))
 
 
 def release_input(conv, bn, bn_out):
