@@ -88,8 +88,8 @@ def keep_freed_memory(one_arena=True):
     allocates from the one heap (M_ARENA_MAX = 1), so that a block freed by
     one thread serves the next array of another: glibc otherwise gives each
     thread that allocates its own arena, which keeps its own freed blocks
-    (imagenet-resnet-50 step peak 458 -> 441 MB; threads that start after
-    this call only). False where this is not glibc.
+    (imagenet-resnet-50 step peak 457 -> 445 MB, AMD Zen 3; threads that
+    start after this call only). False where this is not glibc.
     """
     import ctypes
     import ctypes.util
