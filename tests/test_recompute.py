@@ -276,7 +276,7 @@ def test_a_rebuilt_input_serves_the_conv_backward_too(monkeypatch):
         r = np.random.default_rng(1)
         return nn.BatchNorm2d(4), nn.Conv2d(4, 6, 1, bias=False, rng=r), nn.BatchNorm2d(6)
 
-    def run(release, calls=None):
+    def run(release):
         bn2, conv3, bn3 = chain()
         a = bn2(x)
         y = conv3(a)

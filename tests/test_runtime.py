@@ -1,5 +1,6 @@
 """Importing minires changes nothing process-wide; runtime.setup() does, when asked."""
 import os
+import platform
 import subprocess
 import sys
 
@@ -91,8 +92,7 @@ def test_setup_pins_blas_to_one_thread():
     assert out == "True [1] nullcontext"
 
 
-@pytest.mark.skipif(sys.platform != "linux" or os.confstr("CS_GNU_LIBC_VERSION") is None,
-                    reason="glibc's allocator settings")
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator settings")
 @pytest.mark.parametrize("one_arena", [True, False])
 def test_keep_freed_memory_puts_every_thread_on_one_heap(one_arena):
     """With one_arena a thread that allocates after the call takes the main
