@@ -45,7 +45,7 @@ test: build $(TESTS)
 
 # The op and model tests again on the NumPy reference kernels, the spec the
 # compiled ones are held to (CI runs this after `make test`).
-PURE_TESTS := tests/test_robustness.py tests/test_gradcheck_ops.py tests/test_torch_parity_ops.py \
+PURE_TESTS := tests/test_robustness.py tests/test_gradcheck_ops.py tests/test_torch_parity_ops.py tests/test_fuse.py \
 	tests/test_validation.py tests/test_nn.py tests/test_models.py tests/test_recompute.py
 test-pure: build $(TESTS)
 	MINIRES_PURE=1 OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(PY) -m pytest -q -n 2 $(PURE_TESTS)

@@ -436,25 +436,69 @@ cdef void _load_phases_sw2(const floating[:, :, :, ::1] x, Py_ssize_t n0, floati
                 phase_row, row = 0, row + WQ
 
 
-cdef inline floating _epilogue(floating v, floating bias, bint relu) noexcept nogil:
-    """v + bias, then 0 where that is <= 0 when relu (NaN passes, as PyTorch's ReLU)."""
-    v = v + bias
-    return 0 if relu and v <= 0 else v
+# A conv's epilogue, applied to each value v of output channel f as it is
+# written: v + bias[f]; then, where an eval-mode batch norm reads the conv's
+# output (EP_BN), (v - mean[f]) * scale[f] + shift[f], the very floats and
+# operations of _bn_apply, so the fused pass gives the two passes' numbers;
+# then max(v, 0) (EP_RELU). ep holds [bias, mean, scale, shift] per channel
+# as an (F, 4) array (_epilogue_constants); ep points at channel f's row.
+cdef enum:
+    EP_RELU = 1
+    EP_BN = 2
+
+
+cdef inline floating _epilogue(floating v, const floating* ep, int mode) noexcept nogil:
+    """The epilogue of one value; 0 for the ReLU where v <= 0 (NaN passes, as PyTorch's ReLU)."""
+    v = v + ep[0]
+    if mode & EP_BN:
+        v = _bn_value(v, ep[1], ep[2], ep[3])
+    return 0 if mode & EP_RELU and v <= 0 else v
 
 
 cdef void _write_rows(const floating* src, floating* dst, Py_ssize_t count,
-                      floating bias, bint relu) noexcept nogil:
-    """dst = _epilogue(src) for count values."""
+                      const floating* ep, int mode) noexcept nogil:
+    """dst = _epilogue(src) for count values: a loop for each mode, and the
+    constants in locals (dst might alias ep, so GCC would reload them and not
+    vectorise)."""
     cdef Py_ssize_t k
-    for k in range(count):
-        dst[k] = _epilogue(src[k], bias, relu)
+    cdef floating bias = ep[0], mf = ep[1], scale = ep[2], shift = ep[3], v
+    cdef floating zero = 0      # typed: a bare 0 would compare in double
+    if mode == EP_BN | EP_RELU:
+        for k in range(count):
+            v = _bn_value(src[k] + bias, mf, scale, shift)
+            dst[k] = zero if v <= zero else v
+    elif mode == EP_BN:
+        for k in range(count):
+            dst[k] = _bn_value(src[k] + bias, mf, scale, shift)
+    elif mode == EP_RELU:
+        for k in range(count):
+            v = src[k] + bias
+            dst[k] = zero if v <= zero else v
+    else:
+        for k in range(count):
+            dst[k] = src[k] + bias
+
+
+def _epilogue_constants(f, dtype, bias=None, bn=None):
+    """-> (ep (F, 4), mode) for the conv kernels' epilogue: bias (F,) or None;
+    bn None or (mean, rstd, gamma, beta) of an eval-mode batch norm ((C,) each;
+    mean and rstd float64), turned into the per-channel floats _bn_apply uses."""
+    ep = np.zeros((f, 4), dtype=dtype)
+    if bias is not None:
+        ep[:, 0] = bias
+    if bn is not None:
+        mean, rstd, gamma, beta = bn
+        ep[:, 1] = np.asarray(mean, dtype=np.float64).astype(dtype)
+        ep[:, 2] = (np.asarray(gamma).astype(np.float64) * rstd).astype(dtype)
+        ep[:, 3] = np.asarray(beta).astype(dtype)
+    return ep, EP_BN * (bn is not None)
 
 
 def _conv_direct(const floating[:, :, :, ::1] x, const floating[:, ::1] wt,
                  floating[:, :, :, ::1] out, Py_ssize_t sh, Py_ssize_t sw,
                  Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t T, Py_ssize_t HS, Py_ssize_t WQ,
                  floating[:, ::1] planes, floating[:, ::1] opg, const Py_ssize_t[::1] offsets,
-                 const floating[::1] bias, bint epilogue, bint relu, int nthreads):
+                 const floating[:, ::1] ep, int mode, bint epilogue, int nthreads):
     """The loop of conv_direct_forward. A def over fused memoryviews: Cython
     picks the float or the double version from the arrays passed."""
     cdef Py_ssize_t N = x.shape[0], F = out.shape[1], OH = out.shape[2], OW = out.shape[3]
@@ -473,8 +517,8 @@ def _conv_direct(const floating[:, :, :, ::1] x, const floating[:, ::1] wt,
             for f in prange(F, num_threads=nthreads, schedule="static"):
                 for t in range(count):
                     for oh in range(OH):
-                        if epilogue:    # bias and ReLU while the rows are in cache: no extra pass
-                            _write_rows(&opg[f, (t * HS + oh) * WQ], &out[n0 + t, f, oh, 0], OW, bias[f], relu)
+                        if epilogue:    # bias, BN, ReLU while the rows are in cache: no extra pass
+                            _write_rows(&opg[f, (t * HS + oh) * WQ], &out[n0 + t, f, oh, 0], OW, &ep[f, 0], mode)
                         else:
                             memcpy(&out[n0 + t, f, oh, 0], &opg[f, (t * HS + oh) * WQ], OW * sizeof(floating))
 
@@ -519,15 +563,17 @@ def _grid(shape, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_
 
 
 def conv_direct_forward(x, w, out, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
-                        bias=None, bint relu=False, int threads=1):
+                        bias=None, bint relu=False, int threads=1, bn=None):
     """Convolution of a chunk of images, written into out.
 
     x: (N, C, H, W), w: (F, C, KH, KW), out: (N, F, OH, OW) with contiguous rows,
-    OH = (H + 2*PH - KH) // SH + 1 (likewise OW); bias (F,) or None is added
-    and relu applied as the rows are written. Without the GIL, on `threads`
-    threads that share each grid's tiles: callers run chunks of a batch side
-    by side on one thread each (minires.parallel), and give a chunk too small
-    to split (one image) several threads here.
+    OH = (H + 2*PH - KH) // SH + 1 (likewise OW); as the rows are written,
+    bias (F,) or None is added, bn (mean, rstd, gamma, beta) or None applied
+    (an eval-mode batch norm of the output, see _epilogue_constants), then
+    relu. Without the GIL, on `threads` threads that share each grid's tiles:
+    callers run chunks of a batch side by side on one thread each
+    (minires.parallel), and give a chunk too small to split (one image)
+    several threads here.
     """
     x = np.ascontiguousarray(x)
     c = x.shape[1]
@@ -539,9 +585,10 @@ def conv_direct_forward(x, w, out, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, 
     t, hs, wq, p, l, offsets = _grid(x.shape, kh, kw, sh, sw, ph, pw)
     planes = np.zeros((c * sh * sw, l), dtype=x.dtype)
     opg = np.empty((fp, p), dtype=x.dtype)
-    epilogue = bias is not None or relu
-    bias = np.zeros(f, dtype=x.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
-    _conv_direct(x, wt, out, sh, sw, ph, pw, t, hs, wq, planes, opg, offsets, bias, epilogue, relu, threads)
+    ep, mode = _epilogue_constants(f, x.dtype, bias, bn)
+    mode |= EP_RELU * relu
+    epilogue = bias is not None or mode != 0
+    _conv_direct(x, wt, out, sh, sw, ph, pw, t, hs, wq, planes, opg, offsets, ep, mode, epilogue, threads)
 
 
 cdef void _weight_tile(const floating* planes, const floating* dT, floating* dwt,
@@ -822,11 +869,12 @@ cdef extern from *:
                            (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16))
     #define MINIRES_WINOGRAD_OUT(TW, INTERLEAVE)                                                       \
     static int minires_winograd_out##TW(const float* mp, Py_ssize_t S, Py_ssize_t TH, float* o,      \
-                                        Py_ssize_t W, float bias, int relu) {                         \
+                                        Py_ssize_t W, const float* ep, int mode) {                    \
         typedef float vec __attribute__((vector_size(4 * TW), aligned(4)));                            \
         typedef int ivec __attribute__((vector_size(4 * TW)));                                         \
         typedef float row __attribute__((vector_size(8 * TW), aligned(4)));                            \
         const vec zero = {0};                                                                          \
+        const float bias = ep[0], mean = ep[1], scale = ep[2], shift = ep[3];   /* o may alias ep */   \
         ivec bad = {0};                                                                                \
         for (Py_ssize_t th = 0; th < TH; th++) {                                                       \
             const float* q = mp + th * TW;                                                             \
@@ -844,7 +892,9 @@ cdef extern from *:
             for (int i = 0; i < 4; i++) {                                                              \
                 bad |= (y[i] - y[i]) != 0;       /* inf - inf and NaN - NaN are NaN */                  \
                 y[i] += bias;                                                                          \
-                if (relu)                        /* 0 where y <= 0; NaN passes, as PyTorch's ReLU */    \
+                if (mode & 2)                    /* EP_BN: _bn_value's operations */                   \
+                    y[i] = (y[i] - mean) * scale + shift;                                              \
+                if (mode & 1)                    /* EP_RELU: 0 where y <= 0; NaN passes, as PyTorch */  \
                     y[i] = (vec)((ivec)y[i] & ~(y[i] <= zero));                                        \
             }                                                                                          \
             *(row*)(o + 2 * th * W) = __builtin_shufflevector(y[0], y[1], MINIRES_LIST INTERLEAVE);    \
@@ -858,9 +908,9 @@ cdef extern from *:
     MINIRES_WINOGRAD_OUT(16, (0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31))
     #else
     #define MINIRES_WINOGRAD_VECTORS 0
-    static int minires_winograd_out4(const float* mp, Py_ssize_t S, Py_ssize_t TH, float* o, Py_ssize_t W, float bias, int relu) { return 0; }
-    static int minires_winograd_out8(const float* mp, Py_ssize_t S, Py_ssize_t TH, float* o, Py_ssize_t W, float bias, int relu) { return 0; }
-    static int minires_winograd_out16(const float* mp, Py_ssize_t S, Py_ssize_t TH, float* o, Py_ssize_t W, float bias, int relu) { return 0; }
+    static int minires_winograd_out4(const float* mp, Py_ssize_t S, Py_ssize_t TH, float* o, Py_ssize_t W, const float* ep, int mode) { return 0; }
+    static int minires_winograd_out8(const float* mp, Py_ssize_t S, Py_ssize_t TH, float* o, Py_ssize_t W, const float* ep, int mode) { return 0; }
+    static int minires_winograd_out16(const float* mp, Py_ssize_t S, Py_ssize_t TH, float* o, Py_ssize_t W, const float* ep, int mode) { return 0; }
     static void minires_winograd_plane4(const float* src, Py_ssize_t H, float* dst, Py_ssize_t plane) {}
     static void minires_winograd_plane8(const float* src, Py_ssize_t H, float* dst, Py_ssize_t plane) {}
     static void minires_winograd_plane16(const float* src, Py_ssize_t H, float* dst, Py_ssize_t plane) {}
@@ -874,11 +924,11 @@ cdef extern from *:
     void _winograd_plane16 "minires_winograd_plane16"(const float* src, Py_ssize_t H, float* dst,
                                                        Py_ssize_t plane) noexcept nogil
     int _winograd_out4 "minires_winograd_out4"(const float* mp, Py_ssize_t S, Py_ssize_t TH, float* o,
-                                                  Py_ssize_t W, float bias, int relu) noexcept nogil
+                                                  Py_ssize_t W, const float* ep, int mode) noexcept nogil
     int _winograd_out8 "minires_winograd_out8"(const float* mp, Py_ssize_t S, Py_ssize_t TH, float* o,
-                                                  Py_ssize_t W, float bias, int relu) noexcept nogil
+                                                  Py_ssize_t W, const float* ep, int mode) noexcept nogil
     int _winograd_out16 "minires_winograd_out16"(const float* mp, Py_ssize_t S, Py_ssize_t TH, float* o,
-                                                  Py_ssize_t W, float bias, int relu) noexcept nogil
+                                                  Py_ssize_t W, const float* ep, int mode) noexcept nogil
 
 
 cdef void _winograd_input(const floating[:, :, :, ::1] x, Py_ssize_t n0, Py_ssize_t count,
@@ -908,9 +958,9 @@ cdef void _winograd_input(const floating[:, :, :, ::1] x, Py_ssize_t n0, Py_ssiz
 
 cdef int _winograd_output(const floating* m, floating[:, :, :, ::1] out, Py_ssize_t n0,
                           Py_ssize_t count, Py_ssize_t TB, Py_ssize_t S, floating* y,
-                          const floating[::1] bias, bint relu) noexcept nogil:
+                          const floating[:, ::1] ep, int mode) noexcept nogil:
     """out[n0:n0+count] = AT m AT^T per tile (m: 16 planes of (FP, TB), S values
-    apart), plus bias, ReLU if relu; -> 1 if any of these sums was inf or NaN.
+    apart), then the epilogue (ep, mode); -> 1 if any of these sums was inf or NaN.
     An image's tiles lie side by side in each plane of m, so the transform
     runs over all of them at once (vectorised) into y (4, TH*TW), then
     y's 2x2 blocks are spread into the output rows."""
@@ -920,7 +970,8 @@ cdef int _winograd_output(const floating* m, floating[:, :, :, ::1] out, Py_ssiz
     cdef const floating* mp
     cdef const floating* yr
     cdef floating* o0
-    cdef floating s0, s1, s2, s3, b
+    cdef floating s0, s1, s2, s3
+    cdef const floating* e
     cdef int bad = 0
     for t in range(count):
         for f in range(F):
@@ -928,11 +979,11 @@ cdef int _winograd_output(const floating* m, floating[:, :, :, ::1] out, Py_ssiz
             if floating is float:
                 if _WINOGRAD_VECTORS and (TW == 4 or TW == 8 or TW == 16):
                     if TW == 4:
-                        bad |= _winograd_out4(mp, S, TH, &out[n0 + t, f, 0, 0], W, bias[f], relu)
+                        bad |= _winograd_out4(mp, S, TH, &out[n0 + t, f, 0, 0], W, &ep[f, 0], mode)
                     elif TW == 8:
-                        bad |= _winograd_out8(mp, S, TH, &out[n0 + t, f, 0, 0], W, bias[f], relu)
+                        bad |= _winograd_out8(mp, S, TH, &out[n0 + t, f, 0, 0], W, &ep[f, 0], mode)
                     else:
-                        bad |= _winograd_out16(mp, S, TH, &out[n0 + t, f, 0, 0], W, bias[f], relu)
+                        bad |= _winograd_out16(mp, S, TH, &out[n0 + t, f, 0, 0], W, &ep[f, 0], mode)
                     continue
             for r in range(R):
                 # AT down the columns of the 4x4 tile, then along its two rows
@@ -951,15 +1002,15 @@ cdef int _winograd_output(const floating* m, floating[:, :, :, ::1] out, Py_ssiz
                 y[3 * R + r] = s1 - s2 - s3
             for r in range(4 * R):
                 bad |= y[r] - y[r] != 0         # inf - inf and NaN - NaN are NaN
-            b = bias[f]
+            e = &ep[f, 0]
             for th in range(TH):
                 o0 = &out[n0 + t, f, 2 * th, 0]
                 yr = y + th * TW
                 for tw in range(TW):
-                    o0[2 * tw] = _epilogue(yr[tw], b, relu)
-                    o0[2 * tw + 1] = _epilogue(yr[R + tw], b, relu)
-                    o0[W + 2 * tw] = _epilogue(yr[2 * R + tw], b, relu)
-                    o0[W + 2 * tw + 1] = _epilogue(yr[3 * R + tw], b, relu)
+                    o0[2 * tw] = _epilogue(yr[tw], e, mode)
+                    o0[2 * tw + 1] = _epilogue(yr[R + tw], e, mode)
+                    o0[W + 2 * tw] = _epilogue(yr[2 * R + tw], e, mode)
+                    o0[W + 2 * tw + 1] = _epilogue(yr[3 * R + tw], e, mode)
     return bad
 
 
@@ -967,9 +1018,9 @@ def _conv_winograd(const floating[:, :, :, ::1] x, const floating[:, ::1] u,
                    floating[:, :, :, ::1] out, Py_ssize_t B, floating[::1] hb,
                    floating[:, ::1] v, floating[:, ::1] m, Py_ssize_t TB, floating[::1] y,
                    const Py_ssize_t[::1] offsets,
-                   const floating[::1] bias, bint relu):
+                   const floating[:, ::1] ep, int mode):
     """The loop of conv_winograd_forward: B images (at most TB tiles) per
-    block; -> False if some output before bias and ReLU was inf or NaN."""
+    block; -> False if some output before the epilogue was inf or NaN."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], FP = u.shape[1] // x.shape[1]
     cdef Py_ssize_t tiles = (x.shape[2] // 2) * (x.shape[3] // 2)
     cdef Py_ssize_t block, n0, count, k, tf, tp, used
@@ -985,7 +1036,7 @@ def _conv_winograd(const floating[:, :, :, ::1] x, const floating[:, ::1] u,
                     for tp in range(used // PB):
                         _forward_tile(&v[k, 0], &u[k, 0], &m[k, 0], &offsets[0], C, TB,
                                       tf * FB, tp * PB)
-            bad |= _winograd_output(&m[0, 0], out, n0, count, TB, m.shape[1], &y[0], bias, relu)
+            bad |= _winograd_output(&m[0, 0], out, n0, count, TB, m.shape[1], &y[0], ep, mode)
     return not bad
 
 
@@ -1053,17 +1104,18 @@ def _winograd_blocks(x, Py_ssize_t fp):
     return images, tb, v, hb
 
 
-def conv_winograd_forward(x, u, out, bias=None, bint relu=False):
+def conv_winograd_forward(x, u, out, bias=None, bint relu=False, bn=None):
     """The stride-1, padding-1 3x3 convolution of a chunk of images by
     Winograd's F(2x2, 3x3), written into out.
 
     x: (N, C, H, W) with H and W even, u = winograd_weights(w) for w (F, C,
-    3, 3), out: (N, F, H, W) with contiguous rows; bias (F,) or None is added
-    and relu applied as the output is written. Single-threaded, without the
+    3, 3), out: (N, F, H, W) with contiguous rows; bias (F,) or None is added,
+    bn (an eval-mode batch norm, as conv_direct_forward's) and relu applied
+    as the output is written. Single-threaded, without the
     GIL (as conv_direct_forward). -> True, or False if an output before
     bias and ReLU came out inf or NaN: Winograd's tiles spread a non-finite
     input over more outputs than the direct sum does, so the caller then
-    computes the convolution another way.
+    computes the convolution another way (before bias, BN and ReLU).
     """
     x = np.ascontiguousarray(x)
     c, h, wd = x.shape[1:]
@@ -1073,8 +1125,8 @@ def conv_winograd_forward(x, u, out, bias=None, bint relu=False):
     m = np.empty((16, fp * tb + 16), dtype=x.dtype)     # 16 longer, as v
     y = np.empty(4 * (h // 2) * (wd // 2), dtype=x.dtype)
     offsets = np.arange(c, dtype=np.intp) * tb
-    bias = np.zeros(f, dtype=x.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
-    return _conv_winograd(x, u, out, images, hb, v, m, tb, y, offsets, bias, relu)
+    ep, mode = _epilogue_constants(f, x.dtype, bias, bn)
+    return _conv_winograd(x, u, out, images, hb, v, m, tb, y, offsets, ep, mode | EP_RELU * relu)
 
 
 # The weight gradient by the same transforms: Y = AT [U * V] AT^T is linear
@@ -2165,23 +2217,36 @@ def tap_weights(w, taps=None):
 
 
 # ---------------------------------------------------------------- bias and ReLU
-def _bias_relu_loop(floating[:, :, ::1] out, const floating[::1] bias, bint relu, int nthreads):
+def _bias_relu_loop(floating[:, :, ::1] out, const floating[:, ::1] ep, int mode, int nthreads):
     cdef Py_ssize_t N = out.shape[0], F = out.shape[1], nf
     with nogil:
         for nf in prange(N * F, num_threads=nthreads, schedule="static"):
-            _write_rows(&out[nf // F, nf % F, 0], &out[nf // F, nf % F, 0], out.shape[2], bias[nf % F], relu)
+            _write_rows(&out[nf // F, nf % F, 0], &out[nf // F, nf % F, 0], out.shape[2], &ep[nf % F, 0], mode)
 
 
-def bias_relu(out, bias, bint relu, int threads=0):
-    """In place: out += bias per channel, then max(out, 0) if relu (NaN stays NaN).
+def bias_relu(out, bias, bint relu, int threads=0, bn=None):
+    """In place: out += bias per channel, then an eval-mode batch norm when bn
+    is (mean, rstd, gamma, beta) (see _epilogue_constants), then max(out, 0) if
+    relu (NaN stays NaN).
 
     out: (N, F, ...) C-contiguous, bias: (F,) or None. The epilogue of a
     convolution whose product came from BLAS. threads: as im2col's."""
-    if bias is None and not relu:
+    if bias is None and bn is None and not relu:
         return
     n, f = out.shape[0], out.shape[1]
-    b = np.zeros(f, dtype=out.dtype) if bias is None else np.ascontiguousarray(bias, dtype=out.dtype)
-    _bias_relu_loop(out.reshape(n, f, -1), b, relu, threads or _threads(out.size))
+    out3 = out.reshape(n, f, -1)
+    threads = threads or _threads(out.size)
+    ep, mode = _epilogue_constants(f, out.dtype, bias, bn)
+    if bn is None or out3.shape[2] > SMALL_PLANE:
+        _bias_relu_loop(out3, ep, mode | EP_RELU * relu, threads)
+        return
+    # Small maps: a loop per channel's few values would be calls, not work; the
+    # bias first, then the batch norm's own kernel for such maps, in place.
+    if bias is not None:
+        _bias_relu_loop(out3, ep, 0, threads)
+    p = out3.shape[2]
+    mf, scale, shift = (_per_column(ep[:, k], p, out.dtype) for k in (1, 2, 3))
+    _bn_col_apply(out3.reshape(n, -1), out3.reshape(n, -1), mf, scale, shift, relu, threads)
 
 
 # ---------------------------------------------------------------- the FMA peak

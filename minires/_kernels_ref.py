@@ -85,10 +85,10 @@ def _phase_planes(x, kh, kw, sh, sw, ph, pw):
     return planes.reshape(-1), wq, shift.reshape(-1)
 
 
-def conv_direct_forward(x, w, out, sh, sw, ph, pw, bias=None, relu=False, threads=1):
+def conv_direct_forward(x, w, out, sh, sw, ph, pw, bias=None, relu=False, threads=1, bn=None):
     """x: (T, C, H, W), w: (F, C, KH, KW) -> out: (T, F, OH, OW), written in place;
-    bias (F,) or None added, then relu applied when asked (as the rows are written).
-    threads: ignored here."""
+    bias (F,) or None added, then bn and relu applied when asked (as bias_relu
+    does; the compiled kernel as the rows are written). threads: ignored here."""
     f, oh, ow = out.shape[1:]
     w2 = w.reshape(f, -1)                                        # (F, C*KH*KW)
     for n in range(x.shape[0]):
@@ -96,7 +96,7 @@ def conv_direct_forward(x, w, out, sh, sw, ph, pw, bias=None, relu=False, thread
         p = np.arange(oh * wq)                                   # grid positions, junk included
         grid = w2 @ flat[shift[:, None] + p]                     # (F, OH*WQ): taps as shifted reads
         out[n] = grid.reshape(f, oh, wq)[:, :, :ow]
-    bias_relu(out, bias, relu)
+    bias_relu(out, bias, relu, bn=bn)
 
 
 # ---------------------------------------------------------------- Winograd convolution
@@ -134,11 +134,11 @@ def _winograd_tiles(x):
         return (bt @ d @ bt.T).transpose(4, 5, 1, 0, 2, 3).reshape(16, c, -1)
 
 
-def conv_winograd_forward(x, u, out, bias=None, relu=False):
+def conv_winograd_forward(x, u, out, bias=None, relu=False, bn=None):
     """x: (N, C, H, W) with H and W even, u = winograd_weights(w) for w (F, C,
     3, 3) -> out: (N, F, H, W), written in place: the stride-1, padding-1
-    convolution, bias (F,) or None added, then relu applied when asked.
-    -> False if an output before bias and ReLU was inf or NaN, else True."""
+    convolution, bias (F,) or None added, then bn and relu applied when asked
+    (bias_relu). -> False if an output before them was inf or NaN, else True."""
     n, c, h, wd = x.shape
     f = out.shape[1]
     at = WINOGRAD_AT.astype(x.dtype)
@@ -148,7 +148,7 @@ def conv_winograd_forward(x, u, out, bias=None, relu=False):
         y = at @ m.transpose(3, 2, 4, 5, 0, 1) @ at.T                   # (N, F, H/2, W/2, 2, 2)
     out[...] = y.transpose(0, 1, 2, 4, 3, 5).reshape(n, f, h, wd)
     finite = bool(np.isfinite(out).all())
-    bias_relu(out, bias, relu)
+    bias_relu(out, bias, relu, bn=bn)
     return finite
 
 
@@ -186,11 +186,15 @@ def matmul(a, b, out, threads=0):
     np.matmul(a, b, out=out)
 
 
-def bias_relu(out, bias, relu, threads=0):
-    """In place: out += bias (F,) per channel, then out = max(out, 0) if relu;
-    out: (N, F, ...), bias (F,) or None."""
+def bias_relu(out, bias, relu, threads=0, bn=None):
+    """In place, per channel: out += bias (F,); then, when bn is (mean, rstd,
+    gamma, beta) of an eval-mode batch norm, out = batchnorm_apply(out, ...)
+    (a conv's epilogue: the batch norm that reads its output, in the same
+    pass); then out = max(out, 0) if relu. out: (N, F, ...), bias (F,) or None."""
     if bias is not None:
         out += bias.reshape((-1,) + (1,) * (out.ndim - 2))
+    if bn is not None:
+        out[...] = _normalised(out, *bn)
     if relu:
         np.maximum(out, 0, out=out)     # NaN stays NaN, as in PyTorch's ReLU
 
@@ -309,10 +313,12 @@ def batchnorm_apply(x, mean, rstd, gamma, beta, relu=False):
 
 
 def _normalised(x, mean, rstd, gamma, beta):
-    """(x - mean) * (gamma * rstd) + beta in x's dtype, per channel."""
-    scale = (gamma * rstd).astype(x.dtype)[:, None, None]   # (C, 1, 1)
-    centred = x - mean.astype(x.dtype)[:, None, None]
-    return (centred * scale + beta[:, None, None]).astype(x.dtype, copy=False)
+    """(x - mean) * (gamma * rstd) + beta in x's dtype, per channel; x: (N, C, ...)."""
+    def per_channel(a):                                         # (C, 1, ...) against x
+        return np.asarray(a).reshape((-1,) + (1,) * (x.ndim - 2))
+    scale = per_channel((gamma * rstd).astype(x.dtype))
+    centred = x - per_channel(mean.astype(x.dtype))
+    return (centred * scale + per_channel(beta)).astype(x.dtype, copy=False)
 
 
 def batchnorm_backward(dout, x, mean, rstd, gamma, beta, training, relu=False):

@@ -115,3 +115,126 @@ def test_a_reassigned_child_moves_last_and_a_none_attribute_does_not_shadow():
     assert conv.bias is None
     conv.bias = nn.Parameter(np.ones(3, np.float32))
     assert conv.bias is conv._parameters["bias"] and "bias" in conv.state_dict()
+
+
+# ---------------------------------------------------------------- conv + BN in one pass (nn.conv_bn)
+# (x shape, w shape, stride, padding, the path conv2d_forward takes): every path
+# applies the batch norm in its own epilogue
+PATHS = [((2, 3, 9, 7), (4, 3, 3, 3), 1, 1, "direct"),
+         ((1, 3, 9, 7), (4, 3, 3, 3), 2, 1, "direct"),
+         ((2, 32, 32, 32), (32, 32, 3, 3), 1, 1, "winograd"),
+         ((2, 3, 9, 7), (4, 3, 3, 2), (2, 1), (0, 2), "im2col"),
+         ((2, 3, 9, 7), (5, 3, 1, 1), 2, 0, "pointwise"),
+         ((64, 4, 2, 2), (6, 4, 3, 3), 1, 1, "taps"),
+         ((1, 8, 4, 4), (6, 8, 3, 3), 1, 1, "im2col")]
+
+
+def _bn_params(rng, f, dtype):
+    return (rng.uniform(0.5, 1.5, f).astype(dtype) * rng.choice([-1, 1], f).astype(dtype),   # gamma
+            (rng.standard_normal(f) * 0.3).astype(dtype),                                   # beta
+            (rng.standard_normal(f) * 0.5).astype(np.float32),                              # running_mean
+            rng.uniform(0.3, 3.0, f).astype(np.float32))                                    # running_var
+
+
+def _two_passes(x, w, b, stride, padding, bn, eps, relu):
+    from minires import functional as F
+    y, cache = F.conv2d_forward(x, w, b, stride, padding)
+    forward = F.batchnorm2d_relu_forward if relu else F.batchnorm2d_forward
+    return forward(y, *bn, training=False, eps=eps)[0], cache.path
+
+
+@pytest.mark.parametrize("x_shape,w_shape,stride,padding,path", PATHS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("relu,bias", [(False, False), (True, False), (True, True)])
+def test_conv_batchnorm_eval_gives_the_two_layers_numbers_on_every_path(rng, x_shape, w_shape, stride, padding,
+                                                                         path, dtype, relu, bias):
+    from minires import functional as F
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    b = rng.standard_normal(w_shape[0]).astype(dtype) if bias else None
+    bn = _bn_params(rng, w_shape[0], dtype)
+    want, took = _two_passes(x, w, b, stride, padding, bn, 1e-3, relu)
+    assert took == path
+    got = F.conv2d_batchnorm_eval(x, w, b, stride, padding, *bn, eps=1e-3, relu=relu)
+    assert got.dtype == dtype and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+    if relu:
+        assert (got == 0).any() and (got > 0).any()
+
+
+@pytest.mark.parametrize("x_shape,w_shape,stride,padding,path", PATHS[:3])
+def test_conv_batchnorm_eval_passes_inf_and_nan_as_the_two_layers(rng, x_shape, w_shape, stride, padding, path):
+    from minires import functional as F
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    x[0, 0, 1, 2], x[-1, -1, 3, 3] = np.nan, np.inf
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    bn = _bn_params(rng, w_shape[0], np.float32)
+    for relu in (False, True):
+        want = _two_passes(x, w, None, stride, padding, bn, 1e-5, relu)[0]
+        got = F.conv2d_batchnorm_eval(x, w, None, stride, padding, *bn, relu=relu)
+        assert np.isnan(want).any()
+        np.testing.assert_array_equal(got, want)        # NaN where the two layers give NaN, inf likewise
+
+
+def test_conv_batchnorm_eval_names_a_wrong_argument(rng):
+    from minires import functional as F
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    gamma, beta, mean, var = _bn_params(rng, 4, np.float32)
+    with pytest.raises(ValueError, match=r"gamma must have shape \(F\)"):
+        F.conv2d_batchnorm_eval(x, w, None, 1, 1, gamma[:3], beta, mean, var)
+    with pytest.raises(TypeError, match="running_var"):
+        F.conv2d_batchnorm_eval(x, w, None, 1, 1, gamma, beta, mean, list(var))
+    with pytest.raises(ValueError, match="w must have shape"):
+        F.conv2d_batchnorm_eval(x, w[:, :2], None, 1, 1, gamma, beta, mean, var)
+
+
+def _count_batch_norm_calls(monkeypatch):
+    calls = []
+    forward = nn.BatchNorm2d.forward
+    monkeypatch.setattr(nn.BatchNorm2d, "forward", lambda self, x: calls.append(self) or forward(self, x))
+    return calls
+
+
+@pytest.mark.parametrize("name,width,left", FAMILIES)
+def test_inference_runs_conv_and_batch_norm_in_one_pass_with_the_same_outputs(rng, monkeypatch, name, width, left):
+    """eval(keep_caches=False) gives eval()'s outputs bit for bit, and only the
+    batch norms that read no conv's output alone run on their own."""
+    model = _trained_statistics(models.build(name, rng=0, width_scale=width), rng)
+    calls = _count_batch_norm_calls(monkeypatch)
+    for n in (1, 3):
+        x = rng.standard_normal((n, 3, 32, 32)).astype(np.float32)
+        want = model.eval()(x)
+        calls.clear()
+        got = model.eval(keep_caches=False)(x)
+        np.testing.assert_array_equal(got, want)
+        assert len(calls) == left
+
+
+def test_a_wrong_one_pass_batch_norm_is_caught(rng, monkeypatch):
+    """The check above can fail: an epilogue that forgets the running mean."""
+    from minires import functional as F
+    right = F.conv2d_batchnorm_eval
+
+    def forgets_the_mean(x, w, b, stride, padding, gamma, beta, mean, var, eps=1e-5, relu=False):
+        return right(x, w, b, stride, padding, gamma, beta, np.zeros_like(mean), var, eps, relu)
+    monkeypatch.setattr(F, "conv2d_batchnorm_eval", forgets_the_mean)
+    model = _trained_statistics(models.build("resnet-8", rng=0, width_scale=0.5), rng)
+    x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
+    want = model.eval()(x)
+    with pytest.raises(AssertionError):
+        np.testing.assert_array_equal(model.eval(keep_caches=False)(x), want)
+
+
+def test_one_pass_steps_aside_for_a_hook_training_and_kept_caches(rng, monkeypatch):
+    model = _trained_statistics(models.build("resnet-8", rng=0, width_scale=0.5), rng)
+    x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
+    calls = _count_batch_norm_calls(monkeypatch)
+    seen = []
+    handle = model.layer1[0].conv1.register_forward_hook(lambda m, i, o: seen.append(o.copy()))
+    model.eval(keep_caches=False)(x)
+    assert len(seen) == 1 and model.layer1[0].bn1 in calls       # the hook saw the conv's own output
+    handle.remove()
+    calls.clear()
+    model.eval()(x)                                                # caches kept for a backward: two passes
+    assert len(calls) == _batch_norms(model)

@@ -325,3 +325,21 @@ def test_conv2d_small_maps_propagate_nan_through_the_padding_like_torch(torch, r
         np.testing.assert_allclose(mine, theirs, **tol(np.float64))
 
 
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("stride,padding,k", [(1, 1, (3, 3)), (2, 1, (3, 3)), (2, 0, (1, 1)), ((2, 1), (0, 2), (3, 2))])
+@pytest.mark.parametrize("relu", [False, True])
+def test_conv2d_batchnorm_eval(torch, rng, dtype, stride, padding, k, relu):
+    """conv2d_batchnorm_eval = (relu of) batch_norm(conv2d(x), training=False)."""
+    x = rng.standard_normal((2, 3, 9, 7)).astype(dtype)
+    w = rng.standard_normal((4, 3) + k).astype(dtype)
+    gamma, beta = rng.uniform(0.5, 1.5, 4).astype(dtype), rng.standard_normal(4).astype(dtype)
+    mean, var = (rng.standard_normal(4) * 0.5).astype(np.float32), rng.uniform(0.3, 3, 4).astype(np.float32)
+    out = F.conv2d_batchnorm_eval(x, w, None, stride, padding, gamma, beta, mean, var, eps=1e-3, relu=relu)
+    ty = torch.nn.functional.conv2d(_t(torch, x, False), _t(torch, w, False), stride=stride, padding=padding)
+    tout = torch.nn.functional.batch_norm(ty, torch.tensor(mean, dtype=ty.dtype), torch.tensor(var, dtype=ty.dtype),
+                                          _t(torch, gamma, False), _t(torch, beta, False), training=False, eps=1e-3)
+    if relu:
+        tout = torch.relu(tout)
+    np.testing.assert_allclose(out, tout.numpy(), **tol(dtype))

@@ -3,7 +3,7 @@
 from .activation import relu_backward, relu_forward
 from .batchnorm import (batchnorm2d_backward, batchnorm2d_forward, batchnorm2d_output, batchnorm2d_relu_backward,
                         batchnorm2d_relu_forward)
-from .conv import conv2d_backward, conv2d_forward, conv2d_output
+from .conv import conv2d_backward, conv2d_batchnorm_eval, conv2d_forward, conv2d_output
 from .dropout import dropout_backward, dropout_forward
 from .linear import linear_backward, linear_forward
 from .loss import softmax_cross_entropy_backward, softmax_cross_entropy_forward
@@ -13,7 +13,7 @@ from .residual import add_backward, add_forward, add_relu_backward, add_relu_for
 
 __all__ = [
     "linear_forward", "linear_backward",
-    "conv2d_forward", "conv2d_backward", "conv2d_output",
+    "conv2d_forward", "conv2d_backward", "conv2d_output", "conv2d_batchnorm_eval",
     "batchnorm2d_forward", "batchnorm2d_backward", "batchnorm2d_output",
     "batchnorm2d_relu_forward", "batchnorm2d_relu_backward",
     "relu_forward", "relu_backward",

@@ -55,24 +55,25 @@ from .. import kernels, parallel
 from . import _conv_taps
 
 
-def forward(x, w, geometry, b=None, relu=False, path=None):
+def forward(x, w, geometry, b=None, relu=False, path=None, bn=None):
     """x: (N, C, H, W), w: (F, C, KH, KW), geometry (KH, KW, SH, SW, PH, PW),
-    b: (F,) or None -> (out (N, F, OH, OW) with the bias added and the ReLU
-    applied when asked, what backward needs of x, the path's name).
+    b: (F,) or None -> (out (N, F, OH, OW) with the bias added, then the
+    eval-mode batch norm bn = (mean, rstd, gamma, beta) and the ReLU applied
+    when asked, what backward needs of x, the path's name).
     path: the one an earlier forward took (conv2d_output), else chosen here."""
-    # Each path adds the bias and applies the ReLU to a tile of its output
+    # Each path adds the bias and applies BN and ReLU to a tile of its output
     # while it is still in cache (the direct kernel, as it writes it).
     path = path or choose_path(x.shape, geometry, w)
     if path == "pointwise":
-        out, x3 = _pointwise_forward(x, w, geometry, b, relu)
+        out, x3 = _pointwise_forward(x, w, geometry, b, relu, bn)
         return out, x3, path
     if path == "taps":
         w_taps = _tap_matrices(w, x.shape, geometry)
         if w_taps is not None:
-            return _taps_forward(x, w, w_taps, geometry, b, relu), x, path
+            return _taps_forward(x, w, w_taps, geometry, b, relu, bn), x, path
         path = "im2col"
     run = {"winograd": _winograd_forward, "direct": _direct_forward, "im2col": _im2col_forward}[path]
-    return run(x, w, geometry, b, relu), x, path
+    return run(x, w, geometry, b, relu, bn), x, path
 
 
 # Small maps (ImageNet ResNets applied to 32x32 images end at 4x4, 2x2 and
@@ -166,7 +167,7 @@ def _tap_matrices(w, x_shape, geometry):
     return {(i, j): wt[k] for k, (i, j, *_) in enumerate(useful)}
 
 
-def _taps_forward(x, w, w_taps, geometry, b, relu):
+def _taps_forward(x, w, w_taps, geometry, b, relu, bn=None):
     """Per chunk of images, one product per useful tap (_conv_taps.forward)."""
     n, f = x.shape[0], w.shape[0]
     out_size = _out_size(x.shape, geometry)
@@ -175,7 +176,7 @@ def _taps_forward(x, w, w_taps, geometry, b, relu):
 
     def images(lo, hi):
         out[lo:hi] = _conv_taps.forward(x[lo:hi], w_taps, useful, (f, *out_size)).transpose(2, 3, 0, 1)
-        kernels.bias_relu(out[lo:hi], b, relu, threads=1)
+        kernels.bias_relu(out[lo:hi], b, relu, threads=1, bn=bn)
 
     parallel.map_chunks(images, n)
     return out
@@ -253,7 +254,7 @@ def _winograd_applies(x_shape, geometry, w_shape):
             and n * h * wd >= WINOGRAD_POSITIONS and min(c, f) >= WINOGRAD_CHANNELS)
 
 
-def _winograd_forward(x, w, geometry, b, relu):
+def _winograd_forward(x, w, geometry, b, relu, bn=None):
     """Per chunk of images, Winograd's F(2x2, 3x3); a chunk where it meets an
     inf or NaN is redone by the direct kernel, whose sums spread a non-finite
     value only over the outputs whose windows hold it, as PyTorch's do."""
@@ -262,22 +263,22 @@ def _winograd_forward(x, w, geometry, b, relu):
     u = kernels.winograd_weights(w)
 
     def images(lo, hi):
-        if not kernels.conv_winograd_forward(x[lo:hi], u, out[lo:hi], b, relu):
-            kernels.conv_direct_forward(x[lo:hi], w, out[lo:hi], *geometry[2:], b, relu)
+        if not kernels.conv_winograd_forward(x[lo:hi], u, out[lo:hi], b, relu, bn=bn):
+            kernels.conv_direct_forward(x[lo:hi], w, out[lo:hi], *geometry[2:], b, relu, bn=bn)
 
     parallel.map_chunks(images, n, blas=False)
     return out
 
 
-def _direct_forward(x, w, geometry, b, relu):
+def _direct_forward(x, w, geometry, b, relu, bn=None):
     n, f = x.shape[0], w.shape[0]
     oh, ow = _out_size(x.shape, geometry)
     out = np.empty((n, f, oh, ow), dtype=x.dtype)
     if _split_grid(n, w.size * oh * ow):
-        kernels.conv_direct_forward(x, w, out, *geometry[2:], b, relu, threads=parallel.get_threads())
+        kernels.conv_direct_forward(x, w, out, *geometry[2:], b, relu, threads=parallel.get_threads(), bn=bn)
     else:
         parallel.map_chunks(lambda lo, hi: kernels.conv_direct_forward(x[lo:hi], w, out[lo:hi], *geometry[2:],
-                                                                       b, relu), n, blas=False)
+                                                                       b, relu, bn=bn), n, blas=False)
     return out
 
 
@@ -310,8 +311,8 @@ def _alone(n):
     return n < parallel.get_threads()
 
 
-def _im2col_forward(x, w, geometry, b, relu):
-    """Per image (or per tile of small images), out = w2 @ im2col(x[tile]) (+ b, ReLU)."""
+def _im2col_forward(x, w, geometry, b, relu, bn=None):
+    """Per image (or per tile of small images), out = w2 @ im2col(x[tile]) (+ b, BN, ReLU)."""
     n, f = x.shape[0], w.shape[0]
     oh, ow = _out_size(x.shape, geometry)
     w2 = w.reshape(f, -1)                              # (F, C*KH*KW)
@@ -329,7 +330,7 @@ def _im2col_forward(x, w, geometry, b, relu):
                 np.matmul(w2, cols, out=out[i])
             else:
                 out[i:j] = (w2 @ cols).reshape(f, j - i, -1).transpose(1, 0, 2)
-            kernels.bias_relu(out[i:j], b, relu, threads=1)
+            kernels.bias_relu(out[i:j], b, relu, threads=1, bn=bn)
 
     if alone:
         with parallel.single_threaded_blas():         # float64 products, which kernels.matmul leaves to BLAS
@@ -439,8 +440,8 @@ def _images_per_tile(positions, columns=1024):
 # threads (1x1 convs on one image, 2 threads, AMD Zen 4, ms, the direct
 # kernel on both threads / kernels.matmul / BLAS: 64->64 at 32x32 0.107 /
 # 0.092 / 0.124, 512->128 at 4x4 0.050 / 0.017 / 0.026).
-def _pointwise_forward(x, w, geometry, b, relu):
-    """-> out (N, F, OH, OW) (+ b, ReLU), and the strided input it read, (N, C, OH*OW)."""
+def _pointwise_forward(x, w, geometry, b, relu, bn=None):
+    """-> out (N, F, OH, OW) (+ b, BN, ReLU), and the strided input it read, (N, C, OH*OW)."""
     sh, sw = geometry[2:4]
     n, c = x.shape[:2]
     f = w.shape[0]
@@ -456,7 +457,7 @@ def _pointwise_forward(x, w, geometry, b, relu):
         parallel.map_chunks(lambda lo, hi: _products(w2, x3[lo:hi], out[lo:hi]), n)
     else:
         parallel.map_chunks(lambda lo, hi: np.matmul(w2, x3[lo:hi], out=out[lo:hi]), n)
-    kernels.bias_relu(out, b, relu)
+    kernels.bias_relu(out, b, relu, bn=bn)
     return out.reshape(n, f, oh, ow), x3
 
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from .. import _kernels_ref, kernels
 from . import _conv_paths
-from ._checks import as_input, check_dout, check_shape, check_window, pair
+from ._checks import as_input, check_dout, check_float_array, check_shape, check_window, pair
 
 
 class ConvCache(NamedTuple):
@@ -82,6 +82,35 @@ def conv2d_output(cache):
         n, f, oh, ow = cache.out_shape
         x, geometry = x.reshape(n, x.shape[1], oh, ow), (1, 1, 1, 1, 0, 0)
     return _conv_paths.forward(x, w, geometry, path=path)[0]
+
+
+def conv2d_batchnorm_eval(x, w, b, stride, padding, gamma, beta, running_mean, running_var, eps=1e-5,
+                          relu=False):
+    """x: (N, C, H, W), w: (F, C, KH, KW), b: (F,) or None; gamma, beta,
+    running_mean, running_var: (F,) -> out: (N, F, OH, OW), equal to
+
+        batchnorm2d_forward(conv2d_forward(x, w, b, stride, padding)[0], gamma, beta,
+                            running_mean, running_var, training=False, eps=eps)[0]
+
+    (then max(., 0) if relu) in one pass. In eval mode a batch norm is a fixed
+    affine map per channel, so the conv applies it to each value as it writes
+    its output, with the very floats and operations batchnorm2d_forward uses:
+    the same numbers, and the activation written once instead of written,
+    read and written again. Inference only: there is no cache to backpropagate
+    through. (nn.fuse_for_inference instead folds the batch norm into w and b
+    for good, which rounds differently.)
+    """
+    x, w, b, geometry = _check_args(x, w, b, stride, padding)
+    f = w.shape[0]
+    for name, arr in (("gamma", gamma), ("beta", beta), ("running_mean", running_mean),
+                      ("running_var", running_var)):
+        check_float_array(arr, name)
+        check_shape(arr, name, (f,), "F")
+    rstd = 1.0 / np.sqrt(np.asarray(running_var, dtype=np.float64) + eps)
+    # in x's dtype, as batchnorm2d_forward's kernel takes them
+    bn = (np.asarray(running_mean, dtype=np.float64), rstd, np.ascontiguousarray(gamma, dtype=x.dtype),
+          np.ascontiguousarray(beta, dtype=x.dtype))
+    return _conv_paths.forward(x, w, geometry, b, relu, bn=bn)[0]
 
 
 def conv2d_forward_numpy(x, w, b=None, stride=1, padding=0):

@@ -41,15 +41,13 @@ class Bottleneck(nn.ResidualBlock):
             self.shortcut = projection(in_channels, filters, stride, rng)
 
     def branch_forward(self, x):
-        out1 = self.bn1(self.conv1(x))
-        out2 = self.bn2(self.conv2(out1))
-        y = self.conv3(out2)
-        out = self.bn3(y)
-        # conv2 and conv3 keep no copy of their inputs: bn1 and bn2 rebuild them for backward;
-        # bn3 keeps none of the wide y: conv3 computes it again (nn.recompute)
+        out1 = nn.conv_bn(self.conv1, self.bn1, x)      # bn1(conv1(x)); one pass in inference
+        out2 = nn.conv_bn(self.conv2, self.bn2, out1)
+        # bn3 keeps none of conv3's wide output: conv3 computes it again (nn.recompute);
+        # conv2 and conv3 keep no copy of their inputs: bn1 and bn2 rebuild them for backward
+        out = nn.conv_bn(self.conv3, self.bn3, out2, release_output=True)
         nn.release_input(self.conv2, self.bn1, out1)
         nn.release_input(self.conv3, self.bn2, out2)
-        nn.release_output(self.bn3, self.conv3, y)
         return out
 
     def branch_backward(self, dout):

@@ -24,11 +24,7 @@ class Projection(nn.Sequential):
     runs again in its backward (nn.recompute; a 1x1 conv is one product)."""
 
     def forward(self, x):
-        conv, bn = self[0], self[1]
-        y = conv(x)
-        out = bn(y)
-        nn.release_output(bn, conv, y)
-        return out
+        return nn.conv_bn(self[0], self[1], x, release_output=True)
 
 
 def projection(cin, cout, stride, rng):

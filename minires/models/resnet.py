@@ -37,10 +37,10 @@ class BasicBlock(nn.ResidualBlock):
         self.shortcut = shortcut(in_channels, out_channels, stride, shortcut_option, rng)
 
     def branch_forward(self, x):
-        out = self.bn1(self.conv1(x))
-        y = self.conv2(out)
+        out = nn.conv_bn(self.conv1, self.bn1, x)       # bn1(conv1(x)); one pass in inference
+        y = nn.conv_bn(self.conv2, self.bn2, out)
         nn.release_input(self.conv2, self.bn1, out)     # bn1 rebuilds it for backward
-        return self.bn2(y)
+        return y
 
     def branch_backward(self, dout):
         d = self.conv2.backward(self.bn2.backward(dout))

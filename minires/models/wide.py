@@ -40,7 +40,7 @@ class WideBlock(nn.Module):
 
     def forward(self, x):
         o1 = self.bn1(x)
-        o2 = self.bn2(self.conv1(o1))
+        o2 = nn.conv_bn(self.conv1, self.bn2, o1)      # bn2(conv1(o1)); one pass in inference
         y = self.conv2(self.dropout(o2))
         out, self._cache = F.add_forward(y, self.shortcut(o1) if self.project else x)
         # the convs keep no copies of bn1's and bn2's outputs: the BNs rebuild them for backward

@@ -14,14 +14,43 @@ A module says which of its children pair up (Module.fusable_pairs): the
 batch norm must read the conv's output and nothing else may, which only the
 module's own forward knows. The folded model is a copy for inference: its
 state_dict has conv biases and no batch norms, and it refuses to train.
+
+conv_bn is the same pairing without the copy, for any model in inference
+(eval(keep_caches=False)): the conv applies the batch norm to its output as
+it writes it (F.conv2d_batchnorm_eval), which saves the pass over the
+activation but not the arithmetic, and gives the two layers' numbers exactly.
 """
 import copy
 
 import numpy as np
 
+from .. import functional as F
 from .batchnorm import BatchNorm2d
 from .conv import Conv2d
 from .module import Identity, Parameter
+from . import recompute
+
+
+def conv_bn(conv, bn, x, release_output=False):
+    """bn(conv(x)), where bn reads conv's output alone. In inference (both in
+    eval mode with keep_caches=False, no forward hooks to show the conv's
+    output to) one pass, F.conv2d_batchnorm_eval: the same numbers.
+    release_output: when training, bn keeps no copy of conv's output
+    (nn.release_output)."""
+    if not (type(conv).forward is Conv2d.forward and type(bn).forward is BatchNorm2d.forward
+            and not conv.fused_relu and _inference(conv) and _inference(bn)):
+        y = conv(x)
+        out = bn(y)
+        if release_output:
+            recompute.release_output(bn, conv, y)
+        return out
+    b = conv.bias.data if conv.bias is not None else None
+    return F.conv2d_batchnorm_eval(x, conv.weight.data, b, conv.stride, conv.padding, bn.weight.data,
+                                   bn.bias.data, bn.running_mean, bn.running_var, bn.eps, bn.fused_relu)
+
+
+def _inference(m):
+    return not (m.training or m.keep_caches or m._forward_hooks)
 
 
 def fuse_for_inference(model):

@@ -178,7 +178,8 @@ class Module:
         Layers keep their backward caches, so a gradient check (or a saliency
         map) can backpropagate in eval mode. For inference alone pass
         keep_caches=False (as torch.no_grad()): each activation is then freed
-        as soon as the next layer has read it, and backward is refused."""
+        as soon as the next layer has read it, backward is refused, and a batch
+        norm after a conv runs inside it (nn.conv_bn: the same outputs)."""
         for m in self.modules():
             object.__setattr__(m, "keep_caches", bool(keep_caches))
         return self.train(False)
@@ -281,15 +282,30 @@ class Sequential(Module):
 
     def forward(self, x):
         if not (self.training or self.keep_caches):     # inference: no caches, nothing to release
-            for m in self._modules.values():
-                x = m(x)
-            return x
+            return self._inference_forward(x)
         before = None
         for m in self:
             out = m(x)
             # a conv right after a BN keeps no copy of its input (nn.recompute)
             release_input(_first_layer(m), _last_layer(before), x)
             before, x = m, out
+        return x
+
+    def _inference_forward(self, x):
+        """The children in order, a Conv2d and the BatchNorm2d after it in one pass (nn.conv_bn)."""
+        from .batchnorm import BatchNorm2d
+        from .conv import Conv2d
+        from .fuse import conv_bn
+        children = list(self._modules.values())
+        i = 0
+        while i < len(children):
+            m = children[i]
+            if i + 1 < len(children) and isinstance(m, Conv2d) and isinstance(children[i + 1], BatchNorm2d):
+                x = conv_bn(m, children[i + 1], x)
+                i += 2
+            else:
+                x = m(x)
+                i += 1
         return x
 
     def fusable_pairs(self):
