@@ -447,36 +447,24 @@ cdef enum:
     EP_BN = 2
 
 
-cdef inline floating _epilogue(floating v, const floating* ep, int mode) noexcept nogil:
+cdef inline floating _epilogue(floating v, floating bias, floating mf, floating scale, floating shift,
+                               int mode) noexcept nogil:
     """The epilogue of one value; 0 for the ReLU where v <= 0 (NaN passes, as PyTorch's ReLU)."""
-    v = v + ep[0]
+    v = v + bias
     if mode & EP_BN:
-        v = _bn_value(v, ep[1], ep[2], ep[3])
+        v = _bn_value(v, mf, scale, shift)
     return 0 if mode & EP_RELU and v <= 0 else v
 
 
 cdef void _write_rows(const floating* src, floating* dst, Py_ssize_t count,
                       const floating* ep, int mode) noexcept nogil:
-    """dst = _epilogue(src) for count values: a loop for each mode, and the
-    constants in locals (dst might alias ep, so GCC would reload them and not
-    vectorise)."""
+    """dst = _epilogue(src) for count values, channel constants ep. They are
+    passed as values: dst might alias ep, and GCC would reload them through
+    the pointer and not vectorise."""
     cdef Py_ssize_t k
-    cdef floating bias = ep[0], mf = ep[1], scale = ep[2], shift = ep[3], v
-    cdef floating zero = 0      # typed: a bare 0 would compare in double
-    if mode == EP_BN | EP_RELU:
-        for k in range(count):
-            v = _bn_value(src[k] + bias, mf, scale, shift)
-            dst[k] = zero if v <= zero else v
-    elif mode == EP_BN:
-        for k in range(count):
-            dst[k] = _bn_value(src[k] + bias, mf, scale, shift)
-    elif mode == EP_RELU:
-        for k in range(count):
-            v = src[k] + bias
-            dst[k] = zero if v <= zero else v
-    else:
-        for k in range(count):
-            dst[k] = src[k] + bias
+    cdef floating bias = ep[0], mf = ep[1], scale = ep[2], shift = ep[3]
+    for k in range(count):
+        dst[k] = _epilogue(src[k], bias, mf, scale, shift, mode)
 
 
 def _epilogue_constants(f, dtype, bias=None, bn=None):
@@ -488,9 +476,8 @@ def _epilogue_constants(f, dtype, bias=None, bn=None):
         ep[:, 0] = bias
     if bn is not None:
         mean, rstd, gamma, beta = bn
-        ep[:, 1] = np.asarray(mean, dtype=np.float64).astype(dtype)
-        ep[:, 2] = (np.asarray(gamma).astype(np.float64) * rstd).astype(dtype)
-        ep[:, 3] = np.asarray(beta).astype(dtype)
+        ep[:, 1], ep[:, 2], ep[:, 3] = _column_constants(np.asarray(mean, dtype=np.float64), rstd,
+                                                         np.asarray(gamma, dtype=dtype), beta, 1, dtype)
     return ep, EP_BN * (bn is not None)
 
 
@@ -1007,10 +994,10 @@ cdef int _winograd_output(const floating* m, floating[:, :, :, ::1] out, Py_ssiz
                 o0 = &out[n0 + t, f, 2 * th, 0]
                 yr = y + th * TW
                 for tw in range(TW):
-                    o0[2 * tw] = _epilogue(yr[tw], e, mode)
-                    o0[2 * tw + 1] = _epilogue(yr[R + tw], e, mode)
-                    o0[W + 2 * tw] = _epilogue(yr[2 * R + tw], e, mode)
-                    o0[W + 2 * tw + 1] = _epilogue(yr[3 * R + tw], e, mode)
+                    o0[2 * tw] = _epilogue(yr[tw], e[0], e[1], e[2], e[3], mode)
+                    o0[2 * tw + 1] = _epilogue(yr[R + tw], e[0], e[1], e[2], e[3], mode)
+                    o0[W + 2 * tw] = _epilogue(yr[2 * R + tw], e[0], e[1], e[2], e[3], mode)
+                    o0[W + 2 * tw + 1] = _epilogue(yr[3 * R + tw], e[0], e[1], e[2], e[3], mode)
     return bad
 
 

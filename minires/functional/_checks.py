@@ -76,3 +76,12 @@ def check_dout(dout, shape, dtype, dims):
             f"dout must have the forward output's shape ({dims}) = {shape} and dtype "
             f"{np.dtype(dtype)}, got shape {dout.shape} and dtype {dout.dtype}")
     return np.ascontiguousarray(dout)
+
+
+def check_channel_params(c, dim, gamma, beta, running_mean, running_var):
+    """gamma, beta, running_mean, running_var must be float arrays of shape (c,),
+    the axis named dim ("C", or "F" for the channels a conv writes)."""
+    for name, arr in (("gamma", gamma), ("beta", beta),
+                      ("running_mean", running_mean), ("running_var", running_var)):
+        check_float_array(arr, name)
+        check_shape(arr, name, (c,), dim)

@@ -10,7 +10,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import kernels
-from ._checks import as_input, check_dout, check_float_array, check_shape
+from ._checks import as_input, check_channel_params, check_dout
 
 
 class BatchNormCache(NamedTuple):
@@ -26,11 +26,7 @@ class BatchNormCache(NamedTuple):
 def _check_params(x, gamma, beta, running_mean, running_var, training):
     """-> x, gamma, beta C-contiguous (the running statistics are updated in place)."""
     x = as_input(x, "x", 4, "N, C, H, W")
-    c = x.shape[1]
-    for name, arr in (("gamma", gamma), ("beta", beta),
-                      ("running_mean", running_mean), ("running_var", running_var)):
-        check_float_array(arr, name)
-        check_shape(arr, name, (c,), "C")
+    check_channel_params(x.shape[1], "C", gamma, beta, running_mean, running_var)
     if training and not (running_mean.flags.writeable and running_var.flags.writeable):
         raise ValueError("running_mean and running_var must be writeable: training updates them in place")
     return x, np.ascontiguousarray(gamma), np.ascontiguousarray(beta)

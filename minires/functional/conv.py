@@ -29,7 +29,7 @@ import numpy as np
 
 from .. import _kernels_ref, kernels
 from . import _conv_paths
-from ._checks import as_input, check_dout, check_float_array, check_shape, check_window, pair
+from ._checks import as_input, check_channel_params, check_dout, check_shape, check_window, pair
 
 
 class ConvCache(NamedTuple):
@@ -101,11 +101,7 @@ def conv2d_batchnorm_eval(x, w, b, stride, padding, gamma, beta, running_mean, r
     for good, which rounds differently.)
     """
     x, w, b, geometry = _check_args(x, w, b, stride, padding)
-    f = w.shape[0]
-    for name, arr in (("gamma", gamma), ("beta", beta), ("running_mean", running_mean),
-                      ("running_var", running_var)):
-        check_float_array(arr, name)
-        check_shape(arr, name, (f,), "F")
+    check_channel_params(w.shape[0], "F", gamma, beta, running_mean, running_var)
     rstd = 1.0 / np.sqrt(np.asarray(running_var, dtype=np.float64) + eps)
     # in x's dtype, as batchnorm2d_forward's kernel takes them
     bn = (np.asarray(running_mean, dtype=np.float64), rstd, np.ascontiguousarray(gamma, dtype=x.dtype),

@@ -292,20 +292,15 @@ class Sequential(Module):
         return x
 
     def _inference_forward(self, x):
-        """The children in order, a Conv2d and the BatchNorm2d after it in one pass (nn.conv_bn)."""
-        from .batchnorm import BatchNorm2d
-        from .conv import Conv2d
+        """The children in order, each of fusable_pairs() in one pass (nn.conv_bn)."""
         from .fuse import conv_bn
-        children = list(self._modules.values())
-        i = 0
-        while i < len(children):
-            m = children[i]
-            if i + 1 < len(children) and isinstance(m, Conv2d) and isinstance(children[i + 1], BatchNorm2d):
-                x = conv_bn(m, children[i + 1], x)
-                i += 2
-            else:
+        pairs = dict(self.fusable_pairs())          # conv's name -> the BN's after it
+        after = set(pairs.values())
+        for name, m in self._modules.items():
+            if name in pairs:
+                x = conv_bn(m, self._modules[pairs[name]], x)
+            elif name not in after:
                 x = m(x)
-                i += 1
         return x
 
     def fusable_pairs(self):
