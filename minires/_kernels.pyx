@@ -437,20 +437,25 @@ cdef void _load_phases_sw2(const floating[:, :, :, ::1] x, Py_ssize_t n0, floati
 
 
 # A conv's epilogue, applied to each value v of output channel f as it is
-# written: v + bias[f]; then, where an eval-mode batch norm reads the conv's
-# output (EP_BN), (v - mean[f]) * scale[f] + shift[f], the very floats and
-# operations of _bn_apply, so the fused pass gives the two passes' numbers;
-# then max(v, 0) (EP_RELU). ep holds [bias, mean, scale, shift] per channel
-# as an (F, 4) array (_epilogue_constants); ep points at channel f's row.
+# written: v + bias[f]; then max(v, 0) where a ReLU sits between the conv and
+# the batch norm (EP_RELU_FIRST: seed-cnn's conv, ReLU, BN); then, where an
+# eval-mode batch norm reads that output (EP_BN), (v - mean[f]) * scale[f] +
+# shift[f], the very floats and operations of _bn_apply, so the fused pass
+# gives the separate passes' numbers; then max(v, 0) (EP_RELU). ep holds
+# [bias, mean, scale, shift] per channel as an (F, 4) array
+# (_epilogue_constants); ep points at channel f's row.
 cdef enum:
     EP_RELU = 1
     EP_BN = 2
+    EP_RELU_FIRST = 4
 
 
 cdef inline floating _epilogue(floating v, floating bias, floating mf, floating scale, floating shift,
                                int mode) noexcept nogil:
-    """The epilogue of one value; 0 for the ReLU where v <= 0 (NaN passes, as PyTorch's ReLU)."""
+    """The epilogue of one value; 0 for a ReLU where v <= 0 (NaN passes, as PyTorch's ReLU)."""
     v = v + bias
+    if mode & EP_RELU_FIRST and v <= 0:
+        v = 0
     if mode & EP_BN:
         v = _bn_value(v, mf, scale, shift)
     return 0 if mode & EP_RELU and v <= 0 else v
@@ -469,16 +474,18 @@ cdef void _write_rows(const floating* src, floating* dst, Py_ssize_t count,
 
 def _epilogue_constants(f, dtype, bias=None, bn=None):
     """-> (ep (F, 4), mode) for the conv kernels' epilogue: bias (F,) or None;
-    bn None or (mean, rstd, gamma, beta) of an eval-mode batch norm ((C,) each;
-    mean and rstd float64), turned into the per-channel floats _bn_apply uses."""
+    bn None or (mean, rstd, gamma, beta, relu_before) of an eval-mode batch
+    norm ((C,) each; mean and rstd float64), turned into the per-channel floats
+    _bn_apply uses; relu_before: a ReLU between the conv and the batch norm."""
     ep = np.zeros((f, 4), dtype=dtype)
     if bias is not None:
         ep[:, 0] = bias
-    if bn is not None:
-        mean, rstd, gamma, beta = bn
-        ep[:, 1], ep[:, 2], ep[:, 3] = _column_constants(np.asarray(mean, dtype=np.float64), rstd,
-                                                         np.asarray(gamma, dtype=dtype), beta, 1, dtype)
-    return ep, EP_BN * (bn is not None)
+    if bn is None:
+        return ep, 0
+    mean, rstd, gamma, beta, relu_before = bn
+    ep[:, 1], ep[:, 2], ep[:, 3] = _column_constants(np.asarray(mean, dtype=np.float64), rstd,
+                                                     np.asarray(gamma, dtype=dtype), beta, 1, dtype)
+    return ep, EP_BN | EP_RELU_FIRST * bool(relu_before)
 
 
 def _conv_direct(const floating[:, :, :, ::1] x, const floating[:, ::1] wt,
@@ -555,8 +562,9 @@ def conv_direct_forward(x, w, out, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, 
 
     x: (N, C, H, W), w: (F, C, KH, KW), out: (N, F, OH, OW) with contiguous rows,
     OH = (H + 2*PH - KH) // SH + 1 (likewise OW); as the rows are written,
-    bias (F,) or None is added, bn (mean, rstd, gamma, beta) or None applied
-    (an eval-mode batch norm of the output, see _epilogue_constants), then
+    bias (F,) or None is added, bn (mean, rstd, gamma, beta, relu_before) or
+    None applied (an eval-mode batch norm of the output, after a ReLU when
+    relu_before; see _epilogue_constants), then
     relu. Without the GIL, on `threads` threads that share each grid's tiles:
     callers run chunks of a batch side by side on one thread each
     (minires.parallel), and give a chunk too small to split (one image)
@@ -879,6 +887,8 @@ cdef extern from *:
             for (int i = 0; i < 4; i++) {                                                              \
                 bad |= (y[i] - y[i]) != 0;       /* inf - inf and NaN - NaN are NaN */                  \
                 y[i] += bias;                                                                          \
+                if (mode & 4)                    /* EP_RELU_FIRST */                                   \
+                    y[i] = (vec)((ivec)y[i] & ~(y[i] <= zero));                                        \
                 if (mode & 2)                    /* EP_BN: _bn_value's operations */                   \
                     y[i] = (y[i] - mean) * scale + shift;                                              \
                 if (mode & 1)                    /* EP_RELU: 0 where y <= 0; NaN passes, as PyTorch */  \
@@ -2213,7 +2223,7 @@ def _bias_relu_loop(floating[:, :, ::1] out, const floating[:, ::1] ep, int mode
 
 def bias_relu(out, bias, bint relu, int threads=0, bn=None):
     """In place: out += bias per channel, then an eval-mode batch norm when bn
-    is (mean, rstd, gamma, beta) (see _epilogue_constants), then max(out, 0) if
+    is (mean, rstd, gamma, beta, relu_before) (see _epilogue_constants), then max(out, 0) if
     relu (NaN stays NaN).
 
     out: (N, F, ...) C-contiguous, bias: (F,) or None. The epilogue of a
@@ -2228,9 +2238,10 @@ def bias_relu(out, bias, bint relu, int threads=0, bn=None):
         _bias_relu_loop(out3, ep, mode | EP_RELU * relu, threads)
         return
     # Small maps: a loop per channel's few values would be calls, not work; the
-    # bias first, then the batch norm's own kernel for such maps, in place.
-    if bias is not None:
-        _bias_relu_loop(out3, ep, 0, threads)
+    # bias (and a ReLU before the batch norm) first, then the batch norm's own
+    # kernel for such maps, in place.
+    if bias is not None or mode & EP_RELU_FIRST:
+        _bias_relu_loop(out3, ep, mode & EP_RELU_FIRST, threads)
     p = out3.shape[2]
     mf, scale, shift = (_per_column(ep[:, k], p, out.dtype) for k in (1, 2, 3))
     _bn_col_apply(out3.reshape(n, -1), out3.reshape(n, -1), mf, scale, shift, relu, threads)

@@ -188,13 +188,17 @@ def matmul(a, b, out, threads=0):
 
 def bias_relu(out, bias, relu, threads=0, bn=None):
     """In place, per channel: out += bias (F,); then, when bn is (mean, rstd,
-    gamma, beta) of an eval-mode batch norm, out = batchnorm_apply(out, ...)
-    (a conv's epilogue: the batch norm that reads its output, in the same
-    pass); then out = max(out, 0) if relu. out: (N, F, ...), bias (F,) or None."""
+    gamma, beta, relu_before) of an eval-mode batch norm, out =
+    batchnorm_apply(out, ...), after max(out, 0) when relu_before (a conv's
+    epilogue: the batch norm that reads its output, in the same pass); then
+    out = max(out, 0) if relu. out: (N, F, ...), bias (F,) or None."""
     if bias is not None:
         out += bias.reshape((-1,) + (1,) * (out.ndim - 2))
     if bn is not None:
-        out[...] = _normalised(out, *bn)
+        *stats, relu_before = bn
+        if relu_before:
+            np.maximum(out, 0, out=out)
+        out[...] = _normalised(out, *stats)
     if relu:
         np.maximum(out, 0, out=out)     # NaN stays NaN, as in PyTorch's ReLU
 

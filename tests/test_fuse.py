@@ -10,6 +10,9 @@ from minires.nn import fuse
 # output alone; seed-cnn's follow a ReLU, a wide block's bn1 feeds its shortcut too)
 FAMILIES = [("resnet-8", 0.5, 0), ("plain-8", 0.5, 0), ("bottleneck-11", 0.25, 0), ("wrn-10-2", 0.5, 4),
             ("seed-cnn", 0.25, 5), ("imagenet-resnet-18", 0.125, 0), ("imagenet-resnet-50", 0.0625, 0)]
+# batch norms that inference still runs as layers of their own: seed-cnn's
+# conv, ReLU, BN stacks run in one pass too (nn.conv_relu_bn)
+ONE_PASS_LEFT = {"seed-cnn": 0}
 
 
 def _trained_statistics(model, rng):
@@ -136,30 +139,48 @@ def _bn_params(rng, f, dtype):
             rng.uniform(0.3, 3.0, f).astype(np.float32))                                    # running_var
 
 
-def _two_passes(x, w, b, stride, padding, bn, eps, relu):
+def _separate_passes(x, w, b, stride, padding, bn, eps, relu, relu_before=False):
+    """The conv, (a ReLU,) the batch norm (with its ReLU), each as its own layer -> (out, the conv's path)."""
     from minires import functional as F
     y, cache = F.conv2d_forward(x, w, b, stride, padding)
+    if relu_before:
+        y = F.relu_forward(y)[0]
     forward = F.batchnorm2d_relu_forward if relu else F.batchnorm2d_forward
     return forward(y, *bn, training=False, eps=eps)[0], cache.path
 
 
 @pytest.mark.parametrize("x_shape,w_shape,stride,padding,path", PATHS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("relu,bias", [(False, False), (True, False), (True, True)])
-def test_conv_batchnorm_eval_gives_the_two_layers_numbers_on_every_path(rng, x_shape, w_shape, stride, padding,
-                                                                         path, dtype, relu, bias):
+@pytest.mark.parametrize("relu,bias,relu_before", [(False, False, False), (True, False, False),
+                                                   (True, True, False), (False, True, True), (True, False, True)])
+def test_conv_batchnorm_eval_gives_the_separate_layers_numbers_on_every_path(rng, x_shape, w_shape, stride, padding,
+                                                                              path, dtype, relu, bias, relu_before):
     from minires import functional as F
     x = rng.standard_normal(x_shape).astype(dtype)
     w = rng.standard_normal(w_shape).astype(dtype)
     b = rng.standard_normal(w_shape[0]).astype(dtype) if bias else None
     bn = _bn_params(rng, w_shape[0], dtype)
-    want, took = _two_passes(x, w, b, stride, padding, bn, 1e-3, relu)
+    want, took = _separate_passes(x, w, b, stride, padding, bn, 1e-3, relu, relu_before)
     assert took == path
-    got = F.conv2d_batchnorm_eval(x, w, b, stride, padding, *bn, eps=1e-3, relu=relu)
+    got = F.conv2d_batchnorm_eval(x, w, b, stride, padding, *bn, eps=1e-3, relu=relu, relu_before=relu_before)
     assert got.dtype == dtype and got.shape == want.shape
     np.testing.assert_array_equal(got, want)
     if relu:
         assert (got == 0).any() and (got > 0).any()
+    if relu_before:     # the ReLU changed something (the conv had negative outputs)
+        without = F.conv2d_batchnorm_eval(x, w, b, stride, padding, *bn, eps=1e-3, relu=relu)
+        assert not np.array_equal(got, without)
+
+
+def test_a_missing_relu_before_the_batch_norm_is_caught(rng):
+    """The check above can fail: the one pass without its ReLU is not the three layers."""
+    from minires import functional as F
+    x = rng.standard_normal((2, 3, 9, 7)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    bn = _bn_params(rng, 4, np.float32)
+    want = _separate_passes(x, w, None, 1, 1, bn, 1e-5, False, relu_before=True)[0]
+    with pytest.raises(AssertionError):
+        np.testing.assert_array_equal(F.conv2d_batchnorm_eval(x, w, None, 1, 1, *bn), want)
 
 
 @pytest.mark.parametrize("x_shape,w_shape,stride,padding,path", PATHS[:3])
@@ -169,11 +190,11 @@ def test_conv_batchnorm_eval_passes_inf_and_nan_as_the_two_layers(rng, x_shape, 
     x[0, 0, 1, 2], x[-1, -1, 3, 3] = np.nan, np.inf
     w = rng.standard_normal(w_shape).astype(np.float32)
     bn = _bn_params(rng, w_shape[0], np.float32)
-    for relu in (False, True):
-        want = _two_passes(x, w, None, stride, padding, bn, 1e-5, relu)[0]
-        got = F.conv2d_batchnorm_eval(x, w, None, stride, padding, *bn, relu=relu)
+    for relu, relu_before in ((False, False), (True, False), (False, True)):
+        want = _separate_passes(x, w, None, stride, padding, bn, 1e-5, relu, relu_before)[0]
+        got = F.conv2d_batchnorm_eval(x, w, None, stride, padding, *bn, relu=relu, relu_before=relu_before)
         assert np.isnan(want).any()
-        np.testing.assert_array_equal(got, want)        # NaN where the two layers give NaN, inf likewise
+        np.testing.assert_array_equal(got, want)        # NaN where the layers give NaN, inf likewise
 
 
 def test_conv_batchnorm_eval_names_a_wrong_argument(rng):
@@ -208,7 +229,7 @@ def test_inference_runs_conv_and_batch_norm_in_one_pass_with_the_same_outputs(rn
         calls.clear()
         got = model.eval(keep_caches=False)(x)
         np.testing.assert_array_equal(got, want)
-        assert len(calls) == left
+        assert len(calls) == ONE_PASS_LEFT.get(name, left)
 
 
 def test_a_wrong_one_pass_batch_norm_is_caught(rng, monkeypatch):
@@ -216,8 +237,8 @@ def test_a_wrong_one_pass_batch_norm_is_caught(rng, monkeypatch):
     from minires import functional as F
     right = F.conv2d_batchnorm_eval
 
-    def forgets_the_mean(x, w, b, stride, padding, gamma, beta, mean, var, eps=1e-5, relu=False):
-        return right(x, w, b, stride, padding, gamma, beta, np.zeros_like(mean), var, eps, relu)
+    def forgets_the_mean(x, w, b, stride, padding, gamma, beta, mean, var, eps=1e-5, relu=False, relu_before=False):
+        return right(x, w, b, stride, padding, gamma, beta, np.zeros_like(mean), var, eps, relu, relu_before)
     monkeypatch.setattr(F, "conv2d_batchnorm_eval", forgets_the_mean)
     model = _trained_statistics(models.build("resnet-8", rng=0, width_scale=0.5), rng)
     x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
@@ -238,3 +259,22 @@ def test_one_pass_steps_aside_for_a_hook_training_and_kept_caches(rng, monkeypat
     calls.clear()
     model.eval()(x)                                                # caches kept for a backward: two passes
     assert len(calls) == _batch_norms(model)
+
+
+def test_conv_relu_batch_norm_runs_in_one_pass_and_steps_aside_for_a_hook_on_the_relu(rng, monkeypatch):
+    seq = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, rng=0), nn.ReLU(), nn.BatchNorm2d(4),
+                        nn.Conv2d(4, 4, 3, padding=1, rng=0), nn.BatchNorm2d(4), nn.ReLU(),
+                        nn.Conv2d(4, 4, 1, rng=0), nn.ReLU(), nn.ReLU(), nn.BatchNorm2d(4))
+    assert seq._conv_bn_chains() == {"0": ("1", "2"), "3": (None, "4")}     # not "6": two ReLUs before its BN
+    _trained_statistics(seq, rng)
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    want = seq.eval()(x)
+    calls = _count_batch_norm_calls(monkeypatch)
+    np.testing.assert_array_equal(seq.eval(keep_caches=False)(x), want)
+    assert calls == [seq[9]]
+    seen = []
+    handle = seq[1].register_forward_hook(lambda m, i, o: seen.append(o.copy()))
+    calls.clear()
+    np.testing.assert_array_equal(seq(x), want)
+    assert len(seen) == 1 and (seen[0] >= 0).all() and calls == [seq[2], seq[9]]    # the ReLU ran as a layer
+    handle.remove()

@@ -58,8 +58,8 @@ from . import _conv_taps
 def forward(x, w, geometry, b=None, relu=False, path=None, bn=None):
     """x: (N, C, H, W), w: (F, C, KH, KW), geometry (KH, KW, SH, SW, PH, PW),
     b: (F,) or None -> (out (N, F, OH, OW) with the bias added, then the
-    eval-mode batch norm bn = (mean, rstd, gamma, beta) and the ReLU applied
-    when asked, what backward needs of x, the path's name).
+    eval-mode batch norm bn = (mean, rstd, gamma, beta, relu_before: after a
+    ReLU) and the ReLU applied when asked, what backward needs of x, the path's name).
     path: the one an earlier forward took (conv2d_output), else chosen here."""
     # Each path adds the bias and applies BN and ReLU to a tile of its output
     # while it is still in cache (the direct kernel, as it writes it).

@@ -85,14 +85,15 @@ def conv2d_output(cache):
 
 
 def conv2d_batchnorm_eval(x, w, b, stride, padding, gamma, beta, running_mean, running_var, eps=1e-5,
-                          relu=False):
+                          relu=False, relu_before=False):
     """x: (N, C, H, W), w: (F, C, KH, KW), b: (F,) or None; gamma, beta,
     running_mean, running_var: (F,) -> out: (N, F, OH, OW), equal to
 
         batchnorm2d_forward(conv2d_forward(x, w, b, stride, padding)[0], gamma, beta,
                             running_mean, running_var, training=False, eps=eps)[0]
 
-    (then max(., 0) if relu) in one pass. In eval mode a batch norm is a fixed
+    (then max(., 0) if relu; with relu_before, the batch norm reads
+    max(conv, 0), as in a conv, ReLU, BN stack) in one pass. In eval mode a batch norm is a fixed
     affine map per channel, so the conv applies it to each value as it writes
     its output, with the very floats and operations batchnorm2d_forward uses:
     the same numbers, and the activation written once instead of written,
@@ -105,7 +106,7 @@ def conv2d_batchnorm_eval(x, w, b, stride, padding, gamma, beta, running_mean, r
     rstd = 1.0 / np.sqrt(np.asarray(running_var, dtype=np.float64) + eps)
     # in x's dtype, as batchnorm2d_forward's kernel takes them
     bn = (np.asarray(running_mean, dtype=np.float64), rstd, np.ascontiguousarray(gamma, dtype=x.dtype),
-          np.ascontiguousarray(beta, dtype=x.dtype))
+          np.ascontiguousarray(beta, dtype=x.dtype), bool(relu_before))
     return _conv_paths.forward(x, w, geometry, b, relu, bn=bn)[0]
 
 

@@ -19,12 +19,15 @@ conv_bn is the same pairing without the copy, for any model in inference
 (eval(keep_caches=False)): the conv applies the batch norm to its output as
 it writes it (F.conv2d_batchnorm_eval), which saves the pass over the
 activation but not the arithmetic, and gives the two layers' numbers exactly.
+conv_relu_bn does the same where a ReLU sits between the two (seed-cnn's
+conv, ReLU, BN), a stack that no fold can merge: the ReLU is not linear.
 """
 import copy
 
 import numpy as np
 
 from .. import functional as F
+from .activation import ReLU
 from .batchnorm import BatchNorm2d
 from .conv import Conv2d
 from .module import Identity, Parameter
@@ -37,19 +40,39 @@ def conv_bn(conv, bn, x, release_output=False):
     output to) one pass, F.conv2d_batchnorm_eval: the same numbers.
     release_output: when training, bn keeps no copy of conv's output
     (nn.release_output)."""
-    if not (type(conv).forward is Conv2d.forward and type(bn).forward is BatchNorm2d.forward
-            and not conv.fused_relu and _inference(conv) and _inference(bn)):
+    if not _one_pass(conv, bn):
         y = conv(x)
         out = bn(y)
         if release_output:
             recompute.release_output(bn, conv, y)
         return out
+    return _conv_batchnorm_eval(conv, bn, x)
+
+
+def conv_relu_bn(conv, relu, bn, x):
+    """bn(relu(conv(x))), where relu is a ReLU module and each layer reads the
+    one before it alone: in inference one pass, as conv_bn (the conv's epilogue
+    applies the ReLU, then the batch norm), with the same numbers."""
+    if not (_one_pass(conv, bn) and type(relu).forward is ReLU.forward and _inference(relu)):
+        return bn(relu(conv(x)))
+    return _conv_batchnorm_eval(conv, bn, x, relu_before=True)
+
+
+def _one_pass(conv, bn):
+    """Plain Conv2d and BatchNorm2d layers, both in inference."""
+    return (type(conv).forward is Conv2d.forward and type(bn).forward is BatchNorm2d.forward
+            and not conv.fused_relu and _inference(conv) and _inference(bn))
+
+
+def _conv_batchnorm_eval(conv, bn, x, relu_before=False):
     b = conv.bias.data if conv.bias is not None else None
     return F.conv2d_batchnorm_eval(x, conv.weight.data, b, conv.stride, conv.padding, bn.weight.data,
-                                   bn.bias.data, bn.running_mean, bn.running_var, bn.eps, bn.fused_relu)
+                                   bn.bias.data, bn.running_mean, bn.running_var, bn.eps, bn.fused_relu,
+                                   relu_before)
 
 
 def _inference(m):
+    """Eval mode without kept caches, and no forward hook to show the layer's output to."""
     return not (m.training or m.keep_caches or m._forward_hooks)
 
 

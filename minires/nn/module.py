@@ -292,16 +292,33 @@ class Sequential(Module):
         return x
 
     def _inference_forward(self, x):
-        """The children in order, each of fusable_pairs() in one pass (nn.conv_bn)."""
-        from .fuse import conv_bn
-        pairs = dict(self.fusable_pairs())          # conv's name -> the BN's after it
-        after = set(pairs.values())
-        for name, m in self._modules.items():
-            if name in pairs:
-                x = conv_bn(m, self._modules[pairs[name]], x)
-            elif name not in after:
+        """The children in order; a conv and the batch norm after it, directly
+        (fusable_pairs()) or through a ReLU, in one pass (nn.conv_bn, nn.conv_relu_bn)."""
+        from .fuse import conv_bn, conv_relu_bn
+        chains = self._conv_bn_chains()
+        inside = {name for chain in chains.values() for name in chain if name is not None}
+        mods = self._modules
+        for name, m in mods.items():
+            if name in chains:
+                relu, bn = chains[name]
+                x = conv_bn(m, mods[bn], x) if relu is None else conv_relu_bn(m, mods[relu], mods[bn], x)
+            elif name not in inside:
                 x = m(x)
         return x
+
+    def _conv_bn_chains(self):
+        """{conv's name: (None, the BN's name)} for each of fusable_pairs(), and
+        {conv's name: (the ReLU's name, the BN's name)} for each Conv2d, ReLU,
+        BatchNorm2d run of children."""
+        from .activation import ReLU
+        from .batchnorm import BatchNorm2d
+        from .conv import Conv2d
+        chains = {conv: (None, bn) for conv, bn in self.fusable_pairs()}
+        named = list(self._modules.items())
+        for (a, conv), (r, relu), (b, bn) in zip(named, named[1:], named[2:]):
+            if isinstance(conv, Conv2d) and isinstance(relu, ReLU) and isinstance(bn, BatchNorm2d):
+                chains[a] = (r, b)
+        return chains
 
     def fusable_pairs(self):
         """Children run in order, so a Conv2d followed by a BatchNorm2d is a pair."""
