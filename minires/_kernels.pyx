@@ -521,14 +521,16 @@ def _tile_weights(const floating[:, ::1] w2, floating[:, ::1] wt, int nthreads):
     """w2: (F, K) -> wt: (F/FB, K*FB), wt[tf, k*FB + a] = w2[tf*FB + a, k]: each
     register tile's weights contiguous, F padded with zero rows to a multiple
     of FB. One pass (NumPy's transposing copy took 0.34 ms for 256x256x3x3,
-    a quarter of that conv's time on one image)."""
+    a quarter of that conv's time on one image), each row of wt written in
+    order (row by row of w2 instead, FB strided passes over a row of wt,
+    36 KB at 256x256x3x3: 0.139 ms on two threads, AMD Zen 3)."""
     cdef Py_ssize_t F = w2.shape[0], K = w2.shape[1]
     cdef Py_ssize_t tf, a, f, k
     with nogil:
         for tf in prange(wt.shape[0], num_threads=nthreads, schedule="static"):
-            for a in range(FB):
-                f = tf * FB + a
-                for k in range(K):
+            for k in range(K):
+                for a in range(FB):
+                    f = tf * FB + a
                     wt[tf, k * FB + a] = w2[f, k] if f < F else 0
 
 
