@@ -36,7 +36,12 @@ and the weight gradient has a kernel of its own. A strided conv (two per
 CIFAR ResNet) runs its backward pass through im2col: computed with the
 direct kernel as S*S stride-1 convolutions, one per pixel phase, its input
 gradient alone took 56 ms where im2col's whole backward takes 58 (64->128
-channels, 32x32, batch 128).
+channels, 32x32, batch 128). Its weight gradient from the direct kernel
+(which takes any stride) beat im2col's on narrow layers (batch 128, AMD
+Zen 3, with col2im's input gradient, ms: 16->32 at 32x32 12.1 against 14.3,
+64->64 at 32x32 73.8 against 90.2) and lost on wide ones (64->128 at 32x32
+103 against 84), and resnet-20's step did not get measurably faster (0.995
+of the time, 61 alternating steps), so im2col stays.
 
 Winograd, the path of 3x3 convs with stride 1 and padding 1 on maps of
 even size with enough channels and images (see WINOGRAD_CHANNELS): the
@@ -241,7 +246,12 @@ WINOGRAD_CHANNELS = 32
 # Winograd / direct, 64->64 at 8x8: 1 image 1.88, 4 images 1.02, 16 images
 # 0.70; 32->32 at 16x16: 1 image 1.22, 4 images 1.09, 8 images 0.93, 32
 # images 0.78; 32->32 at 32x32: 1 to 8 images 1.00-1.08, 16 images 0.94
-# (AMD Zen 4, one run, one thread below 2 images).
+# (AMD Zen 4, one run, one thread below 2 images). One image with its
+# transforms and products shared between two threads was tried (AMD Zen 3):
+# alone, 128->128 at 16x16 took 0.75 of the direct kernel's time and
+# 256->256 at 8x8 0.89, but inside wrn-16-4 on one image the model ran 1.08
+# times as long: with cold caches, writing and reading the transformed
+# kernels (4 MB at 256 channels) costs more than the multiplications saved.
 WINOGRAD_POSITIONS = 2048           # images x height x width, at least
 
 
