@@ -767,6 +767,16 @@ def conv_direct_backward_weight(x, dout, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_
 # spent its time moving them through memory: 2x to 43x slower than the
 # direct kernel). The products reuse the direct convolution's register tile:
 # a channel's row of V plays a tap.
+#
+# Each array of 16 planes (u, v, m, d, du) has its planes PLANE_PAD values
+# longer than their contents: the contents' sizes are often multiples of
+# 4 KB, and then the transforms' 16 streams, one per plane, would all fall
+# in the same L1 cache set (the kernels' transform, 256x256 kernels, one
+# thread, AMD Zen 3: 2.68 ms with planes of 256 KB, 0.56 ms padded; 128x128
+# kernels 0.63 and 0.14 ms).
+PLANE_PAD = 16
+
+
 cdef inline void _winograd_plane(const floating* src, Py_ssize_t H, Py_ssize_t TW, floating* hb,
                                  floating* dst, Py_ssize_t plane) noexcept nogil:
     """The tiles of one channel plane src (H, 2*TW), transformed:
@@ -1085,15 +1095,6 @@ def winograd_weights(w):
     u = np.zeros((16, _round_up(w.shape[0], FB) * w.shape[1] + PLANE_PAD), dtype=w.dtype)
     _winograd_weights(w, u)
     return u
-
-
-# Each array of 16 planes (u, v, m, d, du) has its planes PLANE_PAD values
-# longer than their contents: the contents' sizes are often multiples of
-# 4 KB, and then the transforms' 16 streams, one per plane, would all fall
-# in the same L1 cache set (the kernels' transform, 256x256 kernels, one
-# thread, AMD Zen 3: 2.68 ms with planes of 256 KB, 0.56 ms padded; 128x128
-# kernels 0.63 and 0.14 ms).
-PLANE_PAD = 16
 
 
 def _winograd_blocks(x, Py_ssize_t fp):
