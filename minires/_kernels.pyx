@@ -14,6 +14,7 @@ and stays correct. NaN and inf propagate as in PyTorch: a ReLU is written
 max-pooling window.
 """
 import functools
+import math
 
 import numpy as np
 from cython cimport floating
@@ -761,9 +762,10 @@ def conv_direct_backward_weight(x, dout, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_
 # padded input is transformed (V = BT d BT^T), the 16 elements of the
 # transformed tiles meet the transformed kernels U in 16 matrix products
 # (M = U @ V), and each product tile goes back to a 2x2 output block
-# (AT M AT^T). Here whole images go in blocks of TB tiles, sized so that the
-# block's V (16, C, TB) and M (16, FP, TB) stay in the L2 cache from one
-# step to the next (a NumPy version that transforms the whole batch at once
+# (AT M AT^T). Here the batch's rows of tiles go in blocks of TB tiles
+# (parts of an image, or several images), sized so that the block's
+# V (16, C, TB) and M (16, FP, TB) stay in the L2 cache from one step to
+# the next (a NumPy version that transforms the whole batch at once
 # spent its time moving them through memory: 2x to 43x slower than the
 # direct kernel). The products reuse the direct convolution's register tile:
 # a channel's row of V plays a tap.
@@ -777,20 +779,20 @@ def conv_direct_backward_weight(x, dout, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_
 PLANE_PAD = 16
 
 
-cdef inline void _winograd_plane(const floating* src, Py_ssize_t H, Py_ssize_t TW, floating* hb,
-                                 floating* dst, Py_ssize_t plane) noexcept nogil:
-    """The tiles of one channel plane src (H, 2*TW), transformed:
-    dst[k * plane + th*TW + tw] = (BT d BT^T)[k // 4, k % 4] for tile (th, tw).
-    BT along the rows first, into hb ((H+2) rows of 4 x TW; rows 0 and H+1,
-    the zero padding, stay zero), then down the columns. hb holds 2*TW + 2
-    more values: a padded row."""
+cdef inline void _winograd_plane(const floating* src, Py_ssize_t H, Py_ssize_t TW, Py_ssize_t th0,
+                                 Py_ssize_t th1, floating* hb, floating* dst, Py_ssize_t plane) noexcept nogil:
+    """The tiles of tile rows th0 <= th < th1 of one channel plane src (H, 2*TW),
+    transformed: dst[k * plane + (th-th0)*TW + tw] = (BT d BT^T)[k // 4, k % 4]
+    for tile (th, tw). BT along the rows first, into hb ((H+2) rows of 4 x TW;
+    rows 0 and H+1, the zero padding, stay zero), then down the columns. hb
+    holds 2*TW + 2 more values: a padded row."""
     cdef Py_ssize_t r, tw, th, j
     cdef const floating* h0
     cdef floating* hr
     cdef floating* d
     cdef floating* pr = hb + (H + 2) * 4 * TW
     cdef floating b, c, x1, x2
-    for r in range(H):
+    for r in range(max(0, 2 * th0 - 1), min(H, 2 * th1 + 1)):     # padded rows 2*th0 .. 2*th1+1
         # the padded row in pr (its two zeros stay from allocation); tile tw
         # covers its columns 2tw..2tw+3
         memcpy(pr + 1, src + r * 2 * TW, 2 * TW * sizeof(floating))
@@ -802,9 +804,9 @@ cdef inline void _winograd_plane(const floating* src, Py_ssize_t H, Py_ssize_t T
             hr[TW + tw] = b + c
             hr[2 * TW + tw] = c - b
             hr[3 * TW + tw] = b - pr[2 * tw + 3]
-    for th in range(H // 2):
+    for th in range(th0, th1):
         h0 = hb + 2 * th * 4 * TW                 # rows 2th..2th+3 of hb
-        d = dst + th * TW
+        d = dst + (th - th0) * TW
         for j in range(4):
             for tw in range(TW):
                 x1 = h0[4 * TW + j * TW + tw]
@@ -832,14 +834,15 @@ cdef extern from *:
     #define MINIRES_WINOGRAD_VECTORS 1
     #define MINIRES_LIST(...) __VA_ARGS__
     #define MINIRES_WINOGRAD_PLANE(TW, EVEN, ODD, PREV, NEXT)                                          \
-    static void minires_winograd_plane##TW(const float* src, Py_ssize_t H, float* dst, Py_ssize_t plane) { \
+    static void minires_winograd_plane##TW(const float* src, Py_ssize_t H, Py_ssize_t th0, Py_ssize_t th1, \
+                                           float* dst, Py_ssize_t plane) {                             \
         typedef float vec __attribute__((vector_size(4 * TW), aligned(4)));                            \
         typedef float row __attribute__((vector_size(8 * TW), aligned(4)));                            \
         const vec zero = {0};                                                                          \
         vec h[4][4];           /* BT along padded rows 2th..2th+3 of tile row th: h[slot][j] */         \
-        Py_ssize_t th = 0;                                                                             \
+        Py_ssize_t th = th0;                                                                           \
         for (int j = 0; j < 4; j++) h[0][j] = zero;          /* padded row 0: the top border */      \
-        for (Py_ssize_t r = 0; r <= H; r++) {                                                          \
+        for (Py_ssize_t r = th0 ? 2 * th0 - 1 : 0; th < th1; r++) {                                    \
             Py_ssize_t k = r + 1 - 2 * th;       /* image row r is padded row r + 1 */                  \
             if (r < H) {                                                                               \
                 row x = *(const row*)(src + r * 2 * TW);                                               \
@@ -854,7 +857,7 @@ cdef extern from *:
                 k = 3;                                                                                 \
             }                                                                                          \
             if (k == 3) {                         /* tile row th is complete: BT down the columns */    \
-                float* d = dst + th * TW;                                                              \
+                float* d = dst + (th - th0) * TW;                                                      \
                 for (int j = 0; j < 4; j++) {                                                          \
                     *(vec*)(d + j * plane) = h[0][j] - h[2][j];                                        \
                     *(vec*)(d + (4 + j) * plane) = h[1][j] + h[2][j];                                  \
@@ -920,18 +923,18 @@ cdef extern from *:
     static int minires_winograd_out4(const float* mp, Py_ssize_t S, Py_ssize_t TH, float* o, Py_ssize_t W, const float* ep, int mode) { return 0; }
     static int minires_winograd_out8(const float* mp, Py_ssize_t S, Py_ssize_t TH, float* o, Py_ssize_t W, const float* ep, int mode) { return 0; }
     static int minires_winograd_out16(const float* mp, Py_ssize_t S, Py_ssize_t TH, float* o, Py_ssize_t W, const float* ep, int mode) { return 0; }
-    static void minires_winograd_plane4(const float* src, Py_ssize_t H, float* dst, Py_ssize_t plane) {}
-    static void minires_winograd_plane8(const float* src, Py_ssize_t H, float* dst, Py_ssize_t plane) {}
-    static void minires_winograd_plane16(const float* src, Py_ssize_t H, float* dst, Py_ssize_t plane) {}
+    static void minires_winograd_plane4(const float* src, Py_ssize_t H, Py_ssize_t th0, Py_ssize_t th1, float* dst, Py_ssize_t plane) {}
+    static void minires_winograd_plane8(const float* src, Py_ssize_t H, Py_ssize_t th0, Py_ssize_t th1, float* dst, Py_ssize_t plane) {}
+    static void minires_winograd_plane16(const float* src, Py_ssize_t H, Py_ssize_t th0, Py_ssize_t th1, float* dst, Py_ssize_t plane) {}
     #endif
     """
     int _WINOGRAD_VECTORS "MINIRES_WINOGRAD_VECTORS"
-    void _winograd_plane4 "minires_winograd_plane4"(const float* src, Py_ssize_t H, float* dst,
-                                                     Py_ssize_t plane) noexcept nogil
-    void _winograd_plane8 "minires_winograd_plane8"(const float* src, Py_ssize_t H, float* dst,
-                                                     Py_ssize_t plane) noexcept nogil
-    void _winograd_plane16 "minires_winograd_plane16"(const float* src, Py_ssize_t H, float* dst,
-                                                       Py_ssize_t plane) noexcept nogil
+    void _winograd_plane4 "minires_winograd_plane4"(const float* src, Py_ssize_t H, Py_ssize_t th0,
+                                                     Py_ssize_t th1, float* dst, Py_ssize_t plane) noexcept nogil
+    void _winograd_plane8 "minires_winograd_plane8"(const float* src, Py_ssize_t H, Py_ssize_t th0,
+                                                     Py_ssize_t th1, float* dst, Py_ssize_t plane) noexcept nogil
+    void _winograd_plane16 "minires_winograd_plane16"(const float* src, Py_ssize_t H, Py_ssize_t th0,
+                                                       Py_ssize_t th1, float* dst, Py_ssize_t plane) noexcept nogil
     int _winograd_out4 "minires_winograd_out4"(const float* mp, Py_ssize_t S, Py_ssize_t TH, float* o,
                                                   Py_ssize_t W, const float* ep, int mode) noexcept nogil
     int _winograd_out8 "minires_winograd_out8"(const float* mp, Py_ssize_t S, Py_ssize_t TH, float* o,
@@ -940,59 +943,68 @@ cdef extern from *:
                                                   Py_ssize_t W, const float* ep, int mode) noexcept nogil
 
 
-cdef void _winograd_input(const floating[:, :, :, ::1] x, Py_ssize_t n0, Py_ssize_t count,
+cdef void _winograd_input(const floating[:, :, :, ::1] x, Py_ssize_t g0, Py_ssize_t g1,
                           floating* hb, floating* v, Py_ssize_t TB, Py_ssize_t plane) noexcept nogil:
-    """v[k, c, t] = (BT d BT^T)[k // 4, k % 4] for every tile d of images
-    x[n0:n0+count] (t = image * TH*TW + th*TW + tw), the 16 planes of v
-    `plane` values apart. Float32 maps 8, 16 or 32 wide take the C vector
-    code above; other widths, float64 and compilers without vector types
-    take _winograd_plane."""
+    """v[k, c, t] = (BT d BT^T)[k // 4, k % 4] for every tile d in tile rows
+    g0 <= g < g1 of the batch x (tile row g is row g % TH of image g // TH;
+    t = (g - g0)*TW + tw), the 16 planes of v `plane` values apart. Float32
+    maps 8, 16 or 32 wide take the C vector code above; other widths, float64
+    and compilers without vector types take _winograd_plane."""
     cdef Py_ssize_t C = x.shape[1], H = x.shape[2], TW = x.shape[3] // 2, TH = x.shape[2] // 2
-    cdef Py_ssize_t t, c
+    cdef Py_ssize_t g = g0, n, th0, th1, c
     cdef floating* dst
-    for t in range(count):
+    while g < g1:                       # one image's share of the block at a time
+        n = g // TH
+        th0 = g - n * TH
+        th1 = min(TH, th0 + g1 - g)
         for c in range(C):
-            dst = v + c * TB + t * TH * TW
+            dst = v + c * TB + (g - g0) * TW
             if floating is float:
                 if _WINOGRAD_VECTORS and (TW == 4 or TW == 8 or TW == 16):
                     if TW == 4:
-                        _winograd_plane4(&x[n0 + t, c, 0, 0], H, dst, plane)
+                        _winograd_plane4(&x[n, c, 0, 0], H, th0, th1, dst, plane)
                     elif TW == 8:
-                        _winograd_plane8(&x[n0 + t, c, 0, 0], H, dst, plane)
+                        _winograd_plane8(&x[n, c, 0, 0], H, th0, th1, dst, plane)
                     else:
-                        _winograd_plane16(&x[n0 + t, c, 0, 0], H, dst, plane)
+                        _winograd_plane16(&x[n, c, 0, 0], H, th0, th1, dst, plane)
                     continue
-            _winograd_plane(&x[n0 + t, c, 0, 0], H, TW, hb, dst, plane)
+            _winograd_plane(&x[n, c, 0, 0], H, TW, th0, th1, hb, dst, plane)
+        g += th1 - th0
 
 
-cdef int _winograd_output(const floating* m, floating[:, :, :, ::1] out, Py_ssize_t n0,
-                          Py_ssize_t count, Py_ssize_t TB, Py_ssize_t S, floating* y,
+cdef int _winograd_output(const floating* m, floating[:, :, :, ::1] out, Py_ssize_t g0,
+                          Py_ssize_t g1, Py_ssize_t TB, Py_ssize_t S, floating* y,
                           const floating[:, ::1] ep, int mode) noexcept nogil:
-    """out[n0:n0+count] = AT m AT^T per tile (m: 16 planes of (FP, TB), S values
-    apart), then the epilogue (ep, mode); -> 1 if any of these sums was inf or NaN.
+    """The output of tile rows g0 <= g < g1 of the batch (as _winograd_input's):
+    out = AT m AT^T per tile (m: 16 planes of (FP, TB), S values apart), then
+    the epilogue (ep, mode); -> 1 if any of these sums was inf or NaN.
     An image's tiles lie side by side in each plane of m, so the transform
-    runs over all of them at once (vectorised) into y (4, TH*TW), then
+    runs over all of them at once (vectorised) into y (4, rows*TW), then
     y's 2x2 blocks are spread into the output rows."""
     cdef Py_ssize_t F = out.shape[1], H = out.shape[2], W = out.shape[3]
-    cdef Py_ssize_t TH = H // 2, TW = W // 2, R = TH * TW
-    cdef Py_ssize_t t, f, th, tw, r
+    cdef Py_ssize_t TH = H // 2, TW = W // 2, R
+    cdef Py_ssize_t g = g0, n, th0, th1, f, th, tw, r
     cdef const floating* mp
     cdef const floating* yr
     cdef floating* o0
     cdef floating s0, s1, s2, s3
     cdef const floating* e
     cdef int bad = 0
-    for t in range(count):
+    while g < g1:
+        n = g // TH
+        th0 = g - n * TH
+        th1 = min(TH, th0 + g1 - g)
+        R = (th1 - th0) * TW
         for f in range(F):
-            mp = m + f * TB + t * R
+            mp = m + f * TB + (g - g0) * TW
             if floating is float:
                 if _WINOGRAD_VECTORS and (TW == 4 or TW == 8 or TW == 16):
                     if TW == 4:
-                        bad |= _winograd_out4(mp, S, TH, &out[n0 + t, f, 0, 0], W, &ep[f, 0], mode)
+                        bad |= _winograd_out4(mp, S, th1 - th0, &out[n, f, 2 * th0, 0], W, &ep[f, 0], mode)
                     elif TW == 8:
-                        bad |= _winograd_out8(mp, S, TH, &out[n0 + t, f, 0, 0], W, &ep[f, 0], mode)
+                        bad |= _winograd_out8(mp, S, th1 - th0, &out[n, f, 2 * th0, 0], W, &ep[f, 0], mode)
                     else:
-                        bad |= _winograd_out16(mp, S, TH, &out[n0 + t, f, 0, 0], W, &ep[f, 0], mode)
+                        bad |= _winograd_out16(mp, S, th1 - th0, &out[n, f, 2 * th0, 0], W, &ep[f, 0], mode)
                     continue
             for r in range(R):
                 # AT down the columns of the 4x4 tile, then along its two rows
@@ -1012,40 +1024,41 @@ cdef int _winograd_output(const floating* m, floating[:, :, :, ::1] out, Py_ssiz
             for r in range(4 * R):
                 bad |= y[r] - y[r] != 0         # inf - inf and NaN - NaN are NaN
             e = &ep[f, 0]
-            for th in range(TH):
-                o0 = &out[n0 + t, f, 2 * th, 0]
+            for th in range(th1 - th0):
+                o0 = &out[n, f, 2 * (th0 + th), 0]
                 yr = y + th * TW
                 for tw in range(TW):
                     o0[2 * tw] = _epilogue(yr[tw], e[0], e[1], e[2], e[3], mode)
                     o0[2 * tw + 1] = _epilogue(yr[R + tw], e[0], e[1], e[2], e[3], mode)
                     o0[W + 2 * tw] = _epilogue(yr[2 * R + tw], e[0], e[1], e[2], e[3], mode)
                     o0[W + 2 * tw + 1] = _epilogue(yr[3 * R + tw], e[0], e[1], e[2], e[3], mode)
+        g += th1 - th0
     return bad
 
 
 def _conv_winograd(const floating[:, :, :, ::1] x, const floating[:, ::1] u,
-                   floating[:, :, :, ::1] out, Py_ssize_t B, floating[::1] hb,
+                   floating[:, :, :, ::1] out, Py_ssize_t RB, floating[::1] hb,
                    floating[:, ::1] v, floating[:, ::1] m, Py_ssize_t TB, floating[::1] y,
                    const Py_ssize_t[::1] offsets,
                    const floating[:, ::1] ep, int mode):
-    """The loop of conv_winograd_forward: B images (at most TB tiles) per
-    block; -> False if some output before the epilogue was inf or NaN."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], FP = (u.shape[1] - PLANE_PAD) // x.shape[1]
-    cdef Py_ssize_t tiles = (x.shape[2] // 2) * (x.shape[3] // 2)
-    cdef Py_ssize_t block, n0, count, k, tf, tp, used
+    """The loop of conv_winograd_forward: RB tile rows of the batch (at most TB
+    tiles) per block; -> False if some output before the epilogue was inf or NaN."""
+    cdef Py_ssize_t C = x.shape[1], FP = (u.shape[1] - PLANE_PAD) // x.shape[1]
+    cdef Py_ssize_t TW = x.shape[3] // 2, rows = x.shape[0] * (x.shape[2] // 2)
+    cdef Py_ssize_t block, g0, g1, k, tf, tp, used
     cdef int bad = 0
     with nogil:
-        for block in range((N + B - 1) // B):
-            n0 = block * B
-            count = min(B, N - n0)
-            _winograd_input(x, n0, count, &hb[0], &v[0, 0], TB, v.shape[1])
-            used = _round_up(count * tiles, PB)
+        for block in range((rows + RB - 1) // RB):
+            g0 = block * RB
+            g1 = min(g0 + RB, rows)
+            _winograd_input(x, g0, g1, &hb[0], &v[0, 0], TB, v.shape[1])
+            used = _round_up((g1 - g0) * TW, PB)
             for k in range(16):
                 for tf in range(FP // FB):
                     for tp in range(used // PB):
                         _forward_tile(&v[k, 0], &u[k, 0], &m[k, 0], &offsets[0], C, TB,
                                       tf * FB, tp * PB)
-            bad |= _winograd_output(&m[0, 0], out, n0, count, TB, m.shape[1], &y[0], ep, mode)
+            bad |= _winograd_output(&m[0, 0], out, g0, g1, TB, m.shape[1], &y[0], ep, mode)
     return not bad
 
 
@@ -1053,7 +1066,17 @@ def _conv_winograd(const floating[:, :, :, ::1] x, const floating[:, ::1] u,
 # float32; this keeps them near 512 KB, half the L2 cache of one core (AMD
 # Zen 4: 1 MB; 2 MB on Sapphire Rapids). 4096, 8192 and 16384 timed within
 # 5% of each other on most layers; 8192 was the best or near it on all.
+# A block is a run of tile rows of the batch, not whole images: with whole
+# images the wide layers' blocks were one image rounded up to PB tiles
+# (256 channels at 8x8: 16 tiles computed as 24), and their forward now
+# takes 0.70-0.75 of that time, 128 at 16x16 0.75-0.85, 32 at 16x16 and 64
+# at 8x8 0.90-0.94 (one thread, 16 images, medians of 41 alternating runs,
+# AMD Zen 3). The weight gradient's tile adds its sums into dU once per
+# block, which costs as much as 8 of its positions, so its blocks keep
+# whole images and at least WINOGRAD_WEIGHT_TILES tiles (256 channels at
+# 8x8, 64 tiles instead of one image's 16: 0.67-0.69 of the time).
 WINOGRAD_BLOCK = 8192
+WINOGRAD_WEIGHT_TILES = 64
 
 
 cdef void _g_transform(const floating* g, floating* u, Py_ssize_t stride) noexcept nogil:
@@ -1097,18 +1120,29 @@ def winograd_weights(w):
     return u
 
 
-def _winograd_blocks(x, Py_ssize_t fp):
-    """For x (N, C, H, W) and FP output columns -> (images per block, TB tiles
-    per block, v: the block's transformed tiles (16, C*TB + PLANE_PAD), hb: the
-    input transform's scratch). v starts at zero, so that tiles past the last
-    image of a partial block stay finite."""
+def _winograd_blocks(x, Py_ssize_t fp, bint forward):
+    """For x (N, C, H, W) and FP output columns -> (RB tile rows of the batch per
+    block, TB tiles per block, v: the block's transformed tiles (16, C*TB +
+    PLANE_PAD), hb: the input transform's scratch). A block holds about
+    WINOGRAD_BLOCK / (C + FP) tiles: part of an image, or several images. The
+    forward's products run PB tiles at a time, so there RB is rounded to tile
+    rows that fill whole register tiles; the weight gradient's run over the
+    block's exact tiles, and take whole images, at least one. v starts at
+    zero, so that tiles past the last one of a partial block stay finite."""
     n, c, h, wd = x.shape
-    tiles = (h // 2) * (wd // 2)
-    images = max(1, min(n, max(PB, WINOGRAD_BLOCK // (c + fp)) // tiles))
-    tb = _round_up(images * tiles, PB)
+    th, tw = h // 2, wd // 2
+    tiles = max(PB if forward else WINOGRAD_WEIGHT_TILES, WINOGRAD_BLOCK // (c + fp))
+    rows = max(1, tiles // tw)
+    step = PB // math.gcd(PB, tw)              # tile rows that fill whole register tiles
+    if forward and step * tw <= 2 * tiles:
+        rows = max(step, (rows + step // 2) // step * step)
+    elif not forward:
+        rows = max(th, rows - rows % th)
+    rows = min(rows, n * th)
+    tb = _round_up(rows * tw, PB)
     v = np.zeros((16, c * tb + PLANE_PAD), dtype=x.dtype)
     hb = np.zeros((h + 2) * 2 * wd + wd + 2, dtype=x.dtype)
-    return images, tb, v, hb
+    return rows, tb, v, hb
 
 
 def conv_winograd_forward(x, u, out, bias=None, bint relu=False, bn=None):
@@ -1128,12 +1162,12 @@ def conv_winograd_forward(x, u, out, bias=None, bint relu=False, bn=None):
     c, h, wd = x.shape[1:]
     f = out.shape[1]
     fp = (u.shape[1] - PLANE_PAD) // c
-    images, tb, v, hb = _winograd_blocks(x, fp)
+    rows, tb, v, hb = _winograd_blocks(x, fp, True)
     m = np.empty((16, fp * tb + PLANE_PAD), dtype=x.dtype)
     y = np.empty(4 * (h // 2) * (wd // 2), dtype=x.dtype)
     offsets = np.arange(c, dtype=np.intp) * tb
     ep, mode = _epilogue_constants(f, x.dtype, bias, bn)
-    return _conv_winograd(x, u, out, images, hb, v, m, tb, y, offsets, ep, mode | EP_RELU * relu)
+    return _conv_winograd(x, u, out, rows, hb, v, m, tb, y, offsets, ep, mode | EP_RELU * relu)
 
 
 # The weight gradient by the same transforms: Y = AT [U * V] AT^T is linear
@@ -1142,74 +1176,76 @@ def conv_winograd_forward(x, u, out, bias=None, bint relu=False, bn=None):
 # run on the direct weight gradient's register tile (_weight_tile): a
 # channel's row of V plays a tap, and the transformed dout D lies tile by
 # tile, its channels side by side, as that tile reads dout.
-cdef void _winograd_dout(const floating[:, :, :, ::1] dout, Py_ssize_t n0, Py_ssize_t count,
+cdef void _winograd_dout(const floating[:, :, :, ::1] dout, Py_ssize_t g0, Py_ssize_t g1,
                          floating* d, Py_ssize_t FP, Py_ssize_t plane) noexcept nogil:
     """d[k * plane + t * FP + f] = (A dY A^T)[k // 4, k % 4] for the 2x2 block dY of
-    dout[n0 + image, f] at tile t (t = image * TH*TW + th*TW + tw). Channels
-    innermost: each of the 16 rows of a tile is written contiguously."""
+    channel f of dout at tile t of tile rows g0 <= g < g1 of the batch (as
+    _winograd_input's). Channels innermost: each of the 16 rows of a tile is
+    written contiguously."""
     cdef Py_ssize_t F = dout.shape[1], H = dout.shape[2], W = dout.shape[3]
     cdef Py_ssize_t TH = H // 2, TW = W // 2, HW = H * W
-    cdef Py_ssize_t t, th, tw, f
+    cdef Py_ssize_t g, n, th, tw, f
     cdef const floating* src
     cdef floating* dst
     cdef floating a0, a1, b0, b1, p0, p1, m0, m1
-    for t in range(count):
-        for th in range(TH):
-            for tw in range(TW):
-                src = &dout[n0 + t, 0, 2 * th, 2 * tw]
-                dst = d + ((t * TH + th) * TW + tw) * FP
-                for f in range(F):
-                    # A down the two rows y0 = (a0, a1), y1 = (b0, b1): y0, y0 + y1,
-                    # y0 - y1, -y1; then the same along each of those four rows
-                    a0 = src[f * HW]
-                    a1 = src[f * HW + 1]
-                    b0 = src[f * HW + W]
-                    b1 = src[f * HW + W + 1]
-                    p0 = a0 + b0
-                    p1 = a1 + b1
-                    m0 = a0 - b0
-                    m1 = a1 - b1
-                    dst[f] = a0
-                    dst[plane + f] = a0 + a1
-                    dst[2 * plane + f] = a0 - a1
-                    dst[3 * plane + f] = -a1
-                    dst[4 * plane + f] = p0
-                    dst[5 * plane + f] = p0 + p1
-                    dst[6 * plane + f] = p0 - p1
-                    dst[7 * plane + f] = -p1
-                    dst[8 * plane + f] = m0
-                    dst[9 * plane + f] = m0 + m1
-                    dst[10 * plane + f] = m0 - m1
-                    dst[11 * plane + f] = -m1
-                    dst[12 * plane + f] = -b0
-                    dst[13 * plane + f] = -b0 - b1
-                    dst[14 * plane + f] = b1 - b0
-                    dst[15 * plane + f] = b1
+    for g in range(g0, g1):
+        n = g // TH
+        th = g - n * TH
+        for tw in range(TW):
+            src = &dout[n, 0, 2 * th, 2 * tw]
+            dst = d + ((g - g0) * TW + tw) * FP
+            for f in range(F):
+                # A down the two rows y0 = (a0, a1), y1 = (b0, b1): y0, y0 + y1,
+                # y0 - y1, -y1; then the same along each of those four rows
+                a0 = src[f * HW]
+                a1 = src[f * HW + 1]
+                b0 = src[f * HW + W]
+                b1 = src[f * HW + W + 1]
+                p0 = a0 + b0
+                p1 = a1 + b1
+                m0 = a0 - b0
+                m1 = a1 - b1
+                dst[f] = a0
+                dst[plane + f] = a0 + a1
+                dst[2 * plane + f] = a0 - a1
+                dst[3 * plane + f] = -a1
+                dst[4 * plane + f] = p0
+                dst[5 * plane + f] = p0 + p1
+                dst[6 * plane + f] = p0 - p1
+                dst[7 * plane + f] = -p1
+                dst[8 * plane + f] = m0
+                dst[9 * plane + f] = m0 + m1
+                dst[10 * plane + f] = m0 - m1
+                dst[11 * plane + f] = -m1
+                dst[12 * plane + f] = -b0
+                dst[13 * plane + f] = -b0 - b1
+                dst[14 * plane + f] = b1 - b0
+                dst[15 * plane + f] = b1
 
 
 def _conv_winograd_weight(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dout,
-                          Py_ssize_t B, floating[::1] hb, floating[:, ::1] v, floating[:, ::1] d,
+                          Py_ssize_t RB, floating[::1] hb, floating[:, ::1] v, floating[:, ::1] d,
                           floating[:, ::1] du, Py_ssize_t TB, const Py_ssize_t[::1] offsets):
     """The loop of conv_winograd_backward_weight: du[k] (CP, FP) += V_k @ D_k
-    over blocks of B images."""
-    cdef Py_ssize_t N = x.shape[0], CP = offsets.shape[0], FP = (du.shape[1] - PLANE_PAD) // offsets.shape[0]
-    cdef Py_ssize_t tiles = (x.shape[2] // 2) * (x.shape[3] // 2)
-    cdef Py_ssize_t block, n0, count, k, k0, f0, tk, tf
+    over blocks of RB tile rows of the batch."""
+    cdef Py_ssize_t CP = offsets.shape[0], FP = (du.shape[1] - PLANE_PAD) // offsets.shape[0]
+    cdef Py_ssize_t TW = x.shape[3] // 2, rows = x.shape[0] * (x.shape[2] // 2)
+    cdef Py_ssize_t block, g0, g1, k, k0, f0, tk, tf
     with nogil:
-        for block in range((N + B - 1) // B):
-            n0 = block * B
-            count = min(B, N - n0)
-            _winograd_input(x, n0, count, &hb[0], &v[0, 0], TB, v.shape[1])
-            _winograd_dout(dout, n0, count, &d[0, 0], FP, d.shape[1])
+        for block in range((rows + RB - 1) // RB):
+            g0 = block * RB
+            g1 = min(g0 + RB, rows)
+            _winograd_input(x, g0, g1, &hb[0], &v[0, 0], TB, v.shape[1])
+            _winograd_dout(dout, g0, g1, &d[0, 0], FP, d.shape[1])
             for k in range(16):
                 if WIDE_TILES:
                     for k0 in range(0, CP, 8):          # literal steps KB, VL (checked at import)
                         for f0 in range(0, FP, 32):
-                            _weight_tile(&v[k, 0], &d[k, 0], &du[k, 0], &offsets[0], count * tiles, FP, k0, f0)
+                            _weight_tile(&v[k, 0], &d[k, 0], &du[k, 0], &offsets[0], (g1 - g0) * TW, FP, k0, f0)
                 else:
                     for tk in range(CP // KB):
                         for tf in range(FP // VL):
-                            _weight_tile(&v[k, 0], &d[k, 0], &du[k, 0], &offsets[0], count * tiles, FP,
+                            _weight_tile(&v[k, 0], &d[k, 0], &du[k, 0], &offsets[0], (g1 - g0) * TW, FP,
                                          tk * KB, tf * VL)
 
 
@@ -1254,12 +1290,12 @@ def conv_winograd_backward_weight(x, dout):
     c = x.shape[1]
     f = dout.shape[1]
     fp, cp = _round_up(f, VL), _round_up(c, KB)
-    images, tb, v, hb = _winograd_blocks(x, fp)
+    rows, tb, v, hb = _winograd_blocks(x, fp, False)
     d = np.zeros((16, tb * fp + PLANE_PAD), dtype=x.dtype)     # zero: the padding channels f >= F stay zero
     du = np.zeros((16, cp * fp + PLANE_PAD), dtype=x.dtype)
     offsets = np.zeros(cp, dtype=np.intp)              # padding channels read row 0; dropped below
     offsets[:c] = np.arange(c) * tb
-    _conv_winograd_weight(x, dout, images, hb, v, d, du, tb, offsets)
+    _conv_winograd_weight(x, dout, rows, hb, v, d, du, tb, offsets)
     dw = np.empty((f, c, 3, 3), dtype=x.dtype)
     _winograd_weight_gradient(du, dw)
     return dw

@@ -532,6 +532,38 @@ def test_winograd_conv_in_several_blocks(shape):
                                rtol=1e-4, atol=1e-5 * np.abs(want).max())
 
 
+@pytest.mark.parametrize("shape,dtype", [((3, 5, 32, 32), np.float32), ((4, 3, 16, 16), np.float32),
+                                         ((5, 2, 8, 8), np.float32), ((3, 4, 12, 20), np.float32),
+                                         ((3, 3, 16, 16), np.float64)])
+def test_winograd_blocks_start_and_end_inside_images(monkeypatch, shape, dtype):
+    """With WINOGRAD_BLOCK at 1 the forward's blocks are the fewest tile rows
+    that fill a register tile: they start and end inside images (the vector
+    transforms of maps 8, 16 and 32 wide, the loops for 20 wide and float64)."""
+    monkeypatch.setattr(_kernels, "WINOGRAD_BLOCK", 1)
+    rng = np.random.default_rng(shape[1])
+    x = rng.standard_normal(shape).astype(dtype)
+    w = rng.standard_normal((9, shape[1], 3, 3)).astype(dtype)
+    rows = _kernels._winograd_blocks(x, 12, True)[0]
+    if shape[2] >= 16:
+        assert rows < shape[2] // 2                 # less than an image per block
+    got, finite = _winograd(_kernels, x, w, None, True)
+    assert finite
+    want = np.maximum(_kernels_ref.conv_naive_forward(x, w, None, 1, 1, 1, 1), 0)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got, want, **tol)
+    dout = rng.standard_normal(got.shape).astype(dtype)
+    np.testing.assert_allclose(_kernels.conv_winograd_backward_weight(x, dout),
+                               _kernels_ref.conv_naive_backward(dout, x, w, 1, 1, 1, 1)[1], **tol)
+
+
+def test_winograd_weight_gradient_blocks_hold_whole_images_and_enough_tiles():
+    """256 channels at 8x8: 16 tiles an image, so a block of the weight
+    gradient takes WINOGRAD_WEIGHT_TILES of them (4 images); at 32x32 one image."""
+    x = np.zeros((8, 256, 8, 8), np.float32)
+    assert _kernels._winograd_blocks(x, 256, False)[0] == _kernels.WINOGRAD_WEIGHT_TILES // 4   # rows of 4 tiles
+    assert _kernels._winograd_blocks(np.zeros((8, 64, 32, 32), np.float32), 64, False)[0] == 16
+
+
 def test_winograd_weight_gradient_comparison_fails_for_a_wrong_adjoint(monkeypatch):
     """dw = G^T dU G: with dU's middle rows swapped before the final transform
     (as if G's middle rows were) the comparison above fails."""
