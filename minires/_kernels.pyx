@@ -270,6 +270,10 @@ cdef inline Py_ssize_t _round_up(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
 # trouble), and that kernel took 2.4x the forward's time on AMD Zen 3 (181
 # against 68 ms in a resnet-20 step; 62 ms in C). The forward kernel took 68
 # ms as a Cython loop, 58 in C (one benchmark run each, `minires bench`).
+# The weight tile adds its sums into dwt as vectors: added one by one, they
+# cost Winograd's weight gradient, whose tiles run over a block's 64 to 256
+# tiles, a quarter of its time (0.72-0.82 of it at 32 to 256 channels; the
+# direct kernel's, over whole images, 0.97; one thread, AMD Zen 3).
 cdef extern from *:
     """
     #if defined(__GNUC__) && !MINIRES_WIDE_TILES
@@ -314,8 +318,7 @@ cdef extern from *:
             }
         }
         for (int a = 0; a < MINIRES_KB; a++)
-            for (int j = 0; j < V; j++)
-                for (int q = 0; q < 8; q++) dwt[(k0 + a) * FP + f0 + 8 * j + q] += acc[a][j][q];
+            for (int j = 0; j < V; j++) *(minires_v8f*)(dwt + (k0 + a) * FP + f0 + 8 * j) += acc[a][j];
     }
     #else
     #define MINIRES_V8_TILES 0      /* AVX-512: the Cython loops below; these are never called */
