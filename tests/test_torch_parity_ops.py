@@ -63,6 +63,35 @@ def test_conv2d_direct_and_im2col_paths(torch, rng, dtype, channels, stride, mon
         np.testing.assert_allclose(a, b, **tol(dtype))
 
 
+@pytest.mark.parametrize("f,strided", [(8, True), (64, True), (65, False)])
+@pytest.mark.parametrize("value", [None, np.inf, np.nan])
+def test_conv2d_strided_backward_takes_the_direct_weight_gradient(torch, rng, f, strided, value, monkeypatch):
+    """A strided 3x3 conv of at most STRIDED_DIRECT_CHANNELS output channels
+    takes its dw from the direct kernel and its dx through col2im; both agree
+    with PyTorch, and an inf or NaN in x lands where PyTorch puts it (in the
+    last column too, which the kernel's junk columns read: 0 * inf is NaN)."""
+    from minires.functional import _conv_paths
+    calls = []
+    real = _conv_paths._strided_backward
+    monkeypatch.setattr(_conv_paths, "_strided_backward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = rng.standard_normal((3, 5, 11, 10))
+    w = rng.standard_normal((f, 5, 3, 3)) / 7
+    if value is not None:
+        x[1, 2, 4, 6] = x[2, 1, 7, 9] = value
+    out, cache = F.conv2d_forward(x, w, None, 2, 1)
+    assert cache.path == "direct"
+    dout = rng.standard_normal(out.shape)
+    dx, dw, _ = F.conv2d_backward(dout, cache)
+    assert len(calls) == strided
+    tx, tw = _t(torch, x), _t(torch, w)
+    torch.nn.functional.conv2d(tx, tw, None, stride=2, padding=1).backward(torch.tensor(dout))
+    for mine, theirs in zip((dx, dw), _grads(tx, tw)):
+        np.testing.assert_array_equal(np.isnan(mine), np.isnan(theirs))
+        np.testing.assert_allclose(mine, theirs, **tol(np.float64))
+    if value is not None:
+        assert not np.isfinite(dw).all()             # the redo for a non-finite sum ran
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,f", [((3, 32, 8, 10), 40), ((1, 33, 6, 4), 32), ((2, 32, 16, 16), 64)])
 def test_conv2d_winograd_path(torch, rng, dtype, shape, f, monkeypatch):

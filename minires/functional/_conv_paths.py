@@ -33,15 +33,11 @@ stride-1 convolution of dout with the kernel flipped and its in/out
 channels swapped,
     dx = conv(dout, w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3), padding KH-1-PH, KW-1-PW),
 and the weight gradient has a kernel of its own. A strided conv (two per
-CIFAR ResNet) runs its backward pass through im2col: computed with the
-direct kernel as S*S stride-1 convolutions, one per pixel phase, its input
-gradient alone took 56 ms where im2col's whole backward takes 58 (64->128
-channels, 32x32, batch 128). Its weight gradient from the direct kernel
-(which takes any stride) beat im2col's on narrow layers (batch 128, AMD
-Zen 3, with col2im's input gradient, ms: 16->32 at 32x32 12.1 against 14.3,
-64->64 at 32x32 73.8 against 90.2) and lost on wide ones (64->128 at 32x32
-103 against 84), and resnet-20's step did not get measurably faster (0.995
-of the time, 61 alternating steps), so im2col stays.
+CIFAR ResNet) takes its input gradient through col2im: computed with the
+direct kernel as S*S stride-1 convolutions, one per pixel phase, it alone
+took 56 ms where im2col's whole backward takes 58 (64->128 channels, 32x32,
+batch 128). Its weight gradient comes from the direct kernel (which takes
+any stride) where that pays, see STRIDED_DIRECT_CHANNELS.
 
 Winograd, the path of 3x3 convs with stride 1 and padding 1 on maps of
 even size with enough channels and images (see WINOGRAD_CHANNELS): the
@@ -229,6 +225,8 @@ def backward(dout, cache, input_grad=True):
     # grid, which a non-finite w turns into 0 * inf = NaN; im2col never does.
     if cache.path in ("direct", "winograd") and geometry[2:4] == (1, 1) and np.isfinite(w).all():
         return _direct_backward(dout, x, w, geometry, winograd=cache.path == "winograd", input_grad=input_grad)
+    if cache.path == "direct" and _strided_weight_gradient_pays(w.shape, geometry):
+        return _strided_backward(dout, x, w, geometry, input_grad)
     return im2col_backward(dout, x, w, geometry, input_grad)
 
 
@@ -381,6 +379,46 @@ def im2col_backward(dout, x, w, geometry, input_grad=True):
         return dw_t
 
     dw = sum(parallel.map_chunks(images, n)).T.reshape(w.shape)
+    return dx, dw
+
+
+# A strided 3x3 conv with at most 64 output channels (resnet-20's 16->32 and
+# 32->64) takes its weight gradient from the direct kernel, which takes any
+# stride, and only its input gradient through col2im, which then needs no
+# im2col. Backward, batch 128, 2 threads, AMD Zen 3, medians of 15
+# alternating calls, ms, im2col / this: 16->32 at 32x32 13.6 / 10.4, 32->64
+# at 16x16 7.3 / 6.0, 64->64 at 32x32 47.5 / 42.7; wider layers gain nothing
+# (64->128 at 32x32 75.1 / 74.5). resnet-20's step: 0.970 and 0.986 of the
+# time (two runs of 40 alternating steps). An earlier try of the same split
+# (before the weight tile added its sums as vectors, and timed always in the
+# same order) had found the step 0.995.
+STRIDED_DIRECT_CHANNELS = 64
+
+
+def _strided_weight_gradient_pays(w_shape, geometry):
+    """A strided 3x3 conv of at most STRIDED_DIRECT_CHANNELS output channels."""
+    return w_shape[2:] == (3, 3) and geometry[2:4] != (1, 1) and w_shape[0] <= STRIDED_DIRECT_CHANNELS
+
+
+def _strided_backward(dout, x, w, geometry, input_grad=True):
+    """dout: (N, F, OH, OW) -> dx (None when not input_grad), dw of a strided
+    conv: dw by the direct kernel, dx = col2im(w2.T @ dout2) per tile of images."""
+    n, c, h, wd = x.shape
+    f = w.shape[0]
+    w2t = np.ascontiguousarray(w.reshape(f, -1).T)            # (C*KH*KW, F)
+    dx = np.empty(x.shape, dtype=x.dtype) if input_grad else None
+    tile = _images_per_tile(dout.shape[2] * dout.shape[3])
+
+    def images(lo, hi):
+        for i in range(lo, hi, tile) if input_grad else ():
+            j = min(i + tile, hi)
+            d2 = dout[i:j].reshape(j - i, f, -1).transpose(1, 0, 2).reshape(f, -1)  # (F, T*OH*OW)
+            dx[i:j] = kernels.col2im(w2t @ d2, c, h, wd, *geometry, threads=1)
+        return kernels.conv_direct_backward_weight(x[lo:hi], dout[lo:hi], *geometry)
+
+    dw = sum(parallel.map_chunks(images, n))
+    if not np.isfinite(dw).all():
+        dw = im2col_backward(dout, x, w, geometry, input_grad=False)[1]   # as _direct_backward
     return dx, dw
 
 
