@@ -1077,7 +1077,8 @@ def _conv_winograd(const floating[:, :, :, ::1] x, const floating[:, ::1] u,
 # AMD Zen 3). The weight gradient's tile adds its sums into dU once per
 # block, which costs as much as 8 of its positions, so its blocks keep
 # whole images and at least WINOGRAD_WEIGHT_TILES tiles (256 channels at
-# 8x8, 64 tiles instead of one image's 16: 0.67-0.69 of the time).
+# 8x8, 64 tiles instead of one image's 16: 0.67-0.69 of the time, when the
+# tile still added its sums one by one; see the weight tile above).
 WINOGRAD_BLOCK = 8192
 WINOGRAD_WEIGHT_TILES = 64
 
