@@ -89,7 +89,7 @@ def test_conv2d_strided_backward_takes_the_direct_weight_gradient(torch, rng, f,
         np.testing.assert_array_equal(np.isnan(mine), np.isnan(theirs))
         np.testing.assert_allclose(mine, theirs, **tol(np.float64))
     if value is not None:
-        assert not np.isfinite(dw).all()             # the redo for a non-finite sum ran
+        assert not np.isfinite(dw).all()             # so its sum was redone through im2col
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
