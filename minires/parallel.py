@@ -68,6 +68,12 @@ def _blas_controller():
             from threadpoolctl import ThreadpoolController
         except ImportError:
             return None
+        # The controller holds only the libraries loaded when it is made: BLAS
+        # comes with NumPy, and `python -m minires` runs runtime.setup() before
+        # anything has imported NumPy. Made earlier, the pin held nothing, and
+        # the CLI's products ran on two BLAS threads (its runs then differed in
+        # the last bits from the same run started in a process that had NumPy).
+        import numpy  # noqa: F401
         _controller = ThreadpoolController()
     return _controller
 

@@ -80,12 +80,17 @@ def test_blas_runs_on_one_thread_inside_every_chunk():
     assert parallel.map_chunks(blas_threads, 4) == [1] * min(4, parallel.get_threads())
 
 
-def test_setup_pins_blas_to_one_thread():
-    """After setup(), BLAS stays on one thread and the per-call limit has nothing to do."""
+@pytest.mark.parametrize("numpy_first", [True, False])
+def test_setup_pins_blas_to_one_thread(numpy_first):
+    """After setup(), BLAS stays on one thread and the per-call limit has nothing to do;
+    also when setup() runs before anything imported NumPy (and its BLAS), as
+    `python -m minires` does: there the pin once held nothing, and the command
+    line's products ran on two BLAS threads."""
     pytest.importorskip("threadpoolctl")
-    out = _run("import numpy as np\nfrom threadpoolctl import threadpool_info\nfrom minires import runtime, parallel\n"
-               "before = {l['num_threads'] for l in threadpool_info() if l['user_api'] == 'blas'}\n"
+    out = _run(("import numpy as np\n" if numpy_first else "") +
+               "from minires import runtime, parallel\n"
                "done = runtime.setup()\n"
+               "import numpy as np\nfrom threadpoolctl import threadpool_info\n"
                "after = {l['num_threads'] for l in threadpool_info() if l['user_api'] == 'blas'}\n"
                "print(done['one_blas_thread'], sorted(after), type(parallel.single_threaded_blas()).__name__)",
                OMP_NUM_THREADS="2", OPENBLAS_NUM_THREADS="2")
