@@ -946,6 +946,15 @@ cdef extern from *:
                                                   Py_ssize_t W, const float* ep, int mode) noexcept nogil
 
 
+cdef inline Py_ssize_t _band(Py_ssize_t g, Py_ssize_t g1, Py_ssize_t TH, Py_ssize_t* n,
+                             Py_ssize_t* th0) noexcept nogil:
+    """Tile row g of the batch, in a block that ends at g1: its image n and row
+    th0 there; -> th1, the end of the rows of that image the block holds."""
+    n[0] = g // TH
+    th0[0] = g - n[0] * TH
+    return min(TH, th0[0] + g1 - g)
+
+
 cdef void _winograd_input(const floating[:, :, :, ::1] x, Py_ssize_t g0, Py_ssize_t g1,
                           floating* hb, floating* v, Py_ssize_t TB, Py_ssize_t plane) noexcept nogil:
     """v[k, c, t] = (BT d BT^T)[k // 4, k % 4] for every tile d in tile rows
@@ -957,9 +966,7 @@ cdef void _winograd_input(const floating[:, :, :, ::1] x, Py_ssize_t g0, Py_ssiz
     cdef Py_ssize_t g = g0, n, th0, th1, c
     cdef floating* dst
     while g < g1:                       # one image's share of the block at a time
-        n = g // TH
-        th0 = g - n * TH
-        th1 = min(TH, th0 + g1 - g)
+        th1 = _band(g, g1, TH, &n, &th0)
         for c in range(C):
             dst = v + c * TB + (g - g0) * TW
             if floating is float:
@@ -994,9 +1001,7 @@ cdef int _winograd_output(const floating* m, floating[:, :, :, ::1] out, Py_ssiz
     cdef const floating* e
     cdef int bad = 0
     while g < g1:
-        n = g // TH
-        th0 = g - n * TH
-        th1 = min(TH, th0 + g1 - g)
+        th1 = _band(g, g1, TH, &n, &th0)
         R = (th1 - th0) * TW
         for f in range(F):
             mp = m + f * TB + (g - g0) * TW
