@@ -19,7 +19,7 @@ import math
 import numpy as np
 from cython cimport floating
 from libc.string cimport memcpy, memset
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange, threadid
 
 from minires.parallel import default_threads
 
@@ -956,18 +956,19 @@ cdef inline Py_ssize_t _band(Py_ssize_t g, Py_ssize_t g1, Py_ssize_t TH, Py_ssiz
 
 
 cdef void _winograd_input(const floating[:, :, :, ::1] x, Py_ssize_t g0, Py_ssize_t g1,
-                          floating* hb, floating* v, Py_ssize_t TB, Py_ssize_t plane) noexcept nogil:
-    """v[k, c, t] = (BT d BT^T)[k // 4, k % 4] for every tile d in tile rows
-    g0 <= g < g1 of the batch x (tile row g is row g % TH of image g // TH;
-    t = (g - g0)*TW + tw), the 16 planes of v `plane` values apart. Float32
-    maps 8, 16 or 32 wide take the C vector code above; other widths, float64
-    and compilers without vector types take _winograd_plane."""
-    cdef Py_ssize_t C = x.shape[1], H = x.shape[2], TW = x.shape[3] // 2, TH = x.shape[2] // 2
+                          floating* hb, floating* v, Py_ssize_t TB, Py_ssize_t plane,
+                          Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
+    """v[k, c, t] = (BT d BT^T)[k // 4, k % 4] for every tile d of channels
+    c0 <= c < c1 in tile rows g0 <= g < g1 of the batch x (tile row g is row
+    g % TH of image g // TH; t = (g - g0)*TW + tw), the 16 planes of v `plane`
+    values apart. Float32 maps 8, 16 or 32 wide take the C vector code above;
+    other widths, float64 and compilers without vector types take _winograd_plane."""
+    cdef Py_ssize_t H = x.shape[2], TW = x.shape[3] // 2, TH = x.shape[2] // 2
     cdef Py_ssize_t g = g0, n, th0, th1, c
     cdef floating* dst
     while g < g1:                       # one image's share of the block at a time
         th1 = _band(g, g1, TH, &n, &th0)
-        for c in range(C):
+        for c in range(c0, c1):
             dst = v + c * TB + (g - g0) * TW
             if floating is float:
                 if _WINOGRAD_VECTORS and (TW == 4 or TW == 8 or TW == 16):
@@ -984,14 +985,14 @@ cdef void _winograd_input(const floating[:, :, :, ::1] x, Py_ssize_t g0, Py_ssiz
 
 cdef int _winograd_output(const floating* m, floating[:, :, :, ::1] out, Py_ssize_t g0,
                           Py_ssize_t g1, Py_ssize_t TB, Py_ssize_t S, floating* y,
-                          const floating[:, ::1] ep, int mode) noexcept nogil:
-    """The output of tile rows g0 <= g < g1 of the batch (as _winograd_input's):
-    out = AT m AT^T per tile (m: 16 planes of (FP, TB), S values apart), then
+                          const floating[:, ::1] ep, int mode, Py_ssize_t f0, Py_ssize_t f1) noexcept nogil:
+    """Output channels f0 <= f < f1 of tile rows g0 <= g < g1 of the batch (as
+    _winograd_input's): out = AT m AT^T per tile (m: 16 planes of (FP, TB), S values apart), then
     the epilogue (ep, mode); -> 1 if any of these sums was inf or NaN.
     An image's tiles lie side by side in each plane of m, so the transform
     runs over all of them at once (vectorised) into y (4, rows*TW), then
     y's 2x2 blocks are spread into the output rows."""
-    cdef Py_ssize_t F = out.shape[1], H = out.shape[2], W = out.shape[3]
+    cdef Py_ssize_t H = out.shape[2], W = out.shape[3]
     cdef Py_ssize_t TH = H // 2, TW = W // 2, R
     cdef Py_ssize_t g = g0, n, th0, th1, f, th, tw, r
     cdef const floating* mp
@@ -1003,7 +1004,7 @@ cdef int _winograd_output(const floating* m, floating[:, :, :, ::1] out, Py_ssiz
     while g < g1:
         th1 = _band(g, g1, TH, &n, &th0)
         R = (th1 - th0) * TW
-        for f in range(F):
+        for f in range(f0, f1):
             mp = m + f * TB + (g - g0) * TW
             if floating is float:
                 if _WINOGRAD_VECTORS and (TW == 4 or TW == 8 or TW == 16):
@@ -1051,7 +1052,7 @@ def _conv_winograd(const floating[:, :, :, ::1] x, const floating[:, ::1] u,
                    const floating[:, ::1] ep, int mode):
     """The loop of conv_winograd_forward: RB tile rows of the batch (at most TB
     tiles) per block; -> False if some output before the epilogue was inf or NaN."""
-    cdef Py_ssize_t C = x.shape[1], FP = (u.shape[1] - PLANE_PAD) // x.shape[1]
+    cdef Py_ssize_t C = x.shape[1], F = out.shape[1], FP = (u.shape[1] - PLANE_PAD) // x.shape[1]
     cdef Py_ssize_t TW = x.shape[3] // 2, rows = x.shape[0] * (x.shape[2] // 2)
     cdef Py_ssize_t block, g0, g1, k, tf, tp, used
     cdef int bad = 0
@@ -1059,15 +1060,52 @@ def _conv_winograd(const floating[:, :, :, ::1] x, const floating[:, ::1] u,
         for block in range((rows + RB - 1) // RB):
             g0 = block * RB
             g1 = min(g0 + RB, rows)
-            _winograd_input(x, g0, g1, &hb[0], &v[0, 0], TB, v.shape[1])
+            _winograd_input(x, g0, g1, &hb[0], &v[0, 0], TB, v.shape[1], 0, C)
             used = _round_up((g1 - g0) * TW, PB)
             for k in range(16):
                 for tf in range(FP // FB):
                     for tp in range(used // PB):
                         _forward_tile(&v[k, 0], &u[k, 0], &m[k, 0], &offsets[0], C, TB,
                                       tf * FB, tp * PB)
-            bad |= _winograd_output(&m[0, 0], out, g0, g1, TB, m.shape[1], &y[0], ep, mode)
+            bad |= _winograd_output(&m[0, 0], out, g0, g1, TB, m.shape[1], &y[0], ep, mode, 0, F)
     return not bad
+
+
+def _conv_winograd_shared(const floating[:, :, :, ::1] x, const floating[:, ::1] u,
+                          floating[:, :, :, ::1] out, Py_ssize_t RB, floating[:, ::1] hb,
+                          floating[:, ::1] v, floating[:, ::1] m, Py_ssize_t TB, floating[:, ::1] y,
+                          const Py_ssize_t[::1] offsets, const floating[:, ::1] ep, int mode, int[::1] bad):
+    """conv_winograd_forward's loop on hb.shape[0] threads, for one image (or a
+    few): all the blocks side by side in v and m (block b's tiles from column
+    b*TB of each channel's row, which is TBALL = offsets[1] long). The input
+    transforms are shared by (block, channel), then the products and output
+    transforms by (block, a thread's share of the register tiles of output
+    channels). Within a share the loops run as conv_winograd_forward's (a
+    plane of v stays in L1 for all its tiles of output channels; as the
+    outer loop it came from L2 for every tile: 1.5-1.8x the time).
+    bad[thread] = 1 where an output before the epilogue was inf or NaN."""
+    cdef Py_ssize_t C = x.shape[1], F = out.shape[1], FP = (u.shape[1] - PLANE_PAD) // x.shape[1]
+    cdef Py_ssize_t TW = x.shape[3] // 2, rows = x.shape[0] * (x.shape[2] // 2)
+    cdef Py_ssize_t blocks = (rows + RB - 1) // RB, NF = FP // FB, TBALL = blocks * TB
+    cdef Py_ssize_t G = min(NF, hb.shape[0])
+    cdef Py_ssize_t i, b, g0, g1, k, tf, tf0, tf1, tp
+    with nogil, parallel(num_threads=hb.shape[0]):
+        for i in prange(blocks * C, schedule="static"):
+            b = i // C
+            _winograd_input(x, b * RB, min(b * RB + RB, rows), &hb[threadid(), 0], &v[0, b * TB], TBALL,
+                            v.shape[1], i % C, i % C + 1)
+        for i in prange(blocks * G, schedule="static"):
+            b = i // G
+            tf0, tf1 = i % G * NF // G, (i % G + 1) * NF // G
+            g0 = b * RB
+            g1 = min(g0 + RB, rows)
+            for k in range(16):
+                for tf in range(tf0, tf1):
+                    for tp in range(_round_up((g1 - g0) * TW, PB) // PB):
+                        _forward_tile(&v[k, b * TB], &u[k, 0], &m[k, b * TB], &offsets[0], C, TBALL,
+                                      tf * FB, tp * PB)
+            bad[threadid()] |= _winograd_output(&m[0, b * TB], out, g0, g1, TBALL, m.shape[1],
+                                                &y[threadid(), 0], ep, mode, tf0 * FB, min(F, tf1 * FB))
 
 
 # Tiles per block: V and M of a block take 64 * (C + FP) * TB bytes in
@@ -1086,6 +1124,13 @@ def _conv_winograd(const floating[:, :, :, ::1] x, const floating[:, ::1] u,
 # tile still added its sums one by one; see the weight tile above).
 WINOGRAD_BLOCK = 8192
 WINOGRAD_WEIGHT_TILES = 64
+# Shared between threads (one image), every block's tiles are held at once
+# and u, the biggest array, is read once per block, so blocks are 4x bigger:
+# one block for a 32x32 image at 64 channels, 16x16 at 128, 8x8 at 256.
+# One image, 2 threads, AMD Zen 3, medians of 6 alternating runs, ms, one
+# block / blocks of WINOGRAD_BLOCK: 128->128 at 16x16 0.46 / 0.63, 64->64 at
+# 32x32 0.63 / 0.69 (blocks of 4 or 6 tile rows 0.67-0.70).
+WINOGRAD_SHARED_BLOCK = 4 * WINOGRAD_BLOCK
 
 
 cdef void _g_transform(const floating* g, floating* u, Py_ssize_t stride) noexcept nogil:
@@ -1129,18 +1174,16 @@ def winograd_weights(w):
     return u
 
 
-def _winograd_blocks(x, Py_ssize_t fp, bint forward):
-    """For x (N, C, H, W) and FP output columns -> (RB tile rows of the batch per
-    block, TB tiles per block, v: the block's transformed tiles (16, C*TB +
-    PLANE_PAD), hb: the input transform's scratch). A block holds about
+def _winograd_blocks(shape, Py_ssize_t fp, bint forward, budget=None):
+    """For x (N, C, H, W) of this shape and FP output columns -> (RB tile rows
+    of the batch per block, TB tiles per block). A block holds about
     WINOGRAD_BLOCK / (C + FP) tiles: part of an image, or several images. The
     forward's products run PB tiles at a time, so there RB is rounded to tile
     rows that fill whole register tiles; the weight gradient's run over the
-    block's exact tiles, and take whole images, at least one. v starts at
-    zero, so that tiles past the last one of a partial block stay finite."""
-    n, c, h, wd = x.shape
+    block's exact tiles, and take whole images, at least one."""
+    n, c, h, wd = shape
     th, tw = h // 2, wd // 2
-    tiles = max(PB if forward else WINOGRAD_WEIGHT_TILES, WINOGRAD_BLOCK // (c + fp))
+    tiles = max(PB if forward else WINOGRAD_WEIGHT_TILES, (budget or WINOGRAD_BLOCK) // (c + fp))
     rows = max(1, tiles // tw)
     step = PB // math.gcd(PB, tw)              # tile rows that fill whole register tiles
     if forward and step * tw <= 2 * tiles:
@@ -1148,35 +1191,52 @@ def _winograd_blocks(x, Py_ssize_t fp, bint forward):
     elif not forward:
         rows = max(th, rows - rows % th)
     rows = min(rows, n * th)
-    tb = _round_up(rows * tw, PB)
-    v = np.zeros((16, c * tb + PLANE_PAD), dtype=x.dtype)
-    hb = np.zeros((h + 2) * 2 * wd + wd + 2, dtype=x.dtype)
-    return rows, tb, v, hb
+    return rows, _round_up(rows * tw, PB)
 
 
-def conv_winograd_forward(x, u, out, bias=None, bint relu=False, bn=None):
+def _winograd_scratch(shape, Py_ssize_t tb, dtype, Py_ssize_t threads=1):
+    """For x (N, C, H, W) of this shape -> (v: the transformed tiles, (16, C*TB +
+    PLANE_PAD), hb: the input transform's scratch, one row per thread). v
+    starts at zero, so that tiles past the last one of a partial block stay finite."""
+    n, c, h, wd = shape
+    return (np.zeros((16, c * tb + PLANE_PAD), dtype=dtype),
+            np.zeros((threads, (h + 2) * 2 * wd + wd + 2), dtype=dtype))
+
+
+def conv_winograd_forward(x, u, out, bias=None, bint relu=False, bn=None, int threads=1):
     """The stride-1, padding-1 3x3 convolution of a chunk of images by
     Winograd's F(2x2, 3x3), written into out.
 
     x: (N, C, H, W) with H and W even, u = winograd_weights(w) for w (F, C,
     3, 3), out: (N, F, H, W) with contiguous rows; bias (F,) or None is added,
     bn (an eval-mode batch norm, as conv_direct_forward's) and relu applied
-    as the output is written. Single-threaded, without the
-    GIL (as conv_direct_forward). -> True, or False if an output before
-    bias and ReLU came out inf or NaN: Winograd's tiles spread a non-finite
-    input over more outputs than the direct sum does, so the caller then
-    computes the convolution another way (before bias, BN and ReLU).
+    as the output is written. Without the GIL (as conv_direct_forward), on
+    one thread, or on `threads` that share one image's work (all its tiles
+    held at once: for one image or a few; see _conv_winograd_shared).
+    -> True, or False if an output before bias and ReLU came out inf or
+    NaN: Winograd's tiles spread a non-finite input over more outputs than
+    the direct sum does, so the caller then computes the convolution another
+    way (before bias, BN and ReLU).
     """
     x = np.ascontiguousarray(x)
-    c, h, wd = x.shape[1:]
+    n, c, h, wd = x.shape
     f = out.shape[1]
     fp = (u.shape[1] - PLANE_PAD) // c
-    rows, tb, v, hb = _winograd_blocks(x, fp, True)
-    m = np.empty((16, fp * tb + PLANE_PAD), dtype=x.dtype)
-    y = np.empty(4 * (h // 2) * (wd // 2), dtype=x.dtype)
-    offsets = np.arange(c, dtype=np.intp) * tb
+    rows, tb = _winograd_blocks(x.shape, fp, True, WINOGRAD_BLOCK if threads == 1 else WINOGRAD_SHARED_BLOCK)
     ep, mode = _epilogue_constants(f, x.dtype, bias, bn)
-    return _conv_winograd(x, u, out, rows, hb, v, m, tb, y, offsets, ep, mode | EP_RELU * relu)
+    mode |= EP_RELU * relu
+    y = np.empty((threads, 4 * (h // 2) * (wd // 2)), dtype=x.dtype)
+    if threads == 1:
+        v, hb = _winograd_scratch(x.shape, tb, x.dtype)
+        m = np.empty((16, fp * tb + PLANE_PAD), dtype=x.dtype)
+        return _conv_winograd(x, u, out, rows, hb[0], v, m, tb, y[0], np.arange(c, dtype=np.intp) * tb, ep,
+                              mode)
+    tball = -(-n * (h // 2) // rows) * tb                 # every block's tiles side by side
+    v, hb = _winograd_scratch(x.shape, tball, x.dtype, threads)
+    m = np.empty((16, fp * tball + PLANE_PAD), dtype=x.dtype)
+    bad = np.zeros(threads, dtype=np.intc)
+    _conv_winograd_shared(x, u, out, rows, hb, v, m, tb, y, np.arange(c, dtype=np.intp) * tball, ep, mode, bad)
+    return not bad.any()
 
 
 # The weight gradient by the same transforms: Y = AT [U * V] AT^T is linear
@@ -1244,7 +1304,7 @@ def _conv_winograd_weight(const floating[:, :, :, ::1] x, const floating[:, :, :
         for block in range((rows + RB - 1) // RB):
             g0 = block * RB
             g1 = min(g0 + RB, rows)
-            _winograd_input(x, g0, g1, &hb[0], &v[0, 0], TB, v.shape[1])
+            _winograd_input(x, g0, g1, &hb[0], &v[0, 0], TB, v.shape[1], 0, x.shape[1])
             _winograd_dout(dout, g0, g1, &d[0, 0], FP, d.shape[1])
             for k in range(16):
                 if WIDE_TILES:
@@ -1299,12 +1359,13 @@ def conv_winograd_backward_weight(x, dout):
     c = x.shape[1]
     f = dout.shape[1]
     fp, cp = _round_up(f, VL), _round_up(c, KB)
-    rows, tb, v, hb = _winograd_blocks(x, fp, False)
+    rows, tb = _winograd_blocks(x.shape, fp, False)
+    v, hb = _winograd_scratch(x.shape, tb, x.dtype)
     d = np.zeros((16, tb * fp + PLANE_PAD), dtype=x.dtype)     # zero: the padding channels f >= F stay zero
     du = np.zeros((16, cp * fp + PLANE_PAD), dtype=x.dtype)
     offsets = np.zeros(cp, dtype=np.intp)              # padding channels read row 0; dropped below
     offsets[:c] = np.arange(c) * tb
-    _conv_winograd_weight(x, dout, rows, hb, v, d, du, tb, offsets)
+    _conv_winograd_weight(x, dout, rows, hb[0], v, d, du, tb, offsets)
     dw = np.empty((f, c, 3, 3), dtype=x.dtype)
     _winograd_weight_gradient(du, dw)
     return dw

@@ -134,11 +134,12 @@ def _winograd_tiles(x):
         return (bt @ d @ bt.T).transpose(4, 5, 1, 0, 2, 3).reshape(16, c, -1)
 
 
-def conv_winograd_forward(x, u, out, bias=None, relu=False, bn=None):
+def conv_winograd_forward(x, u, out, bias=None, relu=False, bn=None, threads=1):
     """x: (N, C, H, W) with H and W even, u = winograd_weights(w) for w (F, C,
     3, 3) -> out: (N, F, H, W), written in place: the stride-1, padding-1
     convolution, bias (F,) or None added, then bn and relu applied when asked
-    (bias_relu). -> False if an output before them was inf or NaN, else True."""
+    (bias_relu). -> False if an output before them was inf or NaN, else True.
+    threads: ignored here."""
     n, c, h, wd = x.shape
     f = out.shape[1]
     at = WINOGRAD_AT.astype(x.dtype)

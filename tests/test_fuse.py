@@ -79,6 +79,34 @@ def test_folded_model_refuses_to_train_and_names_its_parts(rng):
     assert folded.conv1.fused_relu and "fused_relu=True" in repr(folded.conv1)
 
 
+def test_folded_model_is_read_only_and_its_convs_keep_their_winograd_kernels(rng, monkeypatch):
+    """Every parameter of the folded copy is read-only (the original's stay
+    writeable); loading a state into it is refused with a message that says
+    what to do; each conv has a dict for its kernels, and one image through a
+    wide conv on a small map transforms its kernels once, not per call."""
+    from minires import kernels, parallel
+    monkeypatch.setattr(parallel, "_threads", 2)
+    model = nn.Sequential(nn.Conv2d(3, 128, 3, padding=1, rng=0), nn.BatchNormReLU2d(128),
+                          nn.Conv2d(128, 128, 3, padding=1, rng=1))
+    _trained_statistics(model, rng)
+    folded = model.fuse_for_inference()
+    assert all(not p.data.flags.writeable for p in folded.parameters())
+    assert all(p.data.flags.writeable for p in model.parameters())
+    with pytest.raises(ValueError, match="read-only"):
+        folded[2].weight.data[0] = 0
+    with pytest.raises(ValueError, match="fuse_for_inference.*fold it again"):
+        folded.load_state_dict(folded.state_dict())
+    assert folded[0].kept == {} and folded[2].kept == {} and model[2].kept is None
+    transforms = []
+    real = kernels.winograd_weights
+    monkeypatch.setattr(kernels, "winograd_weights", lambda w: transforms.append(w.shape) or real(w))
+    x = rng.standard_normal((1, 3, 16, 16)).astype(np.float32)
+    want = model.eval()(x)
+    for _ in range(3):
+        np.testing.assert_allclose(folded(x), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    assert transforms == [(128, 128, 3, 3)] and folded[2].kept["winograd"][0] is folded[2].weight.data
+
+
 def test_sequential_folds_only_a_conv_followed_by_batch_norm():
     seq = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, rng=0), nn.BatchNormReLU2d(3), nn.ReLU(),
                         nn.Conv2d(3, 3, 1, rng=0), nn.ReLU(), nn.BatchNorm2d(3))

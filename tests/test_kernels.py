@@ -471,7 +471,8 @@ def test_bias_relu_in_place_keeps_nan(backend):
 @st.composite
 def winograd_case(draw):
     """A batch for the Winograd kernel: even maps (non-square, down to 2x2),
-    channel counts crossing the register tile's 8 output channels."""
+    channel counts crossing the register tile's 8 output channels, on one
+    thread or shared between 2 or 3 (one block of all the tiles)."""
     n, c = draw(st.integers(1, 4)), draw(st.integers(1, 40))
     f = draw(st.sampled_from([1, 3, 8, 9, 16, 17, 33]))
     h, w = 2 * draw(st.integers(1, 8)), 2 * draw(st.integers(1, 8))
@@ -480,21 +481,21 @@ def winograd_case(draw):
     x = rng.standard_normal((n, c, h, w)).astype(dtype)
     wt = (rng.standard_normal((f, c, 3, 3)) / np.sqrt(9 * c)).astype(dtype)
     b = rng.standard_normal(f).astype(dtype) if draw(st.booleans()) else None
-    return x, wt, b, draw(st.booleans())
+    return x, wt, b, draw(st.booleans()), draw(st.sampled_from([1, 2, 3]))
 
 
-def _winograd(backend, x, w, b, relu):
+def _winograd(backend, x, w, b, relu, threads=1):
     out = np.full((x.shape[0], w.shape[0], *x.shape[2:]), np.nan, x.dtype)
-    finite = backend.conv_winograd_forward(x, backend.winograd_weights(w), out, b, relu)
+    finite = backend.conv_winograd_forward(x, backend.winograd_weights(w), out, b, relu, threads=threads)
     return out, finite
 
 
 @settings(max_examples=150, deadline=None)
 @given(winograd_case())
 def test_winograd_conv_matches_reference_and_the_loops(case):
-    x, w, b, relu = case
+    x, w, b, relu, threads = case
     tol = dict(rtol=1e-5, atol=1e-5) if x.dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
-    got, finite = _winograd(_kernels, x, w, b, relu)
+    got, finite = _winograd(_kernels, x, w, b, relu, threads)
     want, want_finite = _winograd(_kernels_ref, x, w, b, relu)
     assert finite is True and want_finite is True
     np.testing.assert_allclose(got, want, **tol)
@@ -505,7 +506,7 @@ def test_winograd_conv_matches_reference_and_the_loops(case):
 @settings(max_examples=100, deadline=None)
 @given(winograd_case())
 def test_winograd_weight_gradient_matches_reference_and_the_loops(case):
-    x, w, _, _ = case
+    x, w = case[:2]
     dout = np.random.default_rng(x.shape[1]).standard_normal((x.shape[0], w.shape[0], *x.shape[2:]))
     dout = dout.astype(x.dtype)
     tol = dict(rtol=1e-4, atol=1e-4) if x.dtype == np.float32 else dict(rtol=1e-11, atol=1e-11)
@@ -538,19 +539,22 @@ def test_winograd_conv_in_several_blocks(shape):
 def test_winograd_blocks_start_and_end_inside_images(monkeypatch, shape, dtype):
     """With WINOGRAD_BLOCK at 1 the forward's blocks are the fewest tile rows
     that fill a register tile: they start and end inside images (the vector
-    transforms of maps 8, 16 and 32 wide, the loops for 20 wide and float64)."""
+    transforms of maps 8, 16 and 32 wide, the loops for 20 wide and float64);
+    likewise the blocks of the forward shared between threads, side by side."""
     monkeypatch.setattr(_kernels, "WINOGRAD_BLOCK", 1)
+    monkeypatch.setattr(_kernels, "WINOGRAD_SHARED_BLOCK", 1)
     rng = np.random.default_rng(shape[1])
     x = rng.standard_normal(shape).astype(dtype)
     w = rng.standard_normal((9, shape[1], 3, 3)).astype(dtype)
-    rows = _kernels._winograd_blocks(x, 12, True)[0]
+    rows = _kernels._winograd_blocks(x.shape, 12, True)[0]
     if shape[2] >= 16:
         assert rows < shape[2] // 2                 # less than an image per block
-    got, finite = _winograd(_kernels, x, w, None, True)
-    assert finite
     want = np.maximum(_kernels_ref.conv_naive_forward(x, w, None, 1, 1, 1, 1), 0)
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(got, want, **tol)
+    for threads in (1, 2):
+        got, finite = _winograd(_kernels, x, w, None, True, threads)
+        assert finite
+        np.testing.assert_allclose(got, want, **tol)
     dout = rng.standard_normal(got.shape).astype(dtype)
     np.testing.assert_allclose(_kernels.conv_winograd_backward_weight(x, dout),
                                _kernels_ref.conv_naive_backward(dout, x, w, 1, 1, 1, 1)[1], **tol)
@@ -560,8 +564,8 @@ def test_winograd_weight_gradient_blocks_hold_whole_images_and_enough_tiles():
     """256 channels at 8x8: 16 tiles an image, so a block of the weight
     gradient takes WINOGRAD_WEIGHT_TILES of them (4 images); at 32x32 one image."""
     x = np.zeros((8, 256, 8, 8), np.float32)
-    assert _kernels._winograd_blocks(x, 256, False)[0] == _kernels.WINOGRAD_WEIGHT_TILES // 4   # rows of 4 tiles
-    assert _kernels._winograd_blocks(np.zeros((8, 64, 32, 32), np.float32), 64, False)[0] == 16
+    assert _kernels._winograd_blocks(x.shape, 256, False)[0] == _kernels.WINOGRAD_WEIGHT_TILES // 4   # rows of 4 tiles
+    assert _kernels._winograd_blocks((8, 64, 32, 32), 64, False)[0] == 16
 
 
 def test_winograd_weight_gradient_comparison_fails_for_a_wrong_adjoint(monkeypatch):
@@ -598,16 +602,21 @@ def test_winograd_comparison_fails_for_a_wrong_transformed_kernel():
 @pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
 @pytest.mark.parametrize("width,dtype", [(8, np.float32), (16, np.float32), (32, np.float32), (6, np.float32),
                                          (8, np.float64)])
-def test_winograd_conv_reports_non_finite_sums(backend, value, width, dtype):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_winograd_conv_reports_non_finite_sums(backend, value, width, dtype, threads):
     """A non-finite input spreads over a whole tile (inf - inf in the
     transforms), so the kernel says so and the caller computes that chunk
     again with the direct kernel; even a ReLU that would turn -inf into 0
-    does not hide it (float32 maps 8, 16 and 32 wide take the vector code)."""
+    does not hide it (float32 maps 8, 16 and 32 wide take the vector code),
+    nor does the thread that meets it (the last output channels' share)."""
     x = np.random.default_rng(1).standard_normal((2, 3, 6, width)).astype(dtype)
-    w = np.random.default_rng(2).standard_normal((4, 3, 3, 3)).astype(dtype)
-    assert _winograd(backend, x, w, None, True)[1] is True
+    w = np.random.default_rng(2).standard_normal((12, 3, 3, 3)).astype(dtype)
+    assert _winograd(backend, x, w, None, True, threads)[1] is True
     x[1, 2, 3, 4] = value
-    assert _winograd(backend, x, w, None, True)[1] is False
+    assert _winograd(backend, x, w, None, True, threads)[1] is False
+    w[-1, 0, 0, 0] = value          # only the last output channel, on the last thread, meets it
+    x[1, 2, 3, 4] = 0
+    assert _winograd(backend, x, w, None, True, threads)[1] is False
 
 
 def test_one_image_shares_its_grid_between_the_threads(monkeypatch):
@@ -856,3 +865,80 @@ def test_convs_take_winograd_where_it_pays():
     assert choose_path((8, 32, 16, 16), (3, 3, 1, 1, 1, 1), w) == "winograd"        # 2048
     assert choose_path((2, 32, 32, 32), (3, 3, 1, 1, 1, 1), w) == "winograd"
     assert choose_path((1, 32, 32, 32), (3, 3, 1, 1, 1, 1), w) == "direct"
+
+
+def test_one_image_takes_winograd_only_with_kept_kernels(monkeypatch):
+    """One image on a wide layer and a small map takes Winograd, on every
+    thread, when its kernels are kept between calls (kept=True); without, or
+    with fewer channels, a bigger map, or two images on two threads, not."""
+    from minires import parallel
+    from minires.functional._conv_paths import choose_path
+    monkeypatch.setattr(parallel, "_threads", 2)
+    w = np.ones((128, 128, 3, 3), np.float32)
+    assert choose_path((1, 128, 16, 16), (3, 3, 1, 1, 1, 1), w, kept=True) == "winograd"
+    assert choose_path((1, 128, 8, 8), (3, 3, 1, 1, 1, 1), w, kept=True) == "winograd"
+    assert choose_path((1, 128, 16, 16), (3, 3, 1, 1, 1, 1), w) == "direct"                  # transformed each call
+    assert choose_path((1, 128, 32, 32), (3, 3, 1, 1, 1, 1), w, kept=True) == "direct"        # map too big
+    assert choose_path((1, 64, 16, 16), (3, 3, 1, 1, 1, 1), w[:, :64], kept=True) == "direct"  # too narrow
+    assert choose_path((1, 128, 16, 16), (3, 3, 2, 2, 1, 1), w, kept=True) == "direct"        # stride 2
+    assert choose_path((2, 128, 16, 16), (3, 3, 1, 1, 1, 1), w, kept=True) == "direct"        # one per thread
+
+
+def _frozen(a):
+    a = a.copy()
+    a.flags.writeable = False
+    return a
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kept_winograd_kernels_are_made_once_for_their_own_weights(monkeypatch, dtype):
+    """conv2d_forward(kept=...) on one image: Winograd shared between the
+    threads gives the reference's numbers; the transformed kernels are made
+    on the first call and reused; new weights get their own; writeable
+    weights (which could change between calls) or a read-only view of
+    writeable ones never use them."""
+    from minires import parallel
+    from minires.functional import conv as F
+    monkeypatch.setattr(parallel, "_threads", 2)
+    transforms = []
+    real = kernels.winograd_weights
+    monkeypatch.setattr(kernels, "winograd_weights", lambda w: transforms.append(w) or real(w))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 128, 8, 12)).astype(dtype)
+    w = _frozen((rng.standard_normal((136, 128, 3, 3)) / 34).astype(dtype))
+    b = rng.standard_normal(136).astype(dtype)
+    want = _kernels_ref.conv_naive_forward(x, w, b, 1, 1, 1, 1)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-11)
+    kept = {}
+    for _ in range(2):
+        out, cache = F.conv2d_forward(x, w, b, padding=1, kept=kept)
+        assert cache.path == "winograd" and len(transforms) == 1 and kept["winograd"][0] is w
+        np.testing.assert_allclose(out, want, **tol)
+    w2 = _frozen(-w)
+    out, _ = F.conv2d_forward(x, w2, b, padding=1, kept=kept)
+    assert len(transforms) == 2 and kept["winograd"][0] is w2
+    np.testing.assert_allclose(out, _kernels_ref.conv_naive_forward(x, -w, b, 1, 1, 1, 1), **tol)
+    view = w.copy()[:]
+    view.flags.writeable = False                # its base can still change
+    for weights in (w.copy(), view):
+        out, cache = F.conv2d_forward(x, weights, b, padding=1, kept=kept)
+        assert cache.path == "direct" and kept["winograd"][0] is w2
+        np.testing.assert_allclose(out, want, **tol)
+
+
+@pytest.mark.parametrize("value", [np.inf, np.nan])
+def test_kept_winograd_on_one_image_redoes_non_finite_input_as_the_direct_kernel(monkeypatch, value):
+    """A non-finite input on the shared Winograd path: the output equals the
+    direct kernel's, value for value (inf and NaN where its windows reach)."""
+    from minires import parallel
+    from minires.functional import conv as F
+    monkeypatch.setattr(parallel, "_threads", 2)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, 128, 8, 8)).astype(np.float32)
+    x[0, 5, 3, 6] = value
+    w = _frozen(np.abs(rng.standard_normal((128, 128, 3, 3))).astype(np.float32) / 34)
+    got, cache = F.conv2d_forward(x, w, None, padding=1, kept={})
+    want, direct = F.conv2d_forward(x, w.copy(), None, padding=1)
+    assert cache.path == "winograd" and direct.path == "direct"
+    assert not np.isfinite(got).all()
+    np.testing.assert_array_equal(got, want)

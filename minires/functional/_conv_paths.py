@@ -56,15 +56,18 @@ from .. import kernels, parallel
 from . import _conv_taps
 
 
-def forward(x, w, geometry, b=None, relu=False, path=None, bn=None):
+def forward(x, w, geometry, b=None, relu=False, path=None, bn=None, kept=None):
     """x: (N, C, H, W), w: (F, C, KH, KW), geometry (KH, KW, SH, SW, PH, PW),
     b: (F,) or None -> (out (N, F, OH, OW) with the bias added, then the
     eval-mode batch norm bn = (mean, rstd, gamma, beta, relu_before: after a
     ReLU) and the ReLU applied when asked, what backward needs of x, the path's name).
-    path: the one an earlier forward took (conv2d_output), else chosen here."""
+    path: the one an earlier forward took (conv2d_output), else chosen here.
+    kept: None or a dict in which a read-only w's Winograd kernels are kept
+    between calls (see _kept_winograd)."""
     # Each path adds the bias and applies BN and ReLU to a tile of its output
     # while it is still in cache (the direct kernel, as it writes it).
-    path = path or choose_path(x.shape, geometry, w)
+    kept = kept if _keeps(w, kept) else None
+    path = path or choose_path(x.shape, geometry, w, kept is not None)
     if path == "pointwise":
         out, x3 = _pointwise_forward(x, w, geometry, b, relu, bn)
         return out, x3, path
@@ -73,7 +76,9 @@ def forward(x, w, geometry, b=None, relu=False, path=None, bn=None):
         if w_taps is not None:
             return _taps_forward(x, w, w_taps, geometry, b, relu, bn), x, path
         path = "im2col"
-    run = {"winograd": _winograd_forward, "direct": _direct_forward, "im2col": _im2col_forward}[path]
+    if path == "winograd":
+        return _winograd_forward(x, w, geometry, b, relu, bn, kept), x, path
+    run = {"direct": _direct_forward, "im2col": _im2col_forward}[path]
     return run(x, w, geometry, b, relu, bn), x, path
 
 
@@ -109,8 +114,9 @@ def _taps_pay(x_shape, geometry, positions):
     return n >= 4 and 2 * useful <= geometry[0] * geometry[1]
 
 
-def choose_path(x_shape, geometry, w):
-    """The algorithm for a conv: "taps", "pointwise", "winograd", "direct" or "im2col"."""
+def choose_path(x_shape, geometry, w, kept=False):
+    """The algorithm for a conv: "taps", "pointwise", "winograd", "direct" or "im2col".
+    kept: w's Winograd kernels are kept between calls (see _kept_winograd)."""
     kh, kw, sh, sw, ph, pw = geometry
     oh, ow = _out_size(x_shape, geometry)
     positions = oh * ow
@@ -123,6 +129,8 @@ def choose_path(x_shape, geometry, w):
     if _alone_takes_im2col(x_shape[0], positions, w.size):
         return "im2col"
     if _winograd_applies(x_shape, geometry, w.shape):
+        return "winograd"
+    if kept and _winograd_alone_applies(x_shape, geometry, w.shape):
         return "winograd"
     return "direct" if _direct_applies(geometry) else "im2col"
 
@@ -262,20 +270,64 @@ def _winograd_applies(x_shape, geometry, w_shape):
             and n * h * wd >= WINOGRAD_POSITIONS and min(c, f) >= WINOGRAD_CHANNELS)
 
 
-def _winograd_forward(x, w, geometry, b, relu, bn=None):
-    """Per chunk of images, Winograd's F(2x2, 3x3); a chunk where it meets an
-    inf or NaN is redone by the direct kernel, whose sums spread a non-finite
-    value only over the outputs whose windows hold it, as PyTorch's do."""
+def _winograd_forward(x, w, geometry, b, relu, bn=None, kept=None):
+    """Per chunk of images, Winograd's F(2x2, 3x3) (one image: on every
+    thread); a chunk where it meets an inf or NaN is redone by the direct
+    kernel, whose sums spread a non-finite value only over the outputs whose
+    windows hold it, as PyTorch's do."""
     n, f = x.shape[0], w.shape[0]
     out = np.empty((n, f, *x.shape[2:]), dtype=x.dtype)
-    u = kernels.winograd_weights(w)
+    u = _kept_winograd(w, kept) if kept is not None else kernels.winograd_weights(w)
+    threads = parallel.get_threads() if _alone(n) else 1
 
     def images(lo, hi):
-        if not kernels.conv_winograd_forward(x[lo:hi], u, out[lo:hi], b, relu, bn=bn):
-            kernels.conv_direct_forward(x[lo:hi], w, out[lo:hi], *geometry[2:], b, relu, bn=bn)
+        if not kernels.conv_winograd_forward(x[lo:hi], u, out[lo:hi], b, relu, bn=bn, threads=threads):
+            kernels.conv_direct_forward(x[lo:hi], w, out[lo:hi], *geometry[2:], b, relu, threads=threads, bn=bn)
 
     parallel.map_chunks(images, n, blas=False)
     return out
+
+
+# A model folded for inference (nn.fuse_for_inference) keeps its weights
+# fixed and read-only, so their Winograd kernels are transformed once and
+# kept in the layer's dict (functional.conv2d_forward's `kept`). The kernels
+# are used only while they belong to this very array and it cannot change:
+# read-only and owning its data (a read-only view may see its base change).
+def _keeps(w, kept):
+    """kept is a dict, and w a read-only array that owns its data."""
+    return kept is not None and not w.flags.writeable and w.base is None
+
+
+def _kept_winograd(w, kept):
+    """kernels.winograd_weights(w), transformed on the first call for this w and kept in `kept`."""
+    entry = kept.get("winograd")
+    if entry is None or entry[0] is not w:
+        entry = kept["winograd"] = (w, kernels.winograd_weights(w))
+    return entry[1]
+
+
+# One image takes Winograd only with kept kernels, on wide layers and small
+# maps, its work shared between the threads (kernels.conv_winograd_forward's
+# `threads`). Forward inside wrn-16-4, folded, one image, 2 threads, AMD
+# Zen 3, medians of 100 calls each way, ms, direct / Winograd: 128->128 at
+# 16x16 0.88 / 0.67, 256->256 at 8x8 0.86 / 0.61; the model 0.853 and 0.858
+# of the time (medians of 8 and 10 alternating runs). Narrower layers and
+# bigger maps lost (in wrn-16-4, 64->64 at 32x32 0.73 / 1.15; in resnet-20,
+# 32->32 at 16x16 0.11 / 0.15 and 64->64 at 8x8 0.11 / 0.13), as does
+# transforming the kernels on every call (see WINOGRAD_POSITIONS). Measured
+# on AVX2 only: with the AVX-512 tiles the im2col rule above (ALONE_MAP)
+# still comes first, and an 8x8 map's 16 tiles fill half a register tile.
+WINOGRAD_ALONE_CHANNELS = 128
+WINOGRAD_ALONE_MAP = 16 * 16
+
+
+def _winograd_alone_applies(x_shape, geometry, w_shape):
+    """One image (fewer than the threads), 3x3, stride 1, padding 1, even
+    sides, at most WINOGRAD_ALONE_MAP positions, at least
+    WINOGRAD_ALONE_CHANNELS channels in and out."""
+    (n, _, h, wd), (f, c) = x_shape, w_shape[:2]
+    return (_alone(n) and tuple(geometry) == (3, 3, 1, 1, 1, 1) and h % 2 == 0 and wd % 2 == 0
+            and h * wd <= WINOGRAD_ALONE_MAP and min(c, f) >= WINOGRAD_ALONE_CHANNELS)
 
 
 def _direct_forward(x, w, geometry, b, relu, bn=None):

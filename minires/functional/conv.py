@@ -43,7 +43,7 @@ class ConvCache(NamedTuple):
     relu_out: np.ndarray    # (N, F, OH, OW), the output when a ReLU was fused on (its mask); else None
 
 
-def conv2d_forward(x, w, b=None, stride=1, padding=0, relu=False):
+def conv2d_forward(x, w, b=None, stride=1, padding=0, relu=False, kept=None):
     """x: (N, C, H, W), w: (F, C, KH, KW), b: (F,) or None -> out: (N, F, OH, OW).
 
     stride, padding: an int or a pair (along H, along W).
@@ -51,10 +51,15 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, relu=False):
     relu=True returns max(out, 0) from the same pass (a conv with batch norm
     folded in and a ReLU after it, see nn.fuse_for_inference); backward then
     first zeroes dout where that output is <= 0, as relu_backward does.
+    kept: None, or a dict the caller keeps with a read-only w (a folded
+    model's conv does): the fast paths keep there what they derive from w
+    (Winograd's transformed kernels) instead of deriving it on every call.
+    Writeable weights may change between calls, so they ignore it. Speed only:
+    the outputs are the same either way, within float32 rounding.
     """
     x, w, b, geometry = _check_args(x, w, b, stride, padding)
     # = w2 @ im2col(x) + b, as (N, F, OH, OW), then the ReLU
-    out, saved, path = _conv_paths.forward(x, w, geometry, b, relu)
+    out, saved, path = _conv_paths.forward(x, w, geometry, b, relu, kept=kept)
     return out, ConvCache(saved, w, geometry, b is not None, x.shape, out.shape, path, out if relu else None)
 
 

@@ -24,10 +24,12 @@ class Conv2d(Module):
 
     fused_relu = False      # True after fuse_for_inference folded a BN-ReLU into this conv
     input_grad = True       # False: backward computes dw (and db) only, returns None (Sequential.skip_input_grad)
+    kept = None             # after fuse_for_inference, a dict: the fixed weights' kernels (F.conv2d_forward's kept)
 
     def forward(self, x):
         b = self.bias.data if self.bias is not None else None
-        out, self._cache = F.conv2d_forward(x, self.weight.data, b, self.stride, self.padding, self.fused_relu)
+        out, self._cache = F.conv2d_forward(x, self.weight.data, b, self.stride, self.padding, self.fused_relu,
+                                            kept=self.kept)
         return out
 
     def backward(self, dout):

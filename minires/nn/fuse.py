@@ -13,7 +13,10 @@ writes its output (F.conv2d_forward(..., relu=True)).
 A module says which of its children pair up (Module.fusable_pairs): the
 batch norm must read the conv's output and nothing else may, which only the
 module's own forward knows. The folded model is a copy for inference: its
-state_dict has conv biases and no batch norms, and it refuses to train.
+state_dict has conv biases and no batch norms, and it refuses to train. Its
+parameters are read-only, fixed for good, so each conv keeps what the
+kernels derive from its weights (Winograd's transformed kernels) between
+calls (Conv2d.kept); to change them, change the original model and fold again.
 
 conv_bn is the same pairing without the copy, for any model in inference
 (eval(keep_caches=False)): the conv applies the batch norm to its output as
@@ -87,6 +90,7 @@ def fuse_for_inference(model):
             if isinstance(conv, Conv2d) and isinstance(bn, BatchNorm2d):
                 fold(conv, bn)
                 module._modules[bn_name] = Identity()    # in its place: Sequential runs children in order
+    freeze(fused)
     object.__setattr__(fused, "inference_only", True)
     return fused
 
@@ -101,3 +105,13 @@ def fold(conv, bn):
     conv.weight = Parameter((conv.weight.data * s[:, None, None, None]).astype(dtype))
     conv.bias = Parameter((b * s + t).astype(dtype))
     conv.fused_relu = bn.fused_relu
+
+
+def freeze(model):
+    """Make every parameter of model read-only, and give each conv a dict in
+    which to keep what the kernels derive from its weights (F.conv2d_forward's kept)."""
+    for p in model.parameters():
+        p.data.flags.writeable = False
+    for m in model.modules():
+        if isinstance(m, Conv2d):
+            m.kept = {}

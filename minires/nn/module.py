@@ -235,6 +235,10 @@ class Module:
         arrays = {name: t.data if isinstance(t, Parameter) else t for name, t in targets.items()}
         values = {name: np.asarray(state[name]) for name in targets}
         for name, array in arrays.items():
+            if not array.flags.writeable:
+                raise ValueError(f"state_dict[{name!r}]: the {type(self).__name__}'s array is read-only (a model "
+                                 "made by fuse_for_inference() is fixed: load the state into the original model "
+                                 "and fold it again)")
             if values[name].shape != array.shape:
                 raise ValueError(f"state_dict[{name!r}] has shape {values[name].shape}, "
                                  f"the module expects {array.shape}")
