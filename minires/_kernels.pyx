@@ -830,7 +830,12 @@ cdef inline void _winograd_plane(const floating* src, Py_ssize_t H, Py_ssize_t T
 # likewise takes a tile row at a time and interleaves the 2x2 blocks into
 # output rows with shuffles. 64 images of 32 channels at 16x16, one thread,
 # AMD Zen 4: the whole forward 3.27 -> 1.97 ms. Compilers without vector
-# types or __builtin_shufflevector (gcc < 12) run the Cython loops.
+# types or __builtin_shufflevector (gcc < 12) run the Cython loops. Without
+# AVX-512 the output of maps 32 wide runs as two halves of 8 tiles (the
+# tile-row pitch P): gcc 12's code for 16-float vectors on AVX2 made the
+# ReLU's mask so slow that 64->64 channels at 32x32 with a fused ReLU took
+# 86.9 ms against 53.4 in halves (56.7 / 53.7 without the ReLU; batch 128,
+# 2 threads, AMD Zen 3), 1.0 and 0.62 of the direct kernel's time.
 cdef extern from *:
     """
     #if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
@@ -881,8 +886,8 @@ cdef extern from *:
                            (16, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14),
                            (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16))
     #define MINIRES_WINOGRAD_OUT(TW, INTERLEAVE)                                                       \
-    static int minires_winograd_out##TW(const float* mp, Py_ssize_t S, Py_ssize_t TH, float* o,      \
-                                        Py_ssize_t W, const float* ep, int mode) {                    \
+    static int minires_winograd_out##TW(const float* mp, Py_ssize_t S, Py_ssize_t TH, Py_ssize_t P, \
+                                        float* o, Py_ssize_t W, const float* ep, int mode) {          \
         typedef float vec __attribute__((vector_size(4 * TW), aligned(4)));                            \
         typedef int ivec __attribute__((vector_size(4 * TW)));                                         \
         typedef float row __attribute__((vector_size(8 * TW), aligned(4)));                            \
@@ -890,7 +895,7 @@ cdef extern from *:
         const float bias = ep[0], mean = ep[1], scale = ep[2], shift = ep[3];   /* o may alias ep */   \
         ivec bad = {0};                                                                                \
         for (Py_ssize_t th = 0; th < TH; th++) {                                                       \
-            const float* q = mp + th * TW;                                                             \
+            const float* q = mp + th * P;                                                              \
             vec m[16];                                                                                 \
             for (int k = 0; k < 16; k++) m[k] = *(const vec*)(q + k * S);                              \
             vec y[4];                                                                                  \
@@ -923,9 +928,9 @@ cdef extern from *:
     MINIRES_WINOGRAD_OUT(16, (0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31))
     #else
     #define MINIRES_WINOGRAD_VECTORS 0
-    static int minires_winograd_out4(const float* mp, Py_ssize_t S, Py_ssize_t TH, float* o, Py_ssize_t W, const float* ep, int mode) { return 0; }
-    static int minires_winograd_out8(const float* mp, Py_ssize_t S, Py_ssize_t TH, float* o, Py_ssize_t W, const float* ep, int mode) { return 0; }
-    static int minires_winograd_out16(const float* mp, Py_ssize_t S, Py_ssize_t TH, float* o, Py_ssize_t W, const float* ep, int mode) { return 0; }
+    static int minires_winograd_out4(const float* mp, Py_ssize_t S, Py_ssize_t TH, Py_ssize_t P, float* o, Py_ssize_t W, const float* ep, int mode) { return 0; }
+    static int minires_winograd_out8(const float* mp, Py_ssize_t S, Py_ssize_t TH, Py_ssize_t P, float* o, Py_ssize_t W, const float* ep, int mode) { return 0; }
+    static int minires_winograd_out16(const float* mp, Py_ssize_t S, Py_ssize_t TH, Py_ssize_t P, float* o, Py_ssize_t W, const float* ep, int mode) { return 0; }
     static void minires_winograd_plane4(const float* src, Py_ssize_t H, Py_ssize_t th0, Py_ssize_t th1, float* dst, Py_ssize_t plane) {}
     static void minires_winograd_plane8(const float* src, Py_ssize_t H, Py_ssize_t th0, Py_ssize_t th1, float* dst, Py_ssize_t plane) {}
     static void minires_winograd_plane16(const float* src, Py_ssize_t H, Py_ssize_t th0, Py_ssize_t th1, float* dst, Py_ssize_t plane) {}
@@ -938,11 +943,11 @@ cdef extern from *:
                                                      Py_ssize_t th1, float* dst, Py_ssize_t plane) noexcept nogil
     void _winograd_plane16 "minires_winograd_plane16"(const float* src, Py_ssize_t H, Py_ssize_t th0,
                                                        Py_ssize_t th1, float* dst, Py_ssize_t plane) noexcept nogil
-    int _winograd_out4 "minires_winograd_out4"(const float* mp, Py_ssize_t S, Py_ssize_t TH, float* o,
+    int _winograd_out4 "minires_winograd_out4"(const float* mp, Py_ssize_t S, Py_ssize_t TH, Py_ssize_t P, float* o,
                                                   Py_ssize_t W, const float* ep, int mode) noexcept nogil
-    int _winograd_out8 "minires_winograd_out8"(const float* mp, Py_ssize_t S, Py_ssize_t TH, float* o,
+    int _winograd_out8 "minires_winograd_out8"(const float* mp, Py_ssize_t S, Py_ssize_t TH, Py_ssize_t P, float* o,
                                                   Py_ssize_t W, const float* ep, int mode) noexcept nogil
-    int _winograd_out16 "minires_winograd_out16"(const float* mp, Py_ssize_t S, Py_ssize_t TH, float* o,
+    int _winograd_out16 "minires_winograd_out16"(const float* mp, Py_ssize_t S, Py_ssize_t TH, Py_ssize_t P, float* o,
                                                   Py_ssize_t W, const float* ep, int mode) noexcept nogil
 
 
@@ -1009,11 +1014,14 @@ cdef int _winograd_output(const floating* m, floating[:, :, :, ::1] out, Py_ssiz
             if floating is float:
                 if _WINOGRAD_VECTORS and (TW == 4 or TW == 8 or TW == 16):
                     if TW == 4:
-                        bad |= _winograd_out4(mp, S, th1 - th0, &out[n, f, 2 * th0, 0], W, &ep[f, 0], mode)
+                        bad |= _winograd_out4(mp, S, th1 - th0, 4, &out[n, f, 2 * th0, 0], W, &ep[f, 0], mode)
                     elif TW == 8:
-                        bad |= _winograd_out8(mp, S, th1 - th0, &out[n, f, 2 * th0, 0], W, &ep[f, 0], mode)
-                    else:
-                        bad |= _winograd_out16(mp, S, th1 - th0, &out[n, f, 2 * th0, 0], W, &ep[f, 0], mode)
+                        bad |= _winograd_out8(mp, S, th1 - th0, 8, &out[n, f, 2 * th0, 0], W, &ep[f, 0], mode)
+                    elif WIDE_TILES:
+                        bad |= _winograd_out16(mp, S, th1 - th0, 16, &out[n, f, 2 * th0, 0], W, &ep[f, 0], mode)
+                    else:   # (see the vector code above) in two halves of 8 tiles, each 16 output columns
+                        bad |= _winograd_out8(mp, S, th1 - th0, 16, &out[n, f, 2 * th0, 0], W, &ep[f, 0], mode)
+                        bad |= _winograd_out8(mp + 8, S, th1 - th0, 16, &out[n, f, 2 * th0, 16], W, &ep[f, 0], mode)
                     continue
             for r in range(R):
                 # AT down the columns of the 4x4 tile, then along its two rows
