@@ -1085,7 +1085,7 @@ def _conv_winograd_shared(const floating[:, :, :, ::1] x, const floating[:, ::1]
                           const Py_ssize_t[::1] offsets, const floating[:, ::1] ep, int mode, int[::1] bad):
     """conv_winograd_forward's loop on hb.shape[0] threads, for one image (or a
     few): all the blocks side by side in v and m (block b's tiles from column
-    b*TB of each channel's row, which is TBALL = offsets[1] long). The input
+    b*TB of each channel's row, which is TBALL = blocks * TB long). The input
     transforms are shared by (block, channel), then the products and output
     transforms by (block, a thread's share of the register tiles of output
     channels). Within a share the loops run as conv_winograd_forward's (a
