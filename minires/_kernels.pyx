@@ -1053,6 +1053,20 @@ cdef int _winograd_output(const floating* m, floating[:, :, :, ::1] out, Py_ssiz
     return bad
 
 
+cdef void _winograd_products(const floating* v, Py_ssize_t sv, const floating* u, Py_ssize_t su,
+                             floating* m, Py_ssize_t sm, const Py_ssize_t* offsets, Py_ssize_t C,
+                             Py_ssize_t P, Py_ssize_t tf0, Py_ssize_t tf1, Py_ssize_t used) noexcept nogil:
+    """The 16 products of a block, m_k = U_k V_k, for the register tiles tf0 <= tf < tf1
+    of output channels and `used` positions (a multiple of PB): planes of v, u and m
+    sv, su and sm values apart, P positions per channel's row. k outermost: a plane of
+    v stays in L1 for all its tiles of output channels."""
+    cdef Py_ssize_t k, tf, tp
+    for k in range(16):
+        for tf in range(tf0, tf1):
+            for tp in range(used // PB):
+                _forward_tile(v + k * sv, u + k * su, m + k * sm, offsets, C, P, tf * FB, tp * PB)
+
+
 def _conv_winograd(const floating[:, :, :, ::1] x, const floating[:, ::1] u,
                    floating[:, :, :, ::1] out, Py_ssize_t RB, floating[::1] hb,
                    floating[:, ::1] v, floating[:, ::1] m, Py_ssize_t TB, floating[::1] y,
@@ -1062,19 +1076,15 @@ def _conv_winograd(const floating[:, :, :, ::1] x, const floating[:, ::1] u,
     tiles) per block; -> False if some output before the epilogue was inf or NaN."""
     cdef Py_ssize_t C = x.shape[1], F = out.shape[1], FP = (u.shape[1] - PLANE_PAD) // x.shape[1]
     cdef Py_ssize_t TW = x.shape[3] // 2, rows = x.shape[0] * (x.shape[2] // 2)
-    cdef Py_ssize_t block, g0, g1, k, tf, tp, used
+    cdef Py_ssize_t block, g0, g1
     cdef int bad = 0
     with nogil:
         for block in range((rows + RB - 1) // RB):
             g0 = block * RB
             g1 = min(g0 + RB, rows)
             _winograd_input(x, g0, g1, &hb[0], &v[0, 0], TB, v.shape[1], 0, C)
-            used = _round_up((g1 - g0) * TW, PB)
-            for k in range(16):
-                for tf in range(FP // FB):
-                    for tp in range(used // PB):
-                        _forward_tile(&v[k, 0], &u[k, 0], &m[k, 0], &offsets[0], C, TB,
-                                      tf * FB, tp * PB)
+            _winograd_products(&v[0, 0], v.shape[1], &u[0, 0], u.shape[1], &m[0, 0], m.shape[1], &offsets[0], C,
+                               TB, 0, FP // FB, _round_up((g1 - g0) * TW, PB))
             bad |= _winograd_output(&m[0, 0], out, g0, g1, TB, m.shape[1], &y[0], ep, mode, 0, F)
     return not bad
 
@@ -1088,15 +1098,15 @@ def _conv_winograd_shared(const floating[:, :, :, ::1] x, const floating[:, ::1]
     b*TB of each channel's row, which is TBALL = blocks * TB long). The input
     transforms are shared by (block, channel), then the products and output
     transforms by (block, a thread's share of the register tiles of output
-    channels). Within a share the loops run as conv_winograd_forward's (a
-    plane of v stays in L1 for all its tiles of output channels; as the
-    outer loop it came from L2 for every tile: 1.5-1.8x the time).
+    channels), each share's products as _winograd_products runs them (with the
+    output channels outermost instead, v's planes came from L2 for every
+    tile: 1.5-1.8x the time).
     bad[thread] = 1 where an output before the epilogue was inf or NaN."""
     cdef Py_ssize_t C = x.shape[1], F = out.shape[1], FP = (u.shape[1] - PLANE_PAD) // x.shape[1]
     cdef Py_ssize_t TW = x.shape[3] // 2, rows = x.shape[0] * (x.shape[2] // 2)
     cdef Py_ssize_t blocks = (rows + RB - 1) // RB, NF = FP // FB, TBALL = blocks * TB
     cdef Py_ssize_t G = min(NF, hb.shape[0])
-    cdef Py_ssize_t i, b, g0, g1, k, tf, tf0, tf1, tp
+    cdef Py_ssize_t i, b, g0, g1, tf0, tf1
     with nogil, parallel(num_threads=hb.shape[0]):
         for i in prange(blocks * C, schedule="static"):
             b = i // C
@@ -1107,11 +1117,8 @@ def _conv_winograd_shared(const floating[:, :, :, ::1] x, const floating[:, ::1]
             tf0, tf1 = i % G * NF // G, (i % G + 1) * NF // G
             g0 = b * RB
             g1 = min(g0 + RB, rows)
-            for k in range(16):
-                for tf in range(tf0, tf1):
-                    for tp in range(_round_up((g1 - g0) * TW, PB) // PB):
-                        _forward_tile(&v[k, b * TB], &u[k, 0], &m[k, b * TB], &offsets[0], C, TBALL,
-                                      tf * FB, tp * PB)
+            _winograd_products(&v[0, b * TB], v.shape[1], &u[0, 0], u.shape[1], &m[0, b * TB], m.shape[1],
+                               &offsets[0], C, TBALL, tf0, tf1, _round_up((g1 - g0) * TW, PB))
             bad[threadid()] |= _winograd_output(&m[0, b * TB], out, g0, g1, TBALL, m.shape[1],
                                                 &y[threadid(), 0], ep, mode, tf0 * FB, min(F, tf1 * FB))
 
