@@ -272,6 +272,27 @@ def test_bench_runs_minires_alone_end_to_end(tmp_path):
     assert res["models"][0]["torch"] is None and res["repeats"] == 1
 
 
+def test_paired_worker_times_both_libraries_in_one_process(torch):
+    """The one-image pairs: one worker process, both libraries, a ratio per
+    pair; it measures, it asserts no speed."""
+    from minires.dev import bench
+    res = bench._run_worker(["--what", "paired", "--model", "resnet-8", "--repeats", "3"], 1)
+    assert res["pairs"] == 3 and res["minires_ms"] > 0 and res["torch_ms"] > 0
+    assert 0 < res["one_image_paired"] < float("inf")
+
+
+def test_bench_table_shows_the_paired_ratio_or_a_dash_for_results_without_it():
+    from minires.dev import bench
+    row = _FAKE_RESULT["models"][0]
+    times = dict(row["minires"])
+    ratios = {k: 0.5 for k in bench.TIMES}
+    res = dict(_FAKE_RESULT, torch_version="2.13.0", models=[dict(row, torch=times, ratios=ratios)])
+    assert "| 0.50 | 0.50 | - | 5000 |" in bench.to_markdown(res).splitlines()[4]
+    res["models"][0]["ratios"] = dict(ratios, one_image_paired=0.75)
+    table = bench.to_markdown(res).splitlines()
+    assert "one image ratio (paired in one process)" in table[2] and "| 0.50 | 0.75 |" in table[4]
+
+
 def _cifar10_folder(root, n_train=40, n_test=20):
     """A small CIFAR-10 in the official extracted layout (pickled dicts of uint8 rows)."""
     import pickle
@@ -432,7 +453,7 @@ def test_bench_rounds_alternate_and_report_the_median_ratio(monkeypatch):
     """Three rounds: the ratio reported is the median of the rounds' ratios,
     so one slow spell (round 2's torch) cannot decide it."""
     from minires.dev import bench
-    order, torch_ms = [], iter([100.0, 400.0, 110.0])
+    order, torch_ms, paired = [], iter([100.0, 400.0, 110.0]), iter([0.7, 2.0, 0.8])
 
     def fake_worker(args, threads, package_dir=None):
         what = args[args.index("--what") + 1]
@@ -440,6 +461,9 @@ def test_bench_rounds_alternate_and_report_the_median_ratio(monkeypatch):
             return dict(gflops=200.0)
         if what == "conv":
             return dict(conv_ms=1.0)
+        if what == "paired":
+            order.append("paired")
+            return dict(one_image_paired=next(paired))
         lib = args[args.index("--library") + 1]
         order.append(lib)
         ms = 100.0 if lib == "minires" else next(torch_ms)
@@ -448,9 +472,10 @@ def test_bench_rounds_alternate_and_report_the_median_ratio(monkeypatch):
 
     monkeypatch.setattr(bench, "_run_worker", fake_worker)
     res = bench.run(["seed-cnn"], 8, 1, 2, rounds=3)
-    assert order == ["minires", "torch"] * 3
+    assert order == ["minires", "torch", "paired"] * 3
     (row,) = res["models"]
     assert row["ratios"]["step_ms"] == pytest.approx(100 / 110)      # ratios 1.0, 0.25, 0.909 -> median
+    assert row["ratios"]["one_image_paired"] == 0.8 and len(row["rounds"]["paired"]) == 3
     assert row["torch"]["step_ms"] == 110.0 and "| 0.91 |" in bench.to_markdown(res)
 
 

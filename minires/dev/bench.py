@@ -189,6 +189,51 @@ def _torch_worker(model_name, batch, repeats):
                 **_inference_ms(model, fuse(model), x, repeats, torch.no_grad))
 
 
+# One image takes milliseconds, and this machine's speed moves by 2x over
+# seconds: timed in two processes a few seconds apart, single rounds of the
+# one-image ratio ranged from 0.43 to 1.48 for one model. This worker loads
+# both libraries into one process and alternates single calls (each order in
+# turn), so a slow spell slows both sides of a pair; the ratio is the median
+# of the pairs' ratios. The libraries then share one OpenMP runtime
+# (PyTorch's, loaded first) with its default settings, and BLAS keeps its
+# threads: runtime.setup's OpenMP and BLAS settings are left out, so minires
+# runs without them. The allocator setting stays, and spares PyTorch too the
+# page faults of its freed activations.
+# Resnet-20, AMD EPYC (Zen 3), five runs of this worker: 0.78-0.92, against
+# 0.69-1.32 for six rounds of separate processes of 101 calls each.
+ONE_IMAGE_PAIRS = 101
+
+
+def _paired_worker(model_name, pairs):
+    """Folded inference on one image, minires and PyTorch in this process, calls alternating."""
+    import numpy as np
+    import torch
+    from torch.fx.experimental.optimization import fuse
+
+    from .. import models
+    from ..torch_reference import torch_twin
+    runtime.setup(wait_policy=None, spin_count=None, one_blas_thread=False)     # see above
+    opts = MODEL_OPTIONS.get(model_name, {})
+    mine = models.build(model_name, rng=0, **opts)
+    mine.eval(keep_caches=False)
+    mine = mine.fuse_for_inference()
+    theirs = fuse(torch_twin(torch, model_name, opts).eval())
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    x_torch = torch.tensor(x)
+    calls = (lambda: mine(x), lambda: theirs(x_torch))
+    times = np.empty((pairs, 2))
+    with torch.no_grad():
+        for _ in range(3):
+            calls[0](), calls[1]()
+        for i in range(pairs):
+            for side in ((0, 1) if i % 2 else (1, 0)):
+                t = time.perf_counter()
+                calls[side]()
+                times[i, side] = (time.perf_counter() - t) * 1000
+    return dict(one_image_paired=float(np.median(times[:, 0] / times[:, 1])),
+                minires_ms=float(np.median(times[:, 0])), torch_ms=float(np.median(times[:, 1])), pairs=pairs)
+
+
 def _conv_worker(library, repeats):
     """One 3x3 conv, N=128, 16->16 channels, 32x32, forward + backward."""
     import numpy as np
@@ -228,7 +273,7 @@ def _fma_peak(threads, repeats=5):
 def worker_main(argv):
     p = argparse.ArgumentParser()
     p.add_argument("--library", choices=["minires", "torch"])
-    p.add_argument("--what", choices=["model", "conv", "peak", "epoch"])
+    p.add_argument("--what", choices=["model", "conv", "peak", "epoch", "paired"])
     p.add_argument("--data-dir")
     p.add_argument("--images", type=int)
     p.add_argument("--model")
@@ -242,6 +287,8 @@ def worker_main(argv):
         result = dict(seconds=epoch(a.model, a.data_dir, a.images, int(os.environ["OMP_NUM_THREADS"])))
     elif a.what == "peak":
         result = dict(gflops=_fma_peak(int(os.environ["OMP_NUM_THREADS"])))
+    elif a.what == "paired":
+        result = _paired_worker(a.model, a.repeats)
     elif a.what == "conv":
         result = _conv_worker(a.library, a.repeats)
     elif a.library == "minires":
@@ -264,7 +311,7 @@ def _run_worker(args, threads, package_dir=None):
     if package_dir:
         env["PYTHONPATH"] = package_dir
     code = ("import sys, torch; torch.set_num_threads(int(sys.argv[1])); from minires.dev.bench import worker_main; "
-            "worker_main(sys.argv[2:])") if "torch" in args else \
+            "worker_main(sys.argv[2:])") if "torch" in args or "paired" in args else \
         "import sys; from minires.dev.bench import worker_main; worker_main(sys.argv[2:])"
     r = subprocess.run([sys.executable, "-c", code, str(threads), *args], capture_output=True, text=True, env=env,
                        cwd=package_dir)
@@ -302,20 +349,24 @@ def run(models_, batch, repeats, threads, with_torch=True, breakdown=True, porta
     rows = []
     for name in models_:
         common = ["--what", "model", "--model", name, "--batch", str(batch), "--repeats", str(repeats)]
-        mines, theirs_ = [], []
+        mines, theirs_, paired = [], [], []
         for i in range(rounds):
             extra = ["--breakdown"] if breakdown and i == 0 else []
             mines.append(_run_worker(["--library", "minires", *common] + extra, threads))
             if with_torch:
                 theirs_.append(_run_worker(["--library", "torch", *common], threads))
+                paired.append(_run_worker(["--what", "paired", "--model", name, "--repeats", str(ONE_IMAGE_PAIRS)],
+                                          threads))
         mine = _medians(mines)
         theirs = _medians(theirs_) if with_torch else None
         ratios = {k: statistics.median([m[k] / t[k] for m, t in zip(mines, theirs_)]) for k in TIMES} if with_torch else None
+        if with_torch:
+            ratios["one_image_paired"] = statistics.median(p["one_image_paired"] for p in paired)
         portable = _run_worker(["--library", "minires", *common], threads, portable_dir) if portable_dir else None
         # forward + backward ~ 3x the forward's MACs, 2 FLOPs per MAC
         gflops = 6 * mine["macs"] * batch / (mine["step_ms"] / 1000) / 1e9
         rows.append(dict(model=name, minires=mine, torch=theirs, ratios=ratios, portable=portable, gflops=gflops,
-                         rounds=dict(minires=mines, torch=theirs_)))
+                         rounds=dict(minires=mines, torch=theirs_, paired=paired)))
     # Measured again at the end, the best of the two: on a shared machine a
     # neighbour can halve one measurement, never double it.
     peaks.append(_run_worker(["--what", "peak"], threads)["gflops"])
@@ -348,7 +399,7 @@ def to_markdown(res):
     head = ["model", "minires ms/step"]
     if with_torch:
         head += ["torch ms/step", "step ratio", "inference ratio (eval)", "inference ratio (folded)",
-                 "one image ratio (folded)", "RSS ratio (step)"]
+                 "one image ratio (folded)", "RSS ratio (step)", "one image ratio (paired in one process)"]
     head += ["minires img/s (eval)", "minires img/s (folded)", "minires ms, one image", "GFLOP/s (step)",
              "% of FMA peak", "minires RSS MB"]
     if portable:
@@ -359,7 +410,9 @@ def to_markdown(res):
         cells = [r["model"], f"{m['step_ms']:.0f}"]
         if with_torch:
             ratio = r.get("ratios") or {k: m[k] / t[k] for k in TIMES}
-            cells += [f"{t['step_ms']:.0f}"] + [f"{ratio[k]:.2f}" for k in TIMES]
+            paired = ratio.get("one_image_paired")      # (results written before it existed have none)
+            cells += ([f"{t['step_ms']:.0f}"] + [f"{ratio[k]:.2f}" for k in TIMES]
+                      + [f"{paired:.2f}" if paired is not None else "-"])
         cells += [f"{res['batch'] / m['infer_ms'] * 1000:.0f}", f"{res['batch'] / m['fused_ms'] * 1000:.0f}",
                   f"{m['one_image_ms']:.1f}", f"{r['gflops']:.1f}", f"{r['peak_pct']:.0f}%", f"{m['peak_rss_mb']:.0f}"]
         if portable:
