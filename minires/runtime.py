@@ -23,8 +23,10 @@ def setup(threads=None, wait_policy="PASSIVE", spin_count=10_000, keep_freed_mem
         that finished its share of a loop sleeps instead of spinning, so the
         cores go to the Python threads that run the next op). OpenMP reads it
         once, when the compiled kernels load, so it takes effect only if no
-        kernel has run yet in this process; a value the user already set in
-        the environment is kept. None: leave it alone.
+        kernel has run yet in this process and no other library loaded the
+        OpenMP runtime they share (PyTorch brings one: import it after this
+        call; a RuntimeWarning says when it came first); a value the user
+        already set in the environment is kept. None: leave it alone.
     spin_count: GOMP_SPINCOUNT, read the same way by GCC's OpenMP runtime
         (libgomp; other runtimes ignore it): a thread that finished a loop
         spins this many times (about 0.1-0.2 ms) before it sleeps, so that
@@ -42,6 +44,7 @@ def setup(threads=None, wait_policy="PASSIVE", spin_count=10_000, keep_freed_mem
         done["OMP_WAIT_POLICY"] = _set_before_load("OMP_WAIT_POLICY", wait_policy)
     if spin_count is not None:
         done["GOMP_SPINCOUNT"] = _set_before_load("GOMP_SPINCOUNT", str(spin_count))
+    _warn_if_another_library_loaded_openmp(done)
     if keep_freed_memory:
         done["keep_freed_memory"] = globals()["keep_freed_memory"]()
     if one_blas_thread:
@@ -57,18 +60,63 @@ def setup(threads=None, wait_policy="PASSIVE", spin_count=10_000, keep_freed_mem
 
 def _set_before_load(name, value):
     """Set the OpenMP runtime's environment variable `name` unless the kernels
-    are loaded or the user set it -> the value in force, with a note if it is not `value`."""
+    are loaded, another library loaded the OpenMP runtime they will share, or
+    the user set it -> the value in force, with a note if it is not `value`."""
     current = os.environ.get(name)
     if any(m.startswith("minires._kernels") and m != "minires._kernels_ref" for m in sys.modules):
         return f"{current or 'the OpenMP default'} (the kernels were loaded before setup(): too late to change)"
     if current is not None and current.upper() != value.upper():
         return f"{current} (set in the environment; kept)"
+    other = loaded_openmp() if current is None else None    # (a value set in the environment was read at its load)
+    if other is not None:
+        return f"the OpenMP default ({other} was loaded before setup(): too late to change)"
     os.environ[name] = value
     _set_here.add(name)
     return value
 
 
 _set_here = set()
+
+
+# The kernels link GCC's OpenMP runtime by its soname, libgomp.so.1. A
+# library that brought its own copy under that name (PyTorch's wheel does,
+# torch/lib/libgomp.so.1) and was imported first has that copy loaded, with
+# the environment of that moment; the kernels then share it, and setting
+# the variables afterwards changes nothing. A folded resnet-20, batch 128,
+# AMD EPYC (Zen 3), one process each: 89-111 ms without torch (4), 132-152
+# with torch imported first (4; setup() reported PASSIVE all the same before
+# it checked), 93 and 98 with torch first but the variables set before
+# Python started. (Copies that auditwheel renamed, libgomp-<hash>.so.1, are
+# other runtimes: the kernels load their own.)
+OPENMP_SONAME = "libgomp.so.1"
+
+
+def loaded_openmp():
+    """The path of the OpenMP runtime the kernels would share, when something
+    already loaded it (Linux: /proc/self/maps), else None."""
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                path = line.split(None, 5)[-1].strip()
+                name = os.path.basename(path)       # the file: libgomp.so.1, or the system's libgomp.so.1.0.0
+                if name == OPENMP_SONAME or name.startswith(OPENMP_SONAME + "."):
+                    return path
+    except OSError:
+        pass
+    return None
+
+
+def _warn_if_another_library_loaded_openmp(done):
+    """A RuntimeWarning when the wait policy could not be set because another
+    library (not minires's kernels) loaded the OpenMP runtime first."""
+    if "was loaded before setup()" in done.get("OMP_WAIT_POLICY", ""):
+        import warnings
+        warnings.warn("minires.runtime.setup(): another library loaded the OpenMP runtime first "
+                      f"({loaded_openmp()}), so its wait policy could not be set: its threads keep spinning "
+                      "after each loop and take cores from minires's threads (a batch can take 1.5x as long). "
+                      "Call minires.runtime.setup() before importing that library, or start Python with "
+                      "OMP_WAIT_POLICY=PASSIVE GOMP_SPINCOUNT=10000 in the environment.",
+                      RuntimeWarning, stacklevel=3)
 
 
 def variables_set():
