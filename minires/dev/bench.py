@@ -195,14 +195,17 @@ def _torch_worker(model_name, batch, repeats):
 # both libraries into one process and alternates single calls (each order in
 # turn), so a slow spell slows both sides of a pair; the ratio is the median
 # of the pairs' ratios. The libraries then share one OpenMP runtime
-# (PyTorch's, loaded first) with its default settings, and BLAS keeps its
-# threads: runtime.setup's OpenMP and BLAS settings are left out, so minires
-# runs without them (resnet-20 on one image, AMD EPYC (Zen 3), 3 processes
-# each: 2.8-3.4 ms alone, 3.3-3.9 with PyTorch's runtime loaded first). The
-# allocator setting stays, and spares PyTorch too the page faults of its
-# freed activations.
-# Resnet-20, AMD EPYC (Zen 3), five runs of this worker: 0.78-0.92, against
-# 0.69-1.32 for six rounds of separate processes of 101 calls each.
+# (PyTorch's, loaded first) with its default settings: runtime.setup's wait
+# policy and spin count are left out, so minires runs without them
+# (resnet-20 on one image, AMD EPYC (Zen 3), 3 processes each: 2.8-3.4 ms
+# alone, 3.3-3.9 with PyTorch's runtime loaded first). The allocator
+# setting stays, and spares PyTorch too the page faults of its freed
+# activations; so does the pin of NumPy's BLAS to one thread, a library
+# PyTorch does not call (imagenet-resnet-18, two runs each: 0.96 and 0.95
+# without the pin, 0.79 and 0.86 with it, PyTorch's time alike).
+# Resnet-20, AMD EPYC (Zen 3), five runs of this worker (without the pin):
+# 0.78-0.92, against 0.69-1.32 for six rounds of separate processes of 101
+# calls each.
 ONE_IMAGE_PAIRS = 101
 
 
@@ -214,7 +217,7 @@ def _paired_worker(model_name, pairs):
 
     from .. import models
     from ..torch_reference import torch_twin
-    runtime.setup(wait_policy=None, spin_count=None, one_blas_thread=False)     # see above
+    runtime.setup(wait_policy=None, spin_count=None)     # see above
     opts = MODEL_OPTIONS.get(model_name, {})
     mine = models.build(model_name, rng=0, **opts)
     mine.eval(keep_caches=False)
