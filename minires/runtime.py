@@ -40,11 +40,14 @@ def setup(threads=None, wait_policy="PASSIVE", spin_count=10_000, keep_freed_mem
         otherwise limit it around each call, which costs microseconds.
     """
     done = {}
+    kernels_loaded = any(m.startswith("minires._kernels") and m != "minires._kernels_ref" for m in sys.modules)
+    other = None if kernels_loaded else loaded_openmp()     # a runtime some other library loaded
     if wait_policy is not None:
-        done["OMP_WAIT_POLICY"] = _set_before_load("OMP_WAIT_POLICY", wait_policy)
+        if other is not None and "OMP_WAIT_POLICY" not in os.environ:
+            _warn_another_library_loaded_openmp(other)
+        done["OMP_WAIT_POLICY"] = _set_before_load("OMP_WAIT_POLICY", wait_policy, kernels_loaded, other)
     if spin_count is not None:
-        done["GOMP_SPINCOUNT"] = _set_before_load("GOMP_SPINCOUNT", str(spin_count))
-    _warn_if_another_library_loaded_openmp(done)
+        done["GOMP_SPINCOUNT"] = _set_before_load("GOMP_SPINCOUNT", str(spin_count), kernels_loaded, other)
     if keep_freed_memory:
         done["keep_freed_memory"] = globals()["keep_freed_memory"]()
     if one_blas_thread:
@@ -58,17 +61,17 @@ def setup(threads=None, wait_policy="PASSIVE", spin_count=10_000, keep_freed_mem
     return done
 
 
-def _set_before_load(name, value):
+def _set_before_load(name, value, kernels_loaded, other):
     """Set the OpenMP runtime's environment variable `name` unless the kernels
-    are loaded, another library loaded the OpenMP runtime they will share, or
-    the user set it -> the value in force, with a note if it is not `value`."""
+    are loaded, another library loaded the OpenMP runtime they will share (its
+    path: other), or the user set it -> the value in force, with a note if it
+    is not `value`."""
     current = os.environ.get(name)
-    if any(m.startswith("minires._kernels") and m != "minires._kernels_ref" for m in sys.modules):
+    if kernels_loaded:
         return f"{current or 'the OpenMP default'} (the kernels were loaded before setup(): too late to change)"
     if current is not None and current.upper() != value.upper():
         return f"{current} (set in the environment; kept)"
-    other = loaded_openmp() if current is None else None    # (a value set in the environment was read at its load)
-    if other is not None:
+    if other is not None and current is None:   # (a value set in the environment was read at that load)
         return f"the OpenMP default ({other} was loaded before setup(): too late to change)"
     os.environ[name] = value
     _set_here.add(name)
@@ -106,17 +109,15 @@ def loaded_openmp():
     return None
 
 
-def _warn_if_another_library_loaded_openmp(done):
-    """A RuntimeWarning when the wait policy could not be set because another
-    library (not minires's kernels) loaded the OpenMP runtime first."""
-    if "was loaded before setup()" in done.get("OMP_WAIT_POLICY", ""):
-        import warnings
-        warnings.warn("minires.runtime.setup(): another library loaded the OpenMP runtime first "
-                      f"({loaded_openmp()}), so its wait policy could not be set: its threads keep spinning "
-                      "after each loop and take cores from minires's threads (a batch can take 1.5x as long). "
-                      "Call minires.runtime.setup() before importing that library, or start Python with "
-                      "OMP_WAIT_POLICY=PASSIVE GOMP_SPINCOUNT=10000 in the environment.",
-                      RuntimeWarning, stacklevel=3)
+def _warn_another_library_loaded_openmp(path):
+    """The RuntimeWarning for a wait policy another library's OpenMP runtime (path) keeps out."""
+    import warnings
+    warnings.warn("minires.runtime.setup(): another library loaded the OpenMP runtime first "
+                  f"({path}), so its wait policy could not be set: its threads keep spinning "
+                  "after each loop and take cores from minires's threads (a batch can take 1.5x as long). "
+                  "Call minires.runtime.setup() before importing that library, or start Python with "
+                  "OMP_WAIT_POLICY=PASSIVE GOMP_SPINCOUNT=10000 in the environment.",
+                  RuntimeWarning, stacklevel=3)
 
 
 def variables_set():

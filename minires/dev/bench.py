@@ -229,7 +229,8 @@ def _paired_worker(model_name, pairs):
     times = np.empty((pairs, 2))
     with torch.no_grad():
         for _ in range(3):
-            calls[0](), calls[1]()
+            for call in calls:
+                call()
         for i in range(pairs):
             for side in ((0, 1) if i % 2 else (1, 0)):
                 t = time.perf_counter()
