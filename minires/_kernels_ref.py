@@ -85,10 +85,17 @@ def _phase_planes(x, kh, kw, sh, sw, ph, pw):
     return planes.reshape(-1), wq, shift.reshape(-1)
 
 
-def conv_direct_forward(x, w, out, sh, sw, ph, pw, bias=None, relu=False, threads=1, bn=None):
+def direct_weights(w, threads=1):
+    """w as conv_direct_forward reads it: here w itself (the compiled twin
+    reorders it for its register tiles)."""
+    return np.ascontiguousarray(w)
+
+
+def conv_direct_forward(x, w, out, sh, sw, ph, pw, bias=None, relu=False, threads=1, bn=None, wt=None):
     """x: (T, C, H, W), w: (F, C, KH, KW) -> out: (T, F, OH, OW), written in place;
     bias (F,) or None added, then bn and relu applied when asked (as bias_relu
-    does; the compiled kernel as the rows are written). threads: ignored here."""
+    does; the compiled kernel as the rows are written). threads, and wt
+    (direct_weights(w), which spares the compiled kernel its tiling): ignored here."""
     f, oh, ow = out.shape[1:]
     w2 = w.reshape(f, -1)                                        # (F, C*KH*KW)
     for n in range(x.shape[0]):

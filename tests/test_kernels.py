@@ -128,6 +128,97 @@ def test_direct_weight_gradient_on_big_planes(shape, f, stride, dtype):
                                _kernels_ref.conv_direct_backward_weight(x, dout, 3, 3, stride, stride, 1, 1), **tol)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, kernel, padding", [
+    ((1, 16, 32, 32), (3, 3), (1, 1)), ((7, 3, 8, 8), (3, 3), (1, 1)), ((13, 2, 6, 9), (5, 3), (2, 0)),
+    ((2, 4, 5, 7), (2, 4), (0, 3))])
+def test_direct_conv_writes_every_value_of_its_stride_1_planes(shape, kernel, padding, dtype):
+    """The stride-1 planes are allocated without zeroing: the loader writes
+    the padding around the image rows (and the empty slots of a partial tile
+    of images: 8x8 maps go 6 to a grid) itself. Just before each call, NaN
+    arrays of the planes' size are made and freed, so that the planes come
+    from memory holding NaN: a value the loader skipped would put NaN in the output."""
+    rng = np.random.default_rng(shape[0])
+    x = rng.standard_normal(shape).astype(dtype)
+    w = rng.standard_normal((5, shape[1], *kernel)).astype(dtype)
+    out_shape = [_kernels_ref.output_size(s, k, 1, p) for s, k, p in zip(shape[2:], kernel, padding)]
+    want = np.empty((shape[0], 5, *out_shape), dtype)
+    _kernels_ref.conv_direct_forward(x, w, want, 1, 1, *padding)
+    dout = rng.standard_normal(want.shape).astype(dtype)
+    dw_want = _kernels_ref.conv_direct_backward_weight(x, dout, *kernel, 1, 1, *padding)
+    plane_values = shape[1] * _kernels._grid(shape, *kernel, 1, 1, *padding)[4]
+    tol = dict(rtol=1e-5, atol=2e-4) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    for _ in range(3):
+        _free_nan_arrays(plane_values, dtype)
+        got = np.empty(want.shape, dtype)
+        _kernels.conv_direct_forward(x, w, got, 1, 1, *padding)
+        np.testing.assert_allclose(got, want, **tol)
+        _free_nan_arrays(plane_values, dtype)
+        np.testing.assert_allclose(_kernels.conv_direct_backward_weight(x, dout, *kernel, 1, 1, *padding),
+                                   dw_want, **tol)
+
+
+def _free_nan_arrays(size, dtype):
+    """Fill a few arrays of `size` values with NaN and free them: the allocator
+    hands that memory to the next arrays of the size."""
+    arrays = [np.full(size, np.nan, dtype) for _ in range(4)]
+    del arrays
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_direct_weights_given_once_give_the_same_output(dtype):
+    """conv_direct_forward(wt=direct_weights(w)) equals the call that tiles w
+    itself, bit for bit (on one thread and shared by two); a wt that is not
+    w's tiling (other weights' shape, another dtype) is refused by name."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 5, 9, 11)).astype(dtype)
+    w = rng.standard_normal((9, 5, 3, 3)).astype(dtype)
+    b = rng.standard_normal(9).astype(dtype)
+    wt = _kernels.direct_weights(w)
+    for threads in (1, 2):
+        want, got = np.empty((2, 9, 9, 11), dtype), np.empty((2, 9, 9, 11), dtype)
+        _kernels.conv_direct_forward(x, w, want, 1, 1, 1, 1, b, True, threads=threads)
+        _kernels.conv_direct_forward(x, w, got, 1, 1, 1, 1, b, True, threads=threads, wt=wt)
+        np.testing.assert_array_equal(got, want)
+    other_dtype = np.float64 if dtype == np.float32 else np.float32
+    for bad in (_kernels.direct_weights(w[:, :4]), wt.astype(other_dtype)):
+        with pytest.raises(ValueError, match="wt must be direct_weights"):
+            _kernels.conv_direct_forward(x, w, got, 1, 1, 1, 1, wt=bad)
+
+
+@pytest.mark.parametrize("n", [1, 4])
+def test_kept_direct_weights_and_path_are_made_once_for_their_own_weights(monkeypatch, n):
+    """conv2d_forward(kept=...) on the direct path (one image shared between
+    the threads, or a batch in chunks): the weights are tiled and the path
+    chosen on the first call and reused, with the same numbers as without
+    kept; new weights get their own tiling; writeable weights never use them."""
+    from minires import parallel
+    from minires.functional import conv as F
+    monkeypatch.setattr(parallel, "_threads", 2)
+    tilings, choices = [], []
+    real_tiling, real_choice = kernels.direct_weights, _conv_paths.choose_path
+    monkeypatch.setattr(kernels, "direct_weights", lambda w, threads=1: tilings.append(w) or real_tiling(w))
+    monkeypatch.setattr(_conv_paths, "choose_path", lambda *a, **k: choices.append(a) or real_choice(*a, **k))
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((n, 16, 32, 32)).astype(np.float32)
+    w = _frozen(rng.standard_normal((16, 16, 3, 3)).astype(np.float32) / 12)
+    b = rng.standard_normal(16).astype(np.float32)
+    want, _ = F.conv2d_forward(x, w.copy(), b, padding=1)
+    assert tilings == [] and len(choices) == 1
+    kept = {}
+    for _ in range(2):
+        out, cache = F.conv2d_forward(x, w, b, padding=1, kept=kept)
+        assert cache.path == "direct" and len(tilings) == 1 and kept["direct"][0] is w and len(choices) == 2
+        np.testing.assert_array_equal(out, want)
+    w2 = _frozen(-w)
+    out, _ = F.conv2d_forward(x, w2, b, padding=1, kept=kept)
+    assert len(tilings) == 2 and kept["direct"][0] is w2
+    np.testing.assert_array_equal(out, F.conv2d_forward(x, -w, b, padding=1)[0])
+    out, _ = F.conv2d_forward(x, w.copy(), b, padding=1, kept=kept)
+    assert len(tilings) == 2 and kept["direct"][0] is w2
+    np.testing.assert_array_equal(out, want)
+
+
 @settings(max_examples=150, deadline=None)
 @given(window_case())
 def test_max_pool_matches_reference(case):

@@ -67,7 +67,7 @@ def forward(x, w, geometry, b=None, relu=False, path=None, bn=None, kept=None):
     # Each path adds the bias and applies BN and ReLU to a tile of its output
     # while it is still in cache (the direct kernel, as it writes it).
     kept = kept if _keeps(w, kept) else None
-    path = path or choose_path(x.shape, geometry, w, kept is not None)
+    path = path or _kept_path(x.shape, geometry, w, kept)
     if path == "pointwise":
         out, x3 = _pointwise_forward(x, w, geometry, b, relu, bn)
         return out, x3, path
@@ -78,8 +78,9 @@ def forward(x, w, geometry, b=None, relu=False, path=None, bn=None, kept=None):
         path = "im2col"
     if path == "winograd":
         return _winograd_forward(x, w, geometry, b, relu, bn, kept), x, path
-    run = {"direct": _direct_forward, "im2col": _im2col_forward}[path]
-    return run(x, w, geometry, b, relu, bn), x, path
+    if path == "direct":
+        return _direct_forward(x, w, geometry, b, relu, bn, kept), x, path
+    return _im2col_forward(x, w, geometry, b, relu, bn), x, path
 
 
 # Small maps (ImageNet ResNets applied to 32x32 images end at 4x4, 2x2 and
@@ -300,9 +301,37 @@ def _keeps(w, kept):
 
 def _kept_winograd(w, kept):
     """kernels.winograd_weights(w), transformed on the first call for this w and kept in `kept`."""
-    entry = kept.get("winograd")
+    return _kept(w, kept, "winograd", kernels.winograd_weights)
+
+
+def _kept_path(x_shape, geometry, w, kept):
+    """choose_path's answer, for a kept w remembered per shape of x and w,
+    geometry and thread count: all it depends on."""
+    if kept is None:
+        return choose_path(x_shape, geometry, w)
+    key = ("path", x_shape, w.shape, tuple(geometry), parallel.get_threads())
+    path = kept.get(key)
+    if path is None:
+        path = kept[key] = choose_path(x_shape, geometry, w, kept=True)
+    return path
+
+
+# The direct kernel's register tiles read the weights in their own order
+# (kernels.direct_weights): a folded model's are tiled once and kept, and
+# its paths chosen once per input shape (_kept_path). Folded, one image, 2
+# threads, AMD Zen 3, medians of 200 alternating calls in one process, kept
+# against tiled and chosen on every call: resnet-20 0.92, resnet-56 0.93,
+# plain-56 0.92 of the time.
+def _kept_direct(w, kept):
+    """kernels.direct_weights(w), tiled on the first call for this w and kept in `kept`."""
+    return _kept(w, kept, "direct", lambda w: kernels.direct_weights(w, parallel.get_threads()))
+
+
+def _kept(w, kept, name, derive):
+    """derive(w), computed on the first call for this very w and kept in kept[name]."""
+    entry = kept.get(name)
     if entry is None or entry[0] is not w:
-        entry = kept["winograd"] = (w, kernels.winograd_weights(w))
+        entry = kept[name] = (w, derive(w))
     return entry[1]
 
 
@@ -330,15 +359,17 @@ def _winograd_alone_applies(x_shape, geometry, w_shape):
             and h * wd <= WINOGRAD_ALONE_MAP and min(c, f) >= WINOGRAD_ALONE_CHANNELS)
 
 
-def _direct_forward(x, w, geometry, b, relu, bn=None):
+def _direct_forward(x, w, geometry, b, relu, bn=None, kept=None):
     n, f = x.shape[0], w.shape[0]
     oh, ow = _out_size(x.shape, geometry)
     out = np.empty((n, f, oh, ow), dtype=x.dtype)
+    wt = _kept_direct(w, kept) if kept is not None else None
     if _split_grid(n, w.size * oh * ow):
-        kernels.conv_direct_forward(x, w, out, *geometry[2:], b, relu, threads=parallel.get_threads(), bn=bn)
+        kernels.conv_direct_forward(x, w, out, *geometry[2:], b, relu, threads=parallel.get_threads(), bn=bn,
+                                    wt=wt)
     else:
         parallel.map_chunks(lambda lo, hi: kernels.conv_direct_forward(x[lo:hi], w, out[lo:hi], *geometry[2:],
-                                                                       b, relu, bn=bn), n, blas=False)
+                                                                       b, relu, bn=bn, wt=wt), n, blas=False)
     return out
 
 
