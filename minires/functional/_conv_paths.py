@@ -62,8 +62,9 @@ def forward(x, w, geometry, b=None, relu=False, path=None, bn=None, kept=None):
     eval-mode batch norm bn = (mean, rstd, gamma, beta, relu_before: after a
     ReLU) and the ReLU applied when asked, what backward needs of x, the path's name).
     path: the one an earlier forward took (conv2d_output), else chosen here.
-    kept: None or a dict in which a read-only w's Winograd kernels are kept
-    between calls (see _kept_winograd)."""
+    kept: None or a dict in which what is derived from a read-only w (its
+    Winograd kernels, its direct tiles, the path per input shape) is kept
+    between calls (see _keeps)."""
     # Each path adds the bias and applies BN and ReLU to a tile of its output
     # while it is still in cache (the direct kernel, as it writes it).
     kept = kept if _keeps(w, kept) else None

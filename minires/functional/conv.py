@@ -53,7 +53,8 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, relu=False, kept=None):
     first zeroes dout where that output is <= 0, as relu_backward does.
     kept: None, or a dict the caller keeps with a read-only w (a folded
     model's conv does): the fast paths keep there what they derive from w
-    (Winograd's transformed kernels) instead of deriving it on every call.
+    (Winograd's transformed kernels, the direct kernel's tiled weights, the
+    path each input shape takes) instead of deriving it on every call.
     Writeable weights may change between calls, so they ignore it. Speed only:
     the outputs are the same either way, within float32 rounding.
     """

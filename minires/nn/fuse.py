@@ -15,7 +15,8 @@ batch norm must read the conv's output and nothing else may, which only the
 module's own forward knows. The folded model is a copy for inference: its
 state_dict has conv biases and no batch norms, and it refuses to train. Its
 parameters are read-only, fixed for good, so each conv keeps what the
-kernels derive from its weights (Winograd's transformed kernels) between
+kernels derive from its weights (Winograd's transformed kernels, the
+direct kernel's tiled weights, the path each input shape takes) between
 calls (Conv2d.kept); to change them, change the original model and fold again.
 
 conv_bn is the same pairing without the copy, for any model in inference
