@@ -369,10 +369,11 @@ cdef void _load_images(const floating[:, :, :, ::1] x, Py_ssize_t n0, Py_ssize_t
                        floating[:, ::1] planes, Py_ssize_t T, Py_ssize_t HS, Py_ssize_t WQ,
                        Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
                        Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
-    """Channels c0 <= c < c1 of images x[n0:n0+count] into the planes. Stride 1: image t's row h goes
-    to plane row ph + t*HS + h, from column pw, and every other value of the
-    plane is written 0 in the same pass (the padding, and slots t >= count
-    of a partial last tile), so the planes need no zeroing beforehand.
+    """Channels c0 <= c < c1 of images x[n0:n0+count] into the planes.
+    Stride 1: image t's row h goes to plane row ph + t*HS + h, from column
+    pw, and every other value of the plane is written 0 in the same pass
+    (the padding, and slots t >= count of a partial last tile), so the
+    planes need no zeroing beforehand.
     Stride S (T = 1): the phase planes of image n0; only interiors are
     written, so the borders stay zero from allocation. (Zeroing whole
     stride-1 planes first took 4.3% of the samples of one-image 16->16 convs

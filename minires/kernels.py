@@ -27,8 +27,8 @@ _BUILD_HINT = (
     "or set MINIRES_PURE=1 to run the slow NumPy reference kernels instead."
 )
 
-KERNELS = ("im2col", "col2im", "conv_direct_forward", "direct_weights", "conv_direct_backward_weight", "winograd_weights",
-           "conv_winograd_forward", "conv_winograd_backward_weight",
+KERNELS = ("im2col", "col2im", "conv_direct_forward", "direct_weights", "conv_direct_backward_weight",
+           "winograd_weights", "conv_winograd_forward", "conv_winograd_backward_weight",
            "max_pool_forward", "max_pool_backward", "batchnorm_forward", "batchnorm_apply", "batchnorm_backward",
            "relu", "add_relu", "relu_grad", "bias_relu", "sgd_update", "matmul", "tap_weights")
 

@@ -168,8 +168,9 @@ def _free_nan_arrays(size, dtype):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_direct_weights_given_once_give_the_same_output(dtype):
     """conv_direct_forward(wt=direct_weights(w)) equals the call that tiles w
-    itself, bit for bit (on one thread and shared by two); a wt that is not
-    w's tiling (other weights' shape, another dtype) is refused by name."""
+    itself, bit for bit (on one thread and shared by two), and the kernel
+    reads wt, not w (the tiles of -w give -out); a wt that cannot be w's
+    tiling (other weights' shape, another dtype) is refused by name."""
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 5, 9, 11)).astype(dtype)
     w = rng.standard_normal((9, 5, 3, 3)).astype(dtype)
@@ -180,6 +181,9 @@ def test_direct_weights_given_once_give_the_same_output(dtype):
         _kernels.conv_direct_forward(x, w, want, 1, 1, 1, 1, b, True, threads=threads)
         _kernels.conv_direct_forward(x, w, got, 1, 1, 1, 1, b, True, threads=threads, wt=wt)
         np.testing.assert_array_equal(got, want)
+        _kernels.conv_direct_forward(x, w, want, 1, 1, 1, 1, threads=threads)
+        _kernels.conv_direct_forward(x, w, got, 1, 1, 1, 1, threads=threads, wt=_kernels.direct_weights(-w))
+        np.testing.assert_array_equal(got, -want)
     other_dtype = np.float64 if dtype == np.float32 else np.float32
     for bad in (_kernels.direct_weights(w[:, :4]), wt.astype(other_dtype)):
         with pytest.raises(ValueError, match="wt must be direct_weights"):
